@@ -1,0 +1,297 @@
+"""Distiller: a frozen teacher, a student, and distillation losses on named feature pairs.
+
+    distiller = Distiller(student, teacher, [Pair("backbone", loss="acam_kd")], example_inputs=(images,))
+    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01)
+    losses = distiller(images, targets=targets)      # task terms + weighted KD terms + "loss"
+    losses["loss"].backward()
+
+Data flows one way: capture → losses. The teacher runs under ``torch.inference_mode`` and only as far
+as the captured layers need (a hook stops its forward once everything is captured).
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .capture import FeatureCapture, StopForward, parse_spec
+from .errors import ConfigError
+from .losses.base import DistillContext
+from .losses.registry import build_loss
+
+
+@dataclass
+class Pair:
+    """One distillation point.
+
+    student / teacher: capture specs (see :mod:`densekd.capture`); ``teacher`` defaults to ``student``.
+    A spec that yields several levels (an FPN dict, a shared head's calls) gets one loss module per level.
+    loss / kwargs: registry name and its keyword arguments (channels are inferred).
+    weight: multiplies every term of this pair.
+    resize: interpolate the student map to the teacher's spatial size instead of failing on a mismatch.
+    aux: further (student spec, teacher spec) pairs handed to the loss in ``context.aux[name]``, level by
+         level (e.g. SAMKD's classification logits).
+    """
+
+    student: str
+    teacher: str | None = None
+    loss: str = "acam_kd"
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    resize: bool = False
+    aux: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @staticmethod
+    def coerce(p: "Pair | Mapping[str, Any]") -> "Pair":
+        if isinstance(p, Pair):
+            return p
+        if isinstance(p, Mapping):
+            known = set(Pair.__dataclass_fields__)
+            unknown = set(p) - known
+            if unknown:
+                raise ConfigError(f"unknown pair key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+            if "student" not in p:
+                raise ConfigError("a distillation pair needs 'student' (a module name)")
+            q = dict(p)
+            q["aux"] = {k: tuple(v) for k, v in q.get("aux", {}).items()}
+            return Pair(**q)
+        raise ConfigError(f"a distillation pair must be a Pair or a dict, got {type(p).__name__}")
+
+    @property
+    def teacher_spec(self) -> str:
+        return self.teacher if self.teacher is not None else self.student
+
+
+def _is_loss_dict(out: Any) -> bool:
+    return isinstance(out, Mapping) and len(out) > 0 and all(
+        isinstance(v, Tensor) and v.dim() == 0 for v in out.values()
+    )
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + one loss module per distilled level.
+
+    Args:
+        student, teacher: any ``nn.Module``s.
+        pairs: :class:`Pair` objects (or dicts with the same keys).
+        task_loss: ``task_loss(student_output, targets) -> Tensor | dict``. Leave ``None`` for models that
+            compute their own losses when given targets (torchvision detectors): they are then called as
+            ``student(*inputs, targets)`` and must return a dict of scalar losses.
+        example_inputs: a tuple of inputs for the shape-inferring dry run. Without it the dry run happens at
+            the first forward, so create the optimizer afterwards (a warning says so).
+        context_module: name of a student module whose output is ``(ImageList, targets)`` (torchvision's
+            ``transform``), used to get boxes in the network's own input coordinates. Found automatically
+            for torchvision detectors.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        pairs: Sequence[Pair | Mapping[str, Any]],
+        task_loss: Callable[[Any, Any], Tensor | Mapping[str, Tensor]] | None = None,
+        example_inputs: Sequence[Any] | None = None,
+        context_module: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not pairs:
+            raise ConfigError("Distiller needs at least one distillation pair")
+        self.student = student
+        self.teacher = teacher
+        self.pairs = [Pair.coerce(p) for p in pairs]
+        self.task_loss = task_loss
+        self._freeze_teacher()
+        s_specs = {p.student for p in self.pairs} | {a[0] for p in self.pairs for a in p.aux.values()}
+        t_specs = {p.teacher_spec for p in self.pairs} | {a[1] for p in self.pairs for a in p.aux.values()}
+        for s in s_specs | t_specs:
+            parse_spec(s)
+        self._s_cap = FeatureCapture(student, s_specs)
+        self._t_cap = FeatureCapture(teacher, t_specs)
+        if context_module is None:
+            tr = getattr(student, "transform", None)
+            if tr is not None and type(tr).__name__ == "GeneralizedRCNNTransform":
+                context_module = "transform"
+        self._ctx_cap = FeatureCapture(student, [context_module]) if context_module else None
+        self._context_module = context_module
+        self.kd_losses = nn.ModuleDict()  # key: "<pair index>|<level label>"
+        self._built = False
+        self.iteration = 0
+        self.max_iterations: int | None = None
+        if example_inputs is not None:
+            self.setup(*example_inputs)
+
+    # ----------------------------------------------------------------- teacher
+    def _freeze_teacher(self) -> None:
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()  # the teacher stays in eval mode whatever the student does
+        return self
+
+    def _run_teacher(self, inputs: Sequence[Any]) -> None:
+        self._t_cap.clear()
+        self._t_cap.stop_when_complete = self._built
+        with torch.inference_mode():
+            try:
+                self.teacher(*inputs)
+            except StopForward:
+                pass
+        self._t_cap.stop_when_complete = False
+
+    # ----------------------------------------------------------------- build
+    @torch.no_grad()
+    def setup(self, *example_inputs: Any) -> None:
+        """Dry run on ``example_inputs``: infer every level's shapes and build its loss module."""
+        was_training = self.student.training
+        self.student.eval()
+        self._s_cap.clear()
+        try:
+            self.student(*example_inputs)
+        finally:
+            self.student.train(was_training)
+        self._run_teacher(example_inputs)
+        self._t_cap.expected_calls = self._t_cap.call_counts()
+        device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+        for i, pair in enumerate(self.pairs):
+            s_lv, t_lv = self._levels(pair)
+            for (s_label, s), (t_label, t) in zip(s_lv.items(), t_lv.items()):
+                self._check_shapes(pair, s_label, s, t_label, t)
+                key = self._key(i, s_label)
+                if key in self.kd_losses:
+                    continue
+                kwargs = dict(pair.kwargs)
+                kwargs.setdefault("student_channels", s.shape[1])
+                kwargs.setdefault("teacher_channels", t.shape[1])
+                self.kd_losses[key] = build_loss(pair.loss, **kwargs).to(device)
+        self._built = True
+
+    @staticmethod
+    def _key(i: int, label: str) -> str:
+        return f"{i}|{label}".replace(".", "/")  # ModuleDict keys may not contain '.'
+
+    def _levels(self, pair: Pair) -> tuple["OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
+        s_lv = self._s_cap.levels(pair.student)
+        t_lv = self._t_cap.levels(pair.teacher_spec)
+        if len(s_lv) != len(t_lv):
+            raise ValueError(
+                f"pair {pair.student!r} → {pair.teacher_spec!r}: the student gives {len(s_lv)} level(s) "
+                f"({', '.join(s_lv)}), the teacher {len(t_lv)} ({', '.join(t_lv)})"
+            )
+        return s_lv, t_lv
+
+    @staticmethod
+    def _check_shapes(pair: Pair, s_label: str, s: Tensor, t_label: str, t: Tensor) -> None:
+        if s.dim() != t.dim() or s.shape[0] != t.shape[0]:
+            raise ValueError(
+                f"cannot distill student {s_label} {tuple(s.shape)} from teacher {t_label} {tuple(t.shape)}: "
+                f"batch size or rank differs"
+            )
+        if s.shape[2:] != t.shape[2:] and not pair.resize:
+            raise ValueError(
+                f"spatial sizes differ: student {s_label} {tuple(s.shape)} vs teacher {t_label} "
+                f"{tuple(t.shape)}; set resize=True on this pair to interpolate the student map"
+            )
+
+    # ----------------------------------------------------------------- forward
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Student parameters and every KD module's (aligners, attention, mask units)."""
+        for p in self.student.parameters():
+            if p.requires_grad:
+                yield p
+        for p in self.kd_losses.parameters():
+            if p.requires_grad:
+                yield p
+
+    def student_state_dict(self) -> "OrderedDict[str, Tensor]":
+        """Exactly the plain student's state dict: no KD module, no teacher."""
+        return self.student.state_dict()
+
+    def _context(self, inputs: Sequence[Any], targets: Any) -> DistillContext:
+        ctx = DistillContext(iteration=self.iteration, max_iterations=self.max_iterations)
+        if self._ctx_cap is not None and self._ctx_cap.raw(self._context_module):
+            image_list, tgts = self._ctx_cap.raw(self._context_module)[-1]
+            size = tuple(image_list.tensors.shape[-2:])
+            if tgts:
+                ctx = DistillContext.from_targets(tgts, size)
+            else:
+                ctx.image_size = size
+        elif isinstance(targets, Tensor):
+            ctx.masks = targets
+            ctx.image_size = tuple(targets.shape[-2:])
+        elif isinstance(targets, Sequence) and targets and isinstance(targets[0], Mapping) and "boxes" in targets[0]:
+            x = inputs[0]
+            size = tuple(x.shape[-2:]) if isinstance(x, Tensor) else None
+            ctx = DistillContext.from_targets(targets, size)
+        ctx.iteration, ctx.max_iterations = self.iteration, self.max_iterations
+        return ctx
+
+    def forward(self, *inputs: Any, targets: Any = None, context: DistillContext | None = None) -> dict[str, Tensor]:
+        """Returns task terms, ``kd/<level>/<term>`` terms (weighted), ``loss_task``, ``loss_kd`` and ``loss``."""
+        if not self._built:
+            warnings.warn(
+                "Distiller built its KD modules at the first forward; create the optimizer after this call "
+                "(or pass example_inputs=...) so it includes them",
+                stacklevel=2,
+            )
+            self.setup(*inputs)
+        self._s_cap.clear()
+        if self._ctx_cap is not None:
+            self._ctx_cap.clear()
+        if self.task_loss is None:
+            out = self.student(*inputs, targets) if targets is not None else self.student(*inputs)
+            if not _is_loss_dict(out):
+                raise TypeError(
+                    f"{type(self.student).__name__} did not return a dict of scalar losses; pass task_loss= "
+                    f"to compute the task loss from its output"
+                )
+            task = dict(out)
+        else:
+            out = self.student(*inputs)
+            t = self.task_loss(out, targets)
+            task = dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
+        self._run_teacher(inputs)
+        ctx = context if context is not None else self._context(inputs, targets)
+
+        result: dict[str, Tensor] = dict(task)
+        loss_task = sum(task.values())
+        loss_kd = loss_task.new_zeros(()) if isinstance(loss_task, Tensor) else torch.zeros(())
+        for i, pair in enumerate(self.pairs):
+            s_lv, t_lv = self._levels(pair)
+            aux_lv = {name: (self._s_cap.levels(a[0]), self._t_cap.levels(a[1])) for name, a in pair.aux.items()}
+            for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
+                t = t.clone()  # an inference-mode tensor cannot be saved for backward; a clone can
+                if s.shape[2:] != t.shape[2:]:
+                    self._check_shapes(pair, s_label, s, t_label, t)
+                    s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
+                level_ctx = ctx
+                if aux_lv:
+                    level_ctx = DistillContext(**{**ctx.__dict__, "aux": {
+                        name: (list(sv.values())[j], list(tv.values())[j].clone()) for name, (sv, tv) in aux_lv.items()
+                    }})
+                terms = self.kd_losses[self._key(i, s_label)](s, t, level_ctx)
+                for name, value in terms.items():
+                    v = pair.weight * value
+                    result[f"kd/{s_label}/{name}"] = v
+                    loss_kd = loss_kd + v
+        result["loss_task"] = loss_task
+        result["loss_kd"] = loss_kd
+        result["loss"] = loss_task + loss_kd
+        return result
+
+    def kd_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Sum each KD term over levels: ``{"loss_channel": ..., "loss_spatial": ...}`` (for logs)."""
+        out: dict[str, Tensor] = {}
+        for k, v in losses.items():
+            if k.startswith("kd/"):
+                term = k.rsplit("/", 1)[-1]
+                out[term] = out.get(term, 0) + v.detach()
+        return out

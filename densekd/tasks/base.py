@@ -1,0 +1,44 @@
+"""The contract between the task-agnostic engine (``densekd/engine``) and a task (detection, segmentation).
+
+The engine owns: config loading, the train loop (optimizer, schedule, AMP, DDP, checkpoints, logs),
+the Distiller, the CLI. A task owns: its model/data config sections, model builders, datasets,
+collation, the task loss (or none, if the model computes it), canonical distillation points and
+evaluation. Data flows one way: config → task → engine.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..distiller import Pair
+
+
+class Task(Protocol):
+    name: str  # "detection" | "segmentation"
+    model_config_cls: type  # dataclass validated from the YAML ``model:`` section
+    data_config_cls: type  # dataclass validated from the YAML ``data:`` section
+
+    def build_model(self, model_cfg: Any, role: str) -> nn.Module:
+        """``role`` is "student" or "teacher"; teacher weights are loaded from the config's checkpoint."""
+
+    def build_dataset(self, data_cfg: Any, split: str) -> Dataset:
+        """``split`` is "train" or "val"."""
+
+    def collate(self, batch: Sequence[Any]) -> Any: ...
+
+    def to_device(self, batch: Any, device: torch.device) -> Any: ...
+
+    def model_inputs(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
+        """(inputs tuple for ``model(*inputs)``, targets)."""
+
+    def task_loss(self) -> Any:
+        """A ``task_loss(output, targets)`` callable, or None when the model computes its own losses."""
+
+    def default_pairs(self, model_cfg: Any, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
+        """The canonical distillation points (FPN levels the head uses; logits) for ``method``."""
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, out_dir: str | None) -> dict[str, float]:
+        """Metrics of ``model`` on ``loader`` (correct under DDP: reduce across ranks, rank 0 reports)."""
