@@ -1,0 +1,1 @@
+"""Datasets: the built-in digits set (``densekd.data.digits``) and loaders."""
