@@ -66,7 +66,8 @@ class DemoConfig:
     eval_points: int = 6
     # distillation
     kd_levels: tuple[str, ...] = ("logits", "feature")
-    kd_weight: float = 1.0
+    logits_weight: float = 1.0  # pair weight on the logits level's ACAM-KD terms
+    feature_weight: float = 1.0  # pair weight on the trunk feature level's terms
     num_masks: int = NUM_SEG_CLASSES
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -180,9 +181,9 @@ def _seed_all(seed: int) -> None:
 def _pairs(cfg: DemoConfig) -> list[Pair]:
     pairs = []
     if "logits" in cfg.kd_levels:
-        pairs.append(Pair("classifier", loss="acam_kd", weight=cfg.kd_weight, kwargs={"num_masks": cfg.num_masks}))
+        pairs.append(Pair("classifier", loss="acam_kd", weight=cfg.logits_weight, kwargs={"num_masks": cfg.num_masks}))
     if "feature" in cfg.kd_levels:
-        pairs.append(Pair("trunk", loss="acam_kd", weight=cfg.kd_weight, kwargs={"num_masks": cfg.num_masks}))
+        pairs.append(Pair("trunk", loss="acam_kd", weight=cfg.feature_weight, kwargs={"num_masks": cfg.num_masks}))
     return pairs
 
 
@@ -274,11 +275,10 @@ def _hash(obj: Any) -> str:
 
 def _teacher_key(cfg: DemoConfig, data_params: dict[str, Any]) -> dict[str, Any]:
     return {"model": "TinySegNet", "width": cfg.teacher_width, "iters": cfg.teacher_iters, "lr": cfg.lr,
-            "wd": cfg.weight_decay, "batch": cfg.batch_size, "data": data_params, "seed": 0,
-            "eval_split": cfg.eval_split, "version": 1}
+            "wd": cfg.weight_decay, "batch": cfg.batch_size, "data": data_params, "seed": 0, "version": 1}
 
 
-def get_teacher(cfg: DemoConfig, data, eval_data, data_params, cache: Path, log: Callable[[str], None]):
+def get_teacher(cfg: DemoConfig, data, dev_data, eval_data, data_params, cache: Path, log: Callable[[str], None]):
     """Load the cached teacher for this config, or train and cache it. Returns (model, RunResult, cached)."""
     key = _teacher_key(cfg, data_params)
     path = cache / f"teacher-{_hash(key)}.pt"
@@ -289,12 +289,15 @@ def get_teacher(cfg: DemoConfig, data, eval_data, data_params, cache: Path, log:
             model.load_state_dict(blob["state_dict"])
             r = RunResult(**blob["result"])
             r.curve = [tuple(c) for c in r.curve]
+            r.metric = evaluate_miou(model, *eval_data)  # on this run's evaluation split
             log(f"teacher: loaded from cache {path} ({r.metric:.2f} mIoU, trained in {r.seconds:.0f} s)")
             return model, r, True
     log(f"teacher: training width {cfg.teacher_width} for {cfg.teacher_iters} iterations (cached afterwards)")
     _seed_all(0)
     model = TinySegNet(cfg.teacher_width)
-    r, _ = train_model(model, data, eval_data, cfg.teacher_iters, cfg, seed=0, name="teacher")
+    # the teacher's curve is evaluated on dev, whatever split this run reports on, so the cache is split-free
+    r, _ = train_model(model, data, dev_data, cfg.teacher_iters, cfg, seed=0, name="teacher")
+    r.metric = evaluate_miou(model, *eval_data)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"key": key, "state_dict": model.state_dict(), "result": asdict(r)}, tmp)
@@ -316,7 +319,10 @@ def _plot_curves(results: dict[str, list[RunResult]], path: Path, split: str) ->
             it = [c[0] for c in r.curve]
             lab = name if j == 0 else None
             a1.plot(it, [c[1] for c in r.curve], color=colours.get(name), alpha=0.8, label=lab)
-            a2.plot(it, [c[2] for c in r.curve], color=colours.get(name), alpha=0.8, marker="o", ms=3, label=lab)
+            if name == "teacher":  # trained for longer (and cached): its final mIoU on this split
+                a2.axhline(r.metric, color=colours[name], ls="--", label=f"teacher (final, {r.curve[-1][0]} it)")
+            else:
+                a2.plot(it, [c[2] for c in r.curve], color=colours.get(name), alpha=0.8, marker="o", ms=3, label=lab)
     a1.set(xlabel="iteration", ylabel="task loss (cross-entropy)", title="training loss")
     a2.set(xlabel="iteration", ylabel=f"mIoU (%) on {split}", title=f"{split} mIoU")
     a1.legend()
@@ -351,8 +357,9 @@ def _plot_masks(distiller: Distiller, image: Tensor, mask: Tensor, path_spatial:
     axes[1].imshow(mask.numpy(), cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
     axes[1].set_title("ground truth", fontsize=8)
     for i in range(m):
-        axes[i + 2].imshow(sp[i].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        axes[i + 2].set_title(f"spatial mask {i}", fontsize=8)
+        m_i = sp[i].numpy()  # each panel scaled to its own range (printed), so small contrasts stay visible
+        axes[i + 2].imshow(m_i, cmap="viridis", interpolation="nearest")
+        axes[i + 2].set_title(f"mask {i} [{m_i.min():.2f}–{m_i.max():.2f}]", fontsize=8)
     for a in axes:
         a.axis("off")
     fig.suptitle(f"ACAM-KD spatial masks at '{level}' (student after training)", fontsize=9)
@@ -419,7 +426,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         f"val {cfg.n_val} canvases of {cfg.canvas}×{cfg.canvas}; disjoint source digits)")
     train, evald = _tensors(ds["train"]), _tensors(ds[cfg.eval_split])
 
-    teacher, t_res, cached = get_teacher(cfg, train, evald, dparams, cache, log)
+    devd = evald if cfg.eval_split == "dev" else _tensors(ds["dev"])
+    teacher, t_res, cached = get_teacher(cfg, train, devd, evald, dparams, cache, log)
     results: dict[str, list[RunResult]] = {"teacher": [t_res], "student": [], "student + ACAM-KD": []}
     last_distiller = None
     for s in range(cfg.seeds):
