@@ -69,6 +69,8 @@ class DemoConfig:
     logits_weight: float = 1.0  # pair weight on the logits level's ACAM-KD terms
     feature_weight: float = 1.0  # pair weight on the trunk feature level's terms
     num_masks: int = NUM_SEG_CLASSES
+    mask_lr_scale: float = 1.0  # learning rate of the STCA-FF/ASCM (mask) modules relative to ``lr``
+    acam_kwargs: dict[str, Any] = field(default_factory=dict)  # further acam_kd switches (methods.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -181,9 +183,11 @@ def _seed_all(seed: int) -> None:
 def _pairs(cfg: DemoConfig) -> list[Pair]:
     pairs = []
     if "logits" in cfg.kd_levels:
-        pairs.append(Pair("classifier", loss="acam_kd", weight=cfg.logits_weight, kwargs={"num_masks": cfg.num_masks}))
+        pairs.append(Pair("classifier", loss="acam_kd", weight=cfg.logits_weight,
+                          kwargs={"num_masks": cfg.num_masks, **cfg.acam_kwargs}))
     if "feature" in cfg.kd_levels:
-        pairs.append(Pair("trunk", loss="acam_kd", weight=cfg.feature_weight, kwargs={"num_masks": cfg.num_masks}))
+        pairs.append(Pair("trunk", loss="acam_kd", weight=cfg.feature_weight,
+                          kwargs={"num_masks": cfg.num_masks, **cfg.acam_kwargs}))
     return pairs
 
 
@@ -200,6 +204,18 @@ class RunResult:
     seconds: float
     curve: list[tuple[int, float, float]]  # (iteration, task loss (mean since last point), eval mIoU)
     mask_stats: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def make_optimizer(cfg: DemoConfig, model: nn.Module, distiller: Distiller | None = None) -> torch.optim.Optimizer:
+    """AdamW: the student and the aligners at ``lr``; STCA-FF/ASCM (mask modules) at ``lr × mask_lr_scale``."""
+    if distiller is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    else:
+        mask_params = [p for n, p in distiller.kd_losses.named_parameters() if n.split(".")[1] != "align"]
+        ids = {id(p) for p in mask_params}
+        rest = [p for p in distiller.trainable_parameters() if id(p) not in ids]
+        groups = [{"params": rest, "lr": cfg.lr}, {"params": mask_params, "lr": cfg.lr * cfg.mask_lr_scale}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_model(
@@ -219,10 +235,7 @@ def train_model(
     if teacher is not None:
         distiller = Distiller(model, teacher, _pairs(cfg), task_loss=_ce, example_inputs=(x[:2],))
         distiller.max_iterations = iters
-        params = list(distiller.trainable_parameters())
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model, distiller)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)))
     eval_at = set(np.linspace(0, iters, cfg.eval_points + 1).round().astype(int)[1:].tolist())
     curve: list[tuple[int, float, float]] = []

@@ -105,3 +105,22 @@ def test_cli_rejects_unknown_task(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--task", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_optimizer_groups_scale_only_the_mask_modules():
+    from densekd import losses  # noqa: F401  (registers acam_kd)
+    from densekd.demo import _ce, _pairs, make_optimizer
+    from densekd.distiller import Distiller
+
+    cfg = DemoConfig.quick_config(mask_lr_scale=0.1, lr=1e-3)
+    student, teacher = TinySegNet(4), TinySegNet(8)
+    d = Distiller(student, teacher, _pairs(cfg), task_loss=_ce, example_inputs=(torch.randn(2, 3, 32, 32),))
+    opt = make_optimizer(cfg, student, d)
+    main_group, mask_group = opt.param_groups
+    assert main_group["lr"] == pytest.approx(1e-3) and mask_group["lr"] == pytest.approx(1e-4)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    named = dict(d.kd_losses.named_parameters())
+    align = {id(p) for n, p in named.items() if ".align." in n}
+    assert ids(student.parameters()) | align == ids(main_group["params"])
+    assert ids(mask_group["params"]) == ids(named.values()) - align and mask_group["params"]
+    assert len(make_optimizer(cfg, student).param_groups) == 1
