@@ -12,8 +12,15 @@ What it does (all on the built-in digits set, :mod:`densekd.data.digits`):
 ``quick=True`` is a smoke run (tiny sizes, few iterations) used by CI; its numbers are labelled as such.
 
 The models are small DeepLab-like nets (stride-4 dilated conv trunk, 1×1 classifier, bilinear upsampling);
-teacher and student differ in width only. ACAM-KD distils the stride-4 logits (C = M = 11 classes, as
-methods.md "ASCM" prescribes for segmentation) and, by default, the last trunk feature.
+teacher (width 32) and student (width 16) differ in width only. By default ACAM-KD distils the last trunk
+feature (pair weight 0.1, M = 11 masks, as methods.md "ASCM" prescribes for segmentation); the logits level is
+available (``kd_levels``) but MSE on the logits hurt the student on the dev split at every weight tried.
+These settings were chosen on the ``dev`` split; the demo reports on ``val``.
+
+Measured finding (see the figure ``acam_mask_stats.png``): with the mask units trained by the distillation
+loss itself (methods.md, "Optimisation of the mask modules"), the masks collapse to ~0 within ~100
+iterations — the MasKD-normalised loss is proportional to the masks' scale, so shrinking them minimises it —
+after which the KD term is ~0. The demo shows this rather than hiding it.
 """
 from __future__ import annotations
 
@@ -56,7 +63,7 @@ class DemoConfig:
     data_seed: int = 0
     # models
     teacher_width: int = 32
-    student_width: int = 8
+    student_width: int = 16
     # schedule
     batch_size: int = 16
     teacher_iters: int = 1500
@@ -65,9 +72,9 @@ class DemoConfig:
     weight_decay: float = 1e-4
     eval_points: int = 6
     # distillation
-    kd_levels: tuple[str, ...] = ("logits", "feature")
-    logits_weight: float = 1.0  # pair weight on the logits level's ACAM-KD terms
-    feature_weight: float = 1.0  # pair weight on the trunk feature level's terms
+    kd_levels: tuple[str, ...] = ("feature",)
+    logits_weight: float = 0.005  # pair weight on the logits level's ACAM-KD terms (if distilled)
+    feature_weight: float = 0.1  # pair weight on the trunk feature level's terms
     num_masks: int = NUM_SEG_CLASSES
     mask_lr_scale: float = 1.0  # learning rate of the STCA-FF/ASCM (mask) modules relative to ``lr``
     acam_kwargs: dict[str, Any] = field(default_factory=dict)  # further acam_kd switches (methods.md)
@@ -76,7 +83,8 @@ class DemoConfig:
     @staticmethod
     def quick_config(**kw: Any) -> "DemoConfig":
         base = DemoConfig(quick=True, seeds=1, canvas=32, n_train=48, n_dev=16, n_val=32, teacher_width=8,
-                          student_width=4, batch_size=8, teacher_iters=30, student_iters=20, eval_points=2)
+                          student_width=4, batch_size=8, teacher_iters=30, student_iters=20, eval_points=2,
+                          kd_levels=("logits", "feature"))  # both levels, so the smoke run exercises both
         return replace(base, **kw)
 
     def validate(self) -> None:
