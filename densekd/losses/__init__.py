@@ -2,5 +2,8 @@
 from .base import DistillContext, DistillLoss
 from .registry import available_losses, build_loss, get_loss_class, register_loss
 
+from . import samkd  # noqa: F401,E402  (registers "samkd")
+from . import dmkd  # noqa: F401,E402  (registers "dmkd")
+from . import fitnet  # noqa: F401,E402  (registers "fitnet")
 
 __all__ = ["DistillContext", "DistillLoss", "available_losses", "build_loss", "get_loss_class", "register_loss"]
