@@ -9,5 +9,6 @@ from . import logit_kd  # noqa: F401,E402  (registers "hinton_kd")
 from . import cwd  # noqa: F401,E402  (registers "cwd")
 from . import pkd  # noqa: F401,E402  (registers "pkd")
 from . import mgd  # noqa: F401,E402  (registers "mgd")
+from . import fgd  # noqa: F401,E402  (registers "fgd")
 
 __all__ = ["DistillContext", "DistillLoss", "available_losses", "build_loss", "get_loss_class", "register_loss"]
