@@ -12,3 +12,6 @@ from . import mgd  # noqa: F401,E402  (registers "mgd")
 from . import fgd  # noqa: F401,E402  (registers "fgd")
 
 __all__ = ["DistillContext", "DistillLoss", "available_losses", "build_loss", "get_loss_class", "register_loss"]
+
+# one import per method file; each file registers itself with @register_loss
+from . import acam  # noqa: E402,F401
