@@ -67,7 +67,9 @@ def test_masks_hand_built_example():
     t[0, 1, :2, :2] = -0.5
     ms, mc, att_s, att_c = samkd_masks(t, 2)
     exp_ms = torch.ones(1, 1, 4, 4)
-    exp_ms[0, 0, 0, 0] = 0  # σ(9.25)≈1 vs three σ(0.05..)≈0.51 → ≈1.32 ≥ 0.95, others ≈0.68 < 0.95
+    # top-left: ‖F‖²/(τC) = 9.25 → σ≈1.000 vs three σ(0.26)≈0.565; region mean ≈0.674 → φ ≈1.48 (masked)
+    # and ≈0.84 (kept)
+    exp_ms[0, 0, 0, 0] = 0
     # other regions: all positions equal → A_s = 1 ≥ 0.95 → masked
     exp_ms[0, 0, :2, 2:] = 0
     exp_ms[0, 0, 2:, :] = 0

@@ -12,7 +12,6 @@ Returns ``{"loss_kd": ...}``.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
