@@ -90,6 +90,7 @@ def test_efficient_attention_equals_explicit(d_qk, d_v):
     q, k, v = torch.randn(2, 30, d_qk), torch.randn(2, 30, d_qk), torch.randn(2, 30, d_v)
     ref = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d_qk), -1) @ v
     assert torch.allclose(cross_attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(cross_attention(q, k, v, channels_first=True), ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [
