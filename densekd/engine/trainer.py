@@ -159,8 +159,13 @@ class Trainer:
             n = min(t.batch_size, len(self.train_set))
             example = self.task.to_device(self.task.collate([seeded[(i, 0)] for i in range(n)]), self.device)
             inputs, _ = self.task.model_inputs(example)
-            self.model: nn.Module = Distiller(student, teacher, build_pairs(cfg, self.task),
-                                              task_loss=self.task.task_loss(), example_inputs=inputs)
+            try:
+                self.model: nn.Module = Distiller(student, teacher, build_pairs(cfg, self.task),
+                                                  task_loss=self.task.task_loss(), example_inputs=inputs)
+            except TypeError as e:  # build_loss(...) with a keyword the method does not take
+                if str(e).startswith("build_loss("):
+                    raise ConfigError(f"distill.kwargs: {e}") from None
+                raise
         else:
             self.model = StudentOnly(student, self.task.task_loss())
         self.model.train()
