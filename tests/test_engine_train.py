@@ -97,9 +97,9 @@ def test_bf16_autocast_on_cpu(make_config, tmp_path):
     assert float(row["loss"]) > 0
 
 
-def test_adamw_cosine_grad_clip(make_config, teacher_ckpt, tmp_path):
+def test_adamw_cosine_grad_clip(make_config, tmp_path):
     out = tmp_path / "adamw"
-    cfg = make_config(out, teacher=teacher_ckpt, eval_every=-1, grad_clip=1.0,
+    cfg = make_config(out, eval_every=-1, grad_clip=1.0,
                       optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05},
                       schedule={"type": "cosine", "warmup_iters": 1})
     densekd.train(cfg)
@@ -129,9 +129,7 @@ def test_batch_larger_than_dataset_and_bad_kwargs(make_config, teacher_ckpt, tmp
     cfg["distill"]["method"] = "acam_kd"
     with pytest.raises(ConfigError, match=r"^distill.kwargs: build_loss\('acam_kd'\): .*bogus"):
         densekd.train(cfg)
-    cfg["distill"]["kwargs"] = {"query": "nobody"}
-    with pytest.raises(ConfigError, match="^distill: acam_kd: query must be one of"):
-        densekd.train(cfg)
+
 
 
 def test_teacher_without_weights_is_refused(make_config, teacher_ckpt, tmp_path):
