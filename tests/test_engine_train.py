@@ -43,6 +43,9 @@ def test_plain_training_writes_logs_weights_and_metrics(make_config, tmp_path):
     final = _load(out / "student_final.pth")
     assert final.keys() == ck["student"].keys()
     assert all(torch.equal(final[k], ck["student"][k]) for k in final)
+    # a checkpoint of another model in output_dir is one clear error, not a state-dict traceback
+    with pytest.raises(ConfigError, match=r"^train.resume: .*checkpoint.pth' does not fit this config \(.*train.resume=false"):
+        Trainer(make_config(out), ["model.student.arch=fcos"])
     # CLI evaluation of the final weights reproduces the end-of-training metrics
     assert densekd.evaluate(make_config(out), str(out / "student_final.pth")) == pytest.approx(metrics)
 

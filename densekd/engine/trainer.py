@@ -240,9 +240,16 @@ class Trainer:
             raise ConfigError(f"train.resume: cannot read {path!r}: {str(e).splitlines()[0]}") from None
         if state.get("format") != ckpt.FORMAT:
             raise ConfigError(f"train.resume: {path!r} is not a densekd training checkpoint")
-        self.model.student.load_state_dict(state["student"])
-        self.model.kd_losses.load_state_dict(state["kd_losses"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.student.load_state_dict(state["student"])
+            self.model.kd_losses.load_state_dict(state["kd_losses"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ConfigError(
+                f"train.resume: {path!r} does not fit this config ({first}); use another output_dir or "
+                f"train.resume=false to start over"
+            ) from None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -361,6 +368,8 @@ class Trainer:
             if main:
                 with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
                     json.dump({"iteration": self.iteration, **metrics}, f, indent=2)
+                print(f"finished {self.iteration} iterations; student weights: "
+                      f"{os.path.join(self.out, 'student_final.pth')}", flush=True)
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
