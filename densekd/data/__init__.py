@@ -1,0 +1,1 @@
+"""Datasets and transforms (segmentation: :mod:`densekd.data.segmentation`)."""

@@ -1,0 +1,1 @@
+"""Model builders (segmentation: :mod:`densekd.models.segmentation`)."""
