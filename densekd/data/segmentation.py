@@ -295,8 +295,8 @@ def make_toy_segmentation(
         for i in range(num_images):
             cls = np.zeros((h, w), dtype=np.int64)
             for _ in range(4):
-                y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
-                y1, x1 = y0 + rng.integers(8, h // 2 + 8), x0 + rng.integers(8, w // 2 + 8)
+                y0, x0 = rng.integers(0, h), rng.integers(0, w)
+                y1, x1 = y0 + rng.integers(max(1, h // 8), h // 2 + 2), x0 + rng.integers(max(1, w // 8), w // 2 + 2)
                 cls[y0:y1, x0:x1] = rng.integers(0, num_classes)
             img = palette[cls].astype(np.float64) + rng.normal(0, 12, size=(h, w, 3))
             img = np.clip(img, 0, 255).astype(np.uint8)
@@ -308,7 +308,7 @@ def make_toy_segmentation(
                 (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
                 (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
-                Image.fromarray(mask, mode="L").save(root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
+                Image.fromarray(mask).save(root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
             elif format == "voc":
                 mask = cls.astype(np.uint8)
                 mask[:, :2] = 255
@@ -317,7 +317,7 @@ def make_toy_segmentation(
                 (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
                 (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-                m = Image.fromarray(mask, mode="P")
+                m = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
                 m.putpalette(rng.integers(0, 256, 768).astype(np.uint8).tolist())
                 m.save(root / "SegmentationClass" / f"{name}.png")
             elif format == "folder":
@@ -326,7 +326,7 @@ def make_toy_segmentation(
                 (root / split / "images").mkdir(parents=True, exist_ok=True)
                 (root / split / "masks").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(root / split / "images" / f"img{i:04d}.png")
-                Image.fromarray(mask, mode="L").save(root / split / "masks" / f"img{i:04d}.png")
+                Image.fromarray(mask).save(root / split / "masks" / f"img{i:04d}.png")
             else:
                 raise ConfigError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
         if format == "voc":
