@@ -4,3 +4,6 @@ from .registry import available_losses, build_loss, get_loss_class, register_los
 
 
 __all__ = ["DistillContext", "DistillLoss", "available_losses", "build_loss", "get_loss_class", "register_loss"]
+
+# one import per method file; each file registers itself with @register_loss
+from . import acam  # noqa: E402,F401

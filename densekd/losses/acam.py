@@ -1,0 +1,275 @@
+"""ACAM-KD: Adaptive and Cooperative Attention Masking for Knowledge Distillation.
+
+Lan & Tian, ICCV 2025 (arXiv 2503.06307). Every equation and decision below follows
+``shared/design/methods.md``, section "ACAM-KD"; the sub-section names are quoted in comments.
+
+Per distilled level::
+
+    F̂_S = align(F_S)                                     (Notation: 1×1 conv)
+    F_fuse = softmax(Q Kᵀ / √(C/2)) V                     (STCA-FF; Q from F_T, K, V from F̂_S)
+    M_s = σ(S_s Z),  M_c = σ(S_c ⊙ v)                      (ASCM; Z = flatten(F_fuse), v = mean_hw F_fuse)
+    L = α (L_c + L_s) + λ (Dice(M_s) + Dice(M_c))          (Losses)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import DistillContext, DistillLoss
+from .registry import register_loss
+
+_CHOICES = {
+    "query": ("teacher", "student"),
+    "channel_units": ("vector", "scalar"),
+    "masks": ("both", "spatial", "channel"),
+    "fusion": ("cross_attention", "teacher"),
+    "diversity": ("both", "spatial", "none"),
+}
+
+
+def _check_choice(name: str, value: str) -> None:
+    if value not in _CHOICES[name]:
+        raise ValueError(f"acam_kd: {name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
+
+
+def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / √d_qk) v for q, k: [B, N, d_qk], v: [B, N, d_v], without materialising the N×N matrix.
+
+    methods.md, STCA-FF: ``scaled_dot_product_attention`` only takes its memory-efficient/flash path when
+    q, k and v have the same last dimension. With d_v = 2·d_qk (the paper's C/2 vs C) we split V into two
+    heads of width d_qk that share Q and K (``expand``: a view, no copy). Any other ratio falls back to
+    zero-padding Q and K up to d_v, which leaves every dot product unchanged. The scale stays 1/√d_qk.
+    """
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    scale = 1.0 / math.sqrt(d_qk)
+    b, n = v.shape[0], v.shape[1]
+    if d_v % d_qk == 0:
+        heads = d_v // d_qk
+        vh = v.reshape(b, n, heads, d_qk).transpose(1, 2)  # [B, heads, N, d_qk]
+        qh = q.unsqueeze(1).expand(b, heads, q.shape[1], d_qk)
+        kh = k.unsqueeze(1).expand(b, heads, n, d_qk)
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)  # [B, heads, N, d_qk]
+        return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
+    pad = d_v - d_qk
+    if pad < 0:
+        raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
+    return F.scaled_dot_product_attention(F.pad(q, (0, pad)), F.pad(k, (0, pad)), v, scale=scale)
+
+
+class STCAFF(nn.Module):
+    """Student–teacher cross-attention feature fusion (methods.md, STCA-FF).
+
+    Q = W_q * F_T (C → C/2), K = W_k * F̂_S (C → C/2), V = W_v * F̂_S (C → C), all 1×1 convs.
+    No multi-head split, residual, norm or output projection (the spec adds none).
+    ``query="student"`` swaps the roles (paper Table 9): Q from F̂_S, K and V from F_T.
+    """
+
+    def __init__(self, channels: int, query: str = "teacher") -> None:
+        super().__init__()
+        _check_choice("query", query)
+        self.query = query
+        d_qk = max(channels // 2, 1)
+        self.q = nn.Conv2d(channels, d_qk, kernel_size=1)
+        self.k = nn.Conv2d(channels, d_qk, kernel_size=1)
+        self.v = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, teacher_feat: Tensor, student_aligned: Tensor) -> Tensor:
+        q_src, kv_src = (teacher_feat, student_aligned) if self.query == "teacher" else (student_aligned, teacher_feat)
+        b, c, h, w = kv_src.shape
+        q = self.q(q_src).flatten(2).transpose(1, 2)  # [B, HW, C/2]
+        k = self.k(kv_src).flatten(2).transpose(1, 2)  # [B, HW, C/2]
+        v = self.v(kv_src).flatten(2).transpose(1, 2)  # [B, HW, C]
+        fused = cross_attention(q, k, v)  # A V, A = softmax(QKᵀ/√(C/2)) never materialised
+        return fused.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ASCM(nn.Module):
+    """Adaptive spatial-channel masking (methods.md, ASCM).
+
+    M selection units per family, initialised N(0, 0.01²). Spatial masks M_s = σ(S_s Z) [B, M, HW]
+    (dot product over channels, sigmoid after the product). Channel masks, **Decision** (ASCM):
+    M_c = σ(S_c ⊙ v) [B, M, C] with ``channel_units="vector"``; the outer-product reading
+    (``"scalar"``: one scalar per mask, M_c[b,m,c] = σ(s_m · v[b,c])) is the documented alternative.
+    """
+
+    def __init__(self, channels: int, num_masks: int, channel_units: str = "vector", init_std: float = 0.01,
+                 spatial: bool = True, channel: bool = True) -> None:
+        super().__init__()
+        _check_choice("channel_units", channel_units)
+        self.channel_mode = channel_units
+        # Both families are always drawn, in a fixed order, so a switch that drops one leaves the other's
+        # initialisation unchanged (the ablations differ in what they should and nothing else).
+        s_init = torch.randn(num_masks, channels) * init_std
+        c_init = torch.randn(num_masks, channels) * init_std if channel_units == "vector" else torch.randn(num_masks) * init_std
+        self.spatial_units = nn.Parameter(s_init) if spatial else None
+        self.channel_units = nn.Parameter(c_init) if channel else None
+
+    def forward(self, fused: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Returns (channel masks [B, M, C] or None, spatial masks [B, M, HW] or None)."""
+        m_c = m_s = None
+        if self.spatial_units is not None:
+            z = fused.flatten(2)  # Z: [B, C, HW]
+            m_s = torch.sigmoid(torch.einsum("mc,bcn->bmn", self.spatial_units.to(z.dtype), z))
+        if self.channel_units is not None:
+            v = fused.mean(dim=(2, 3))  # v: [B, C]
+            units = self.channel_units.to(v.dtype)
+            if self.channel_mode == "vector":
+                m_c = torch.sigmoid(units.unsqueeze(0) * v.unsqueeze(1))  # σ(S_c ⊙ v): [B, M, C]
+            else:
+                m_c = torch.sigmoid(units.view(1, -1, 1) * v.unsqueeze(1))  # σ(s_m v_c): [B, M, C]
+        return m_c, m_s
+
+
+def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """Mean pairwise Dice over ordered pairs i ≠ j (methods.md, Losses — as in MasKD).
+
+    masks [B, M, N]: d_ij = 2 Σ_n X_in X_jn / (Σ_n X_in² + Σ_n X_jn² + ε), averaged over b and i ≠ j.
+    Identical masks give 1, disjoint masks 0. With M = 1 there is no pair and the term is 0.
+    """
+    b, m, _ = masks.shape
+    if m < 2:
+        return masks.new_zeros(())
+    x = masks.float()
+    gram = torch.bmm(x, x.transpose(1, 2))  # [B, M, M]: Σ_n X_in X_jn
+    sq = torch.diagonal(gram, dim1=1, dim2=2)  # [B, M]: Σ_n X_in²
+    d = 2 * gram / (sq.unsqueeze(2) + sq.unsqueeze(1) + eps)
+    off_diag = d.sum(dim=(1, 2)) - torch.diagonal(d, dim1=1, dim2=2).sum(dim=1)
+    return (off_diag / (m * (m - 1))).mean()
+
+
+def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12) -> Tensor:
+    """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (methods.md, Losses).
+
+    ``diff_sq_c`` [B, C] = Σ_hw D², so Σ_{c,h,w} (M_c[b,m,c] D[b,c,h,w])² = Σ_c M_c² · diff_sq_c: one
+    einsum over all masks, no loop, no [B, M, C, H, W] tensor.
+    """
+    num = torch.einsum("bmc,bc->bm", m_c * m_c, diff_sq_c)
+    den = hw * m_c.sum(dim=2) + eps
+    return (num / den).mean()  # mean over b and m = (1/M) Σ_m mean_b
+
+
+def spatial_loss(diff_sq_n: Tensor, m_s: Tensor, c: int, eps: float = 1e-12) -> Tensor:
+    """L_s = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_s D)² / (C · Σ_hw M_s) ]; ``diff_sq_n`` [B, HW] = Σ_c D²."""
+    num = torch.einsum("bmn,bn->bm", m_s * m_s, diff_sq_n)
+    den = c * m_s.sum(dim=2) + eps
+    return (num / den).mean()
+
+
+def mask_statistics(masks: Tensor, eps: float = 1e-12) -> dict[str, float]:
+    """Collapse diagnostics for one mask family [B, M, N] (methods.md, Optimisation of the mask modules).
+
+    mean: mean mask value. dice: mean pairwise Dice (1 = all masks identical). entropy: entropy of each
+    mask normalised to a distribution over its N positions, divided by log N (1 = uniform, 0 = one spike),
+    averaged over b and m.
+    """
+    x = masks.detach().float()
+    n = x.shape[-1]
+    p = x / (x.sum(dim=-1, keepdim=True) + eps)
+    ent = -(p * (p + eps).log()).sum(dim=-1) / max(math.log(n), eps)
+    return {"mean": float(x.mean()), "dice": float(dice_diversity(x)), "entropy": float(ent.mean())}
+
+
+@register_loss("acam_kd")
+class ACAMKD(DistillLoss):
+    """ACAM-KD for one distilled level: align → STCA-FF → ASCM → masked losses + Dice diversity.
+
+    Args:
+        student_channels, teacher_channels: channels of F_S and F_T.
+        num_masks: M per family; 6 for detection, number of classes for segmentation (methods.md, ASCM).
+        alpha, lambda_div: α and λ of the total loss (both 1, methods.md, Losses).
+        query: ``"teacher"`` (default) or ``"student"`` — which side asks in STCA-FF (paper Table 9).
+        channel_units: ``"vector"`` (default Decision) or ``"scalar"`` (outer-product reading).
+        masks: ``"both"`` | ``"spatial"`` | ``"channel"`` (paper Table 8).
+        fusion: ``"cross_attention"`` (STCA-FF) or ``"teacher"`` (ASCM fed with F_T: the adaptive teacher
+            mask of paper Table 10; no STCA-FF module is built).
+        diversity: ``"both"`` (Decision: Dice(M_s) + Dice(M_c)), ``"spatial"`` or ``"none"``.
+        align: ``"conv1x1"`` or ``"identity"`` (equal channels only).
+        keep_masks: store detached ``last_masks`` after each forward (for plots and logs).
+
+    Returns ``{"loss_channel", "loss_spatial", "loss_div"}`` (only the terms the switches enable),
+    with α and λ applied. After each forward, ``last_masks`` holds ``{"channel": [B,M,C],
+    "spatial": [B,M,H,W], "fused": [B,C,H,W]}`` (detached; only the families that were computed).
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        num_masks: int = 6,
+        alpha: float = 1.0,
+        lambda_div: float = 1.0,
+        query: str = "teacher",
+        channel_units: str = "vector",
+        masks: str = "both",
+        fusion: str = "cross_attention",
+        diversity: str = "both",
+        align: str = "conv1x1",
+        init_std: float = 0.01,
+        keep_masks: bool = True,
+    ) -> None:
+        super().__init__(student_channels, teacher_channels, align=align)
+        for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
+                            ("fusion", fusion), ("diversity", diversity)):
+            _check_choice(name, value)
+        if int(num_masks) < 1:
+            raise ValueError(f"acam_kd: num_masks must be >= 1, got {num_masks}")
+        self.num_masks = int(num_masks)
+        self.alpha = float(alpha)
+        self.lambda_div = float(lambda_div)
+        self.masks = masks
+        self.fusion_mode = fusion
+        self.diversity = diversity
+        self.keep_masks = keep_masks
+        c = teacher_channels
+        # Each level has its own align / STCA-FF / ASCM (methods.md, Losses: "not shared").
+        self.fusion = STCAFF(c, query=query) if fusion == "cross_attention" else None
+        self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
+                         spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"))
+        self.last_masks: dict[str, Tensor] = {}
+
+    def forward(self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
+                ) -> dict[str, Tensor]:
+        self.check_pair(student_feat, teacher_feat)
+        teacher_feat = teacher_feat.detach()
+        s_hat = self.align(student_feat)
+        b, c, h, w = teacher_feat.shape
+        # methods.md, Ablation baselines: fusion="teacher" feeds ASCM with F_T (adaptive teacher mask).
+        fused = self.fusion(teacher_feat, s_hat) if self.fusion is not None else teacher_feat
+        m_c, m_s = self.ascm(fused)
+
+        diff = (teacher_feat - s_hat).float()  # D = F_T − F̂_S, losses in fp32 under autocast
+        sq = diff * diff
+        out: dict[str, Tensor] = {}
+        div = diff.new_zeros(())
+        if m_c is not None:
+            out["loss_channel"] = self.alpha * channel_loss(sq.sum(dim=(2, 3)), m_c.float(), h * w)
+            if self.diversity == "both":
+                div = div + dice_diversity(m_c)
+        if m_s is not None:
+            out["loss_spatial"] = self.alpha * spatial_loss(sq.sum(dim=1).flatten(1), m_s.float(), c)
+            if self.diversity in ("both", "spatial"):
+                div = div + dice_diversity(m_s)
+        if self.diversity != "none":
+            out["loss_div"] = self.lambda_div * div
+
+        if self.keep_masks:
+            kept: dict[str, Tensor] = {"fused": fused.detach()}
+            if m_c is not None:
+                kept["channel"] = m_c.detach()
+            if m_s is not None:
+                kept["spatial"] = m_s.detach().view(b, -1, h, w)
+            self.last_masks = kept
+        return out
+
+    def mask_statistics(self) -> dict[str, float]:
+        """``{"spatial/mean", "spatial/dice", "spatial/entropy", "channel/..."}`` of the last forward."""
+        stats: dict[str, float] = {}
+        for fam in ("spatial", "channel"):
+            if fam in self.last_masks:
+                m = self.last_masks[fam]
+                for k, v in mask_statistics(m.flatten(2)).items():
+                    stats[f"{fam}/{k}"] = v
+        return stats

@@ -1,0 +1,220 @@
+"""ACAM-KD against an explicit, loop-based reading of methods.md (section ACAM-KD)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from densekd import build_loss
+from densekd.losses.acam import ACAMKD, cross_attention, dice_diversity, mask_statistics
+
+
+def naive_reference(mod: ACAMKD, fs, ft):
+    """softmax(QKᵀ/√(C/2))V materialised, and a Python loop over masks — the formulas as written."""
+    s_hat = mod.align(fs)
+    b, c, h, w = ft.shape
+    if mod.fusion is not None:
+        qs, kvs = (ft, s_hat) if mod.fusion.query == "teacher" else (s_hat, ft)
+        q = mod.fusion.q(qs).flatten(2).transpose(1, 2)
+        k = mod.fusion.k(kvs).flatten(2).transpose(1, 2)
+        v = mod.fusion.v(kvs).flatten(2).transpose(1, 2)
+        a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+        fused = (a @ v).transpose(1, 2).reshape(b, c, h, w)
+    else:
+        fused = ft
+    d = ft - s_hat
+    out = {}
+    div = 0.0
+    if mod.ascm.channel_units is not None:
+        vvec = fused.mean(dim=(2, 3))
+        units = mod.ascm.channel_units
+        mc = torch.stack([torch.sigmoid(units[m] * vvec) for m in range(mod.num_masks)], 1)
+        lc = 0.0
+        for m in range(mod.num_masks):
+            per_b = []
+            for bi in range(b):
+                wgt = mc[bi, m].view(c, 1, 1)
+                per_b.append(((wgt * d[bi]) ** 2).sum() / (h * w * mc[bi, m].sum()))
+            lc = lc + torch.stack(per_b).mean()
+        out["loss_channel"] = lc / mod.num_masks
+        if mod.diversity == "both":
+            div = div + naive_dice(mc)
+    if mod.ascm.spatial_units is not None:
+        z = fused.flatten(2)
+        ms = torch.stack([torch.sigmoid((mod.ascm.spatial_units[m].view(1, c, 1) * z).sum(1)) for m in range(mod.num_masks)], 1)
+        ls = 0.0
+        for m in range(mod.num_masks):
+            per_b = []
+            for bi in range(b):
+                wgt = ms[bi, m].view(1, h, w)
+                per_b.append(((wgt * d[bi]) ** 2).sum() / (c * ms[bi, m].sum()))
+            ls = ls + torch.stack(per_b).mean()
+        out["loss_spatial"] = ls / mod.num_masks
+        if mod.diversity in ("both", "spatial"):
+            div = div + naive_dice(ms)
+    if mod.diversity != "none":
+        out["loss_div"] = div
+    return out
+
+
+def naive_dice(x, eps=1e-6):
+    b, m, _ = x.shape
+    if m < 2:
+        return torch.zeros((), dtype=x.dtype)
+    vals = []
+    for bi in range(b):
+        for i in range(m):
+            for j in range(m):
+                if i != j:
+                    xi, xj = x[bi, i], x[bi, j]
+                    vals.append(2 * (xi * xj).sum() / ((xi * xi).sum() + (xj * xj).sum() + eps))
+    return torch.stack(vals).mean()
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    kw.setdefault("student_channels", 6)
+    kw.setdefault("teacher_channels", 8)
+    kw.setdefault("num_masks", 3)
+    return build_loss("acam_kd", **kw).double()
+
+
+def feats(cs=6, ct=8, b=2, h=5, w=4):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, cs, h, w, generator=g, dtype=torch.float64), torch.randn(b, ct, h, w, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("d_qk,d_v", [(4, 8), (3, 6), (3, 7), (5, 5)])
+def test_efficient_attention_equals_explicit(d_qk, d_v):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 30, d_qk), torch.randn(2, 30, d_qk), torch.randn(2, 30, d_v)
+    ref = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d_qk), -1) @ v
+    assert torch.allclose(cross_attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"query": "student"}, {"channel_units": "scalar"}, {"masks": "spatial"}, {"masks": "channel"},
+    {"fusion": "teacher"}, {"diversity": "spatial"}, {"diversity": "none"}, {"num_masks": 1},
+])
+def test_matches_naive_formula(kw):
+    mod = make(**kw)
+    fs, ft = feats()
+    got = mod(fs, ft)
+    ref = naive_reference(mod, fs, ft)
+    assert set(got) == set(ref)
+    for key in ref:
+        assert torch.allclose(got[key], torch.as_tensor(ref[key], dtype=got[key].dtype), rtol=1e-6, atol=1e-9), key
+
+
+def test_default_terms_and_weights():
+    mod = make()
+    fs, ft = feats()
+    base = mod(fs, ft)
+    assert set(base) == {"loss_channel", "loss_spatial", "loss_div"}
+    mod.alpha, mod.lambda_div = 2.0, 3.0
+    scaled = mod(fs, ft)
+    assert torch.allclose(scaled["loss_channel"], 2 * base["loss_channel"])
+    assert torch.allclose(scaled["loss_spatial"], 2 * base["loss_spatial"])
+    assert torch.allclose(scaled["loss_div"], 3 * base["loss_div"])
+    assert ACAMKD(4, 4).num_masks == 6 and ACAMKD(4, 4).alpha == 1.0 and ACAMKD(4, 4).lambda_div == 1.0
+
+
+def test_switches_change_only_what_they_should():
+    fs, ft = feats()
+    full = make()(fs, ft)
+    sp, ch = make(masks="spatial"), make(masks="channel")
+    assert sp.ascm.channel_units is None and ch.ascm.spatial_units is None
+    # with the same seed the spatial units are identical, so loss_spatial is unchanged by masks="spatial"
+    assert torch.allclose(sp(fs, ft)["loss_spatial"], full["loss_spatial"])
+    assert torch.allclose(ch(fs, ft)["loss_channel"], full["loss_channel"])
+    assert "loss_channel" not in sp(fs, ft) and "loss_spatial" not in ch(fs, ft)
+    # diversity scope touches only loss_div
+    dsp = make(diversity="spatial")(fs, ft)
+    assert torch.allclose(dsp["loss_spatial"], full["loss_spatial"]) and not torch.allclose(dsp["loss_div"], full["loss_div"])
+    assert "loss_div" not in make(diversity="none")(fs, ft)
+    # fusion="teacher" builds no STCA-FF; query swap changes the fused map, not the unit shapes
+    assert make(fusion="teacher").fusion is None
+    a, b = make(), make(query="student")
+    a(fs, ft), b(fs, ft)
+    assert a.last_masks["fused"].shape == b.last_masks["fused"].shape
+    assert not torch.allclose(a.last_masks["fused"], b.last_masks["fused"])
+    # channel_units="scalar": every channel mask ranks channels identically (same order for every m)
+    sc = make(channel_units="scalar")
+    sc(fs, ft)
+    order = sc.last_masks["channel"][0].argsort(dim=1)
+    assert sc.ascm.channel_units.shape == (3,)
+    assert all(torch.equal(order[0], o) or torch.equal(order[0], o.flip(0)) for o in order)
+
+
+def test_last_masks_shapes_and_detached():
+    mod = make(num_masks=4)
+    fs, ft = feats()
+    fs.requires_grad_(True)
+    mod(fs, ft)
+    lm = mod.last_masks
+    assert lm["channel"].shape == (2, 4, 8) and lm["spatial"].shape == (2, 4, 5, 4) and lm["fused"].shape == (2, 8, 5, 4)
+    assert not any(t.requires_grad for t in lm.values())
+    stats = mod.mask_statistics()
+    assert set(stats) == {f"{f}/{k}" for f in ("spatial", "channel") for k in ("mean", "dice", "entropy")}
+    assert 0 < stats["spatial/mean"] < 1 and 0 <= stats["spatial/entropy"] <= 1
+
+
+def test_dice_identical_and_disjoint():
+    x = torch.rand(2, 1, 50).expand(2, 3, 50)
+    assert dice_diversity(x).item() == pytest.approx(1.0, abs=1e-5)
+    disjoint = torch.zeros(1, 3, 6)
+    disjoint[0, 0, :2] = 1
+    disjoint[0, 1, 2:4] = 1
+    disjoint[0, 2, 4:] = 1
+    assert dice_diversity(disjoint).item() == 0.0
+    assert mask_statistics(disjoint)["dice"] == 0.0
+
+
+def test_zero_loss_when_aligned_student_equals_teacher():
+    mod = make(student_channels=8, teacher_channels=8, align="identity", diversity="none")
+    _, ft = feats()
+    out = mod(ft.clone(), ft)
+    assert out["loss_channel"].item() == 0.0 and out["loss_spatial"].item() == 0.0
+
+
+def test_gradients_reach_student_and_units_not_teacher():
+    mod = make().float()
+    fs, ft = (t.float() for t in feats())
+    fs.requires_grad_(True)
+    ft_before = ft.clone()
+    out = mod(fs, ft)
+    sum(out.values()).backward()
+    assert fs.grad is not None and fs.grad.abs().sum() > 0
+    for name, p in mod.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert ft.grad is None and torch.equal(ft, ft_before)
+
+
+def test_bad_inputs_fail_clearly():
+    mod = make()
+    fs, ft = feats()
+    with pytest.raises(ValueError, match=r"built for student C=6, teacher C=8"):
+        mod(fs[:, :5], ft)
+    with pytest.raises(ValueError, match=r"spatial size: student \(2, 6, 5, 4\) vs teacher \(2, 8, 4, 4\)"):
+        mod(fs, ft[:, :, :4])
+    with pytest.raises(ValueError, match=r"4-D"):
+        mod(fs[0], ft[0])
+    with pytest.raises(ValueError, match=r"query must be one of teacher, student; got 'both'"):
+        build_loss("acam_kd", student_channels=4, teacher_channels=4, query="both")
+    with pytest.raises(ValueError, match=r"masks must be one of"):
+        build_loss("acam_kd", student_channels=4, teacher_channels=4, masks="none")
+    with pytest.raises(ValueError, match=r"num_masks must be >= 1"):
+        build_loss("acam_kd", student_channels=4, teacher_channels=4, num_masks=0)
+    with pytest.raises(ValueError, match=r"align='identity' needs equal channels"):
+        build_loss("acam_kd", student_channels=4, teacher_channels=8, align="identity")
+
+
+def test_bf16_autocast_runs_and_is_close():
+    mod = make().float()
+    fs, ft = (t.float() for t in feats(h=8, w=8))
+    ref = mod(fs, ft)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mod(fs, ft)
+    for k in ref:
+        assert got[k].dtype == torch.float32
+        assert torch.allclose(got[k], ref[k], rtol=5e-2, atol=1e-3), k

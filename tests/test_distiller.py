@@ -1,0 +1,168 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from densekd import Distiller, Pair
+from densekd.errors import ConfigError, UnknownNameError
+from tiny_models import TinyDetector, TinySegmenter
+
+
+def make(pairs=None, **kw):
+    torch.manual_seed(0)
+    student, teacher = TinyDetector(width=4), TinyDetector(width=8)
+    x = torch.rand(2, 3, 16, 16)
+    pairs = pairs or [Pair("neck", kwargs={"num_masks": 2})]
+    return Distiller(student, teacher, pairs, example_inputs=(x,), **kw), x
+
+
+def test_builds_one_aligner_per_level_from_the_dry_run():
+    d, _ = make()
+    assert list(d.kd_losses) == ["0|neck:p3", "0|neck:p4"]
+    for m in d.kd_losses.values():
+        assert m.align.in_channels == 4 and m.align.out_channels == 8
+
+
+def test_teacher_frozen_and_stays_in_eval():
+    d, _ = make()
+    d.train()
+    assert d.student.training and not d.teacher.training
+    assert all(not p.requires_grad for p in d.teacher.parameters())
+    assert all(m.training for m in d.kd_losses.values())
+
+
+def test_returns_task_kd_and_total():
+    d, x = make()
+    out = d(x, targets=torch.zeros(2))
+    assert {"loss_cls", "loss_aux", "loss_task", "loss_kd", "loss"} <= set(out)
+    kd = [k for k in out if k.startswith("kd/")]
+    assert sorted(kd) == sorted(f"kd/neck:{lv}/{t}" for lv in ("p3", "p4") for t in ("loss_channel", "loss_spatial", "loss_div"))
+    assert torch.allclose(out["loss_task"], out["loss_cls"] + out["loss_aux"])
+    assert torch.allclose(out["loss_kd"], sum(out[k] for k in kd))
+    assert torch.allclose(out["loss"], out["loss_task"] + out["loss_kd"])
+    terms = d.kd_terms(out)
+    assert set(terms) == {"loss_channel", "loss_spatial", "loss_div"}
+
+
+def test_pair_weight_scales_every_term():
+    d1, x = make([Pair("neck:p3", kwargs={"num_masks": 2})])
+    d2, _ = make([Pair("neck:p3", weight=3.0, kwargs={"num_masks": 2})])
+    o1, o2 = d1(x, targets=torch.zeros(2)), d2(x, targets=torch.zeros(2))
+    assert torch.allclose(o2["loss_kd"], 3 * o1["loss_kd"])
+
+
+def test_teacher_stops_after_captured_layers():
+    d, x = make()
+    calls = d.teacher.post_calls
+    d(x, targets=torch.zeros(2))
+    assert d.teacher.post_calls == calls  # the teacher never reached its post-processing
+    assert d.student.post_calls > 0
+
+
+def test_gradients_reach_student_and_kd_modules_never_teacher():
+    d, x = make()
+    t_before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    opt = torch.optim.SGD(list(d.trainable_parameters()), lr=0.1)
+    out = d(x, targets=torch.zeros(2))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in d.student.parameters())
+    for name, p in d.kd_losses.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in d.teacher.parameters())
+    opt.step()
+    for k, v in d.teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    n_kd = sum(p.numel() for p in d.kd_losses.parameters())
+    assert sum(p.numel() for p in d.trainable_parameters()) == sum(p.numel() for p in d.student.parameters()) + n_kd
+
+
+def test_student_state_dict_is_exactly_the_plain_student():
+    d, x = make()
+    d(x, targets=torch.zeros(2))["loss"].backward()
+    fresh = TinyDetector(width=4)
+    sd = d.student_state_dict()
+    assert list(sd) == list(fresh.state_dict())
+    assert all(sd[k].shape == v.shape for k, v in fresh.state_dict().items())
+    fresh.load_state_dict(sd)  # strict
+
+
+def test_segmentation_task_loss_and_masks_in_context():
+    torch.manual_seed(0)
+    seen = {}
+
+    s, t = TinySegmenter(width=4), TinySegmenter(width=8)
+    x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    d = Distiller(s, t, [Pair("classifier", kwargs={"num_masks": 3})],
+                  task_loss=lambda out, tgt: F.cross_entropy(out, tgt), example_inputs=(x,))
+    orig = d.kd_losses["0|classifier"].forward
+
+    def spy(a, b, context=None):
+        seen["ctx"] = context
+        return orig(a, b, context)
+
+    d.kd_losses["0|classifier"].forward = spy
+    out = d(x, targets=y)
+    assert "loss_task_main" in out and out["loss"].requires_grad
+    assert seen["ctx"].masks is y and seen["ctx"].image_size == (16, 16)
+
+
+def test_shape_mismatch_and_resize():
+    torch.manual_seed(0)
+    s, t = TinyDetector(width=4), TinyDetector(width=8)
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"spatial sizes differ: student neck:p3 \(2, 4, 8, 8\) vs teacher neck:p4 \(2, 8, 4, 4\); set resize=True"):
+        Distiller(s, t, [Pair("neck:p3", teacher="neck:p4")], example_inputs=(x,))
+    d = Distiller(s, t, [Pair("neck:p3", teacher="neck:p4", resize=True, kwargs={"num_masks": 2})], example_inputs=(x,))
+    assert torch.isfinite(d(x, targets=torch.zeros(2))["loss"])
+    with pytest.raises(ValueError, match=r"the student gives 2 level\(s\) \(neck:p3, neck:p4\), the teacher 1"):
+        Distiller(s, t, [Pair("neck", teacher="neck:p3")], example_inputs=(x,))
+
+
+def test_bad_pairs_fail_clearly():
+    s, t = TinyDetector(width=4), TinyDetector(width=8)
+    with pytest.raises(UnknownNameError, match=r"no module named 'nek' in TinyDetector; closest: neck"):
+        Distiller(s, t, [Pair("nek")])
+    with pytest.raises(ConfigError, match=r"unknown pair key\(s\) \['wieght'\]"):
+        Distiller(s, t, [{"student": "neck", "wieght": 2}])
+    with pytest.raises(ConfigError, match="at least one distillation pair"):
+        Distiller(s, t, [])
+    d = Distiller(s, t, [Pair("neck", kwargs={"num_masks": 2})], example_inputs=(torch.rand(1, 3, 16, 16),))
+    with pytest.raises(TypeError, match=r"TinyDetector did not return a dict of scalar losses; pass task_loss="):
+        d(torch.rand(1, 3, 16, 16))
+
+
+def test_lazy_setup_warns():
+    s, t = TinyDetector(width=4), TinyDetector(width=8)
+    d = Distiller(s, t, [Pair("neck", kwargs={"num_masks": 2})])
+    with pytest.warns(UserWarning, match="create the optimizer after this call"):
+        d(torch.rand(1, 3, 16, 16), targets=torch.zeros(2))
+    assert len(d.kd_losses) == 2
+
+
+def test_torchvision_detector_boxes_in_transformed_coordinates():
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    def build():
+        bb = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
+                                 extra_blocks=LastLevelP6P7(256, 256), norm_layer=torch.nn.BatchNorm2d)
+        return RetinaNet(bb, num_classes=3, min_size=64, max_size=64)
+
+    torch.manual_seed(0)
+    s, t = build(), build()
+    imgs = [torch.rand(3, 32, 32), torch.rand(3, 32, 32)]
+    tg = [{"boxes": torch.tensor([[2.0, 4.0, 10.0, 20.0]]), "labels": torch.tensor([1])},
+          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    d = Distiller(s, t, [Pair("backbone", kwargs={"num_masks": 2})], example_inputs=(imgs,))
+    assert len(d.kd_losses) == 5
+    ctx = d._context
+    d.train()
+    seen = {}
+    d._context = lambda inputs, targets: seen.setdefault("ctx", ctx(inputs, targets))
+    out = d(imgs, targets=tg)
+    c = seen["ctx"]
+    assert c.image_size == (64, 64)
+    assert torch.allclose(c.boxes[0, 0], torch.tensor([4.0, 8.0, 20.0, 40.0]))  # resized ×2 by the transform
+    assert c.box_valid.tolist() == [[True], [False]]
+    assert {"classification", "bbox_regression"} <= set(out) and torch.isfinite(out["loss"])
