@@ -1,1 +1,1 @@
-"""Datasets and transforms (segmentation: :mod:`densekd.data.segmentation`)."""
+"""Datasets: COCO-format detection, semantic segmentation (:mod:`densekd.data.segmentation`), generated toy data."""

@@ -1,1 +1,1 @@
-"""Model builders (segmentation: :mod:`densekd.models.segmentation`)."""
+"""Model builders with their canonical distillation points (detection; segmentation: :mod:`densekd.models.segmentation`)."""
