@@ -19,11 +19,8 @@ method's kwargs set ``num_masks``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import types
-import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from ..data.segmentation import (
     IMAGENET_MEAN,
@@ -42,6 +40,7 @@ from ..data.segmentation import (
     build_segmentation_dataset,
     collate_segmentation,
 )
+from ..config import from_dict
 from ..distiller import Pair
 from ..errors import ConfigError
 from ..metrics.segmentation import ConfusionMatrix, format_iou_table
@@ -49,69 +48,6 @@ from ..models.segmentation import SegmentationModel, build_segmentation_model, l
 
 
 # --------------------------------------------------------------------------- config
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Light type check/coercion of one YAML value against a dataclass field annotation."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__} {value!r}")
-        return _from_dict(tp, value, where)
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, found {type(value).__name__} {value!r}")
-        inner = args[0] if args else Any
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, found {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, found {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, found {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, found {type(value).__name__} {value!r}")
-        return value
-    return value
-
-
-def _from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {names}")
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        obj = cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    post = getattr(obj, "validate", None)
-    if post is not None:
-        post(where)
-    return obj
-
-
 @dataclass
 class SegModelSpec:
     """One network. ``checkpoint``: full model weights (densekd checkpoint, state dict, or torchvision
@@ -151,7 +87,7 @@ class SegModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model") -> "SegModelConfig":
-        return _from_dict(cls, data, where)
+        return from_dict(cls, data, where)
 
     def validate(self, where: str = "model") -> None:
         if self.teacher is not None and self.teacher.num_classes != self.student.num_classes:
@@ -181,7 +117,7 @@ class SegDataConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "data") -> "SegDataConfig":
-        return _from_dict(cls, data, where)
+        return from_dict(cls, data, where)
 
     def validate(self, where: str = "data") -> None:
         from ..data.segmentation import FORMATS
@@ -207,10 +143,10 @@ def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = 255)
 
 class ShardSampler(Sampler[int]):
     """Indices ``rank, rank + world, ...``: every sample exactly once over all ranks (no padding), so the
-    all-reduced confusion matrix equals the single-process one."""
+    all-reduced confusion matrix equals the single-process one (same as the engine's evaluation sampler)."""
 
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.n, self.rank, self.world = n, rank, world
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.n, self.rank, self.world = n, rank, num_replicas
 
     def __iter__(self):
         return iter(range(self.rank, self.n, self.world))
@@ -300,6 +236,14 @@ class SegmentationTask:
             max_images=data_cfg.max_images,
         )
 
+    def check_data(self, model_cfg: SegModelConfig, dataset: Dataset) -> None:
+        """Called by the engine once the training set is built: class counts must agree."""
+        k = getattr(dataset, "num_classes", None)
+        for role in ("student", "teacher"):
+            spec = getattr(model_cfg, role)
+            if spec is not None and k is not None and spec.num_classes != k:
+                raise ConfigError(f"model.{role}.num_classes={spec.num_classes} but the dataset has {k} classes (data)")
+
     def collate(self, batch: Sequence[Any]) -> tuple[Tensor, Tensor]:
         return collate_segmentation(batch, self.ignore_index)
 
@@ -336,21 +280,23 @@ class SegmentationTask:
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, out_dir: str | None) -> dict[str, float]:
         """Whole-image evaluation at full resolution: ``{"mIoU", "pixel_acc", "IoU/<class>" ...}``.
 
-        Under torch.distributed the loader is re-sharded without padding (every image scored exactly once)
-        and the confusion matrices are summed across ranks; every rank returns the same metrics and rank 0
-        writes ``eval_metrics.json`` / ``eval_iou.md`` to ``out_dir``."""
+        Under torch.distributed each rank scores its shard and the confusion matrices are summed across ranks;
+        every rank returns the same metrics and writes ``eval_metrics.json`` / ``eval_iou.md`` to ``out_dir``
+        when given one (the engine passes it on rank 0 only). A loader with a padded ``DistributedSampler``
+        (which would score some images twice) is re-sharded without padding. The model is run unwrapped
+        (``model.module`` for DDP), so ranks with fewer images do not stall a collective."""
         dataset = loader.dataset
         distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
+        if distributed and isinstance(loader.sampler, DistributedSampler):
             loader = DataLoader(
                 dataset,
                 batch_size=loader.batch_size or 1,
-                sampler=ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size()),
+                sampler=ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank()),
                 num_workers=loader.num_workers,
                 collate_fn=loader.collate_fn,
             )
-        inner = model.module if hasattr(model, "module") else model
-        num_classes = getattr(inner, "num_classes", None) or getattr(dataset, "num_classes")
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        num_classes = getattr(model, "num_classes", None) or getattr(dataset, "num_classes")
         names = getattr(dataset, "class_names", None)
         if names is not None and len(names) != num_classes:
             raise ConfigError(
@@ -368,8 +314,7 @@ class SegmentationTask:
         finally:
             model.train(was_training)
         metrics = cm.compute(names)
-        rank0 = not distributed or dist.get_rank() == 0
-        if out_dir is not None and rank0:
+        if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, "eval_metrics.json"), "w") as f:
                 json.dump(metrics, f, indent=2)

@@ -20,7 +20,7 @@ def main(root: str, ckpt: str, out: str) -> None:
     # The engine's usual padded DistributedSampler: evaluate must re-shard without duplicates.
     loader = DataLoader(ds, batch_size=2, sampler=DistributedSampler(ds, shuffle=False), collate_fn=task.collate)
     metrics = task.evaluate(model, loader, torch.device("cpu"), None)
-    metrics["n_local"] = len(ShardSampler(len(ds), rank, dist.get_world_size()))
+    metrics["n_local"] = len(ShardSampler(len(ds), dist.get_world_size(), rank))
     with open(f"{out}/metrics_rank{rank}.json", "w") as f:
         json.dump(metrics, f)
     dist.destroy_process_group()
