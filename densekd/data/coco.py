@@ -137,14 +137,16 @@ class CocoDetection(Dataset):
         return len(self.ids)
 
     def load_image(self, image_id: int) -> Tensor:
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        import numpy as np
+        from PIL import Image
 
         p = self.path(image_id)
         try:
-            img = decode_image(read_file(p), mode=ImageReadMode.RGB)
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
         except Exception as e:  # noqa: BLE001
             raise CocoFormatError(f"{self.ann_file}: image id {image_id}: cannot read {p!r}: {e}") from None
-        return img.float().div_(255)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]

@@ -22,7 +22,7 @@ def make_coco_rectangles(
     Category ``k`` is a rectangle of colour channel ``k % 3``. ``empty_every`` > 0 makes every n-th image
     box-free. Category ids are ``category_ids`` (default 1..num_classes; pass e.g. [3, 7] to test mapping).
     """
-    from torchvision.io import write_png
+    from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
     img_dir = os.path.join(root, "images")
@@ -42,7 +42,7 @@ def make_coco_rectangles(
                          "area": float(w * h), "iscrowd": 0})
             aid += 1
         name = f"{i + 1:06d}.png"
-        write_png(img, os.path.join(img_dir, name))
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(img_dir, name))
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
     cats = [{"id": c, "name": f"class{c}"} for c in cat_ids]
     ann_file = os.path.join(root, "annotations.json")
