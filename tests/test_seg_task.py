@@ -112,7 +112,9 @@ def test_acam_kd_default_pair_if_available(toy):
     torch.manual_seed(0)
     task = SegmentationTask()
     mcfg = _model_cfg()
-    student, teacher = task.build_model(mcfg, "student"), task.build_model(mcfg, "teacher")
+    student = task.build_model(mcfg, "student")
+    with pytest.warns(UserWarning, match="randomly initialised teacher"):
+        teacher = task.build_model(mcfg, "teacher")
     images = torch.randn(2, 3, 48, 48)
     masks = torch.randint(0, 19, (2, 48, 48))
     d = Distiller(student, teacher, task.default_pairs(mcfg, "acam_kd", {}), task_loss=task.task_loss(),
@@ -193,3 +195,17 @@ def test_check_data_class_count(toy):
     bad = SegModelConfig.from_dict({"student": {**TINY, "num_classes": 21}, "teacher": None})
     with pytest.raises(ConfigError, match="model.student.num_classes=21 but the dataset has 19 classes"):
         task.check_data(bad, ds)
+
+
+@pytest.mark.parametrize("fmt,k", [("voc", 21), ("folder", 4)])
+def test_voc_and_folder_through_the_task(tmp_path, fmt, k):
+    make_toy_segmentation(tmp_path, fmt, num_images=2, size=(40, 56), num_classes=4)
+    task = SegmentationTask()
+    extra = {"num_classes": 4} if fmt == "folder" else {}
+    cfg = SegDataConfig.from_dict({"format": fmt, "root": str(tmp_path), "crop_size": [32, 32], **extra})
+    train, val = task.build_dataset(cfg, "train"), task.build_dataset(cfg, "val")
+    assert train.num_classes == k and len(val) == 2
+    images, masks = task.collate([train[0], train[1]])
+    assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
+    x, m = val[0]
+    assert x.shape == (3, 40, 56) and set(m.unique().tolist()) <= set(range(4)) | {255}
