@@ -1,1 +1,2 @@
-"""Datasets: the built-in digits set (``densekd.data.digits``) and loaders."""
+"""Datasets: COCO-format detection, semantic segmentation (:mod:`densekd.data.segmentation`), generated toy data,
+the built-in handwritten-digits set (:mod:`densekd.data.digits`)."""

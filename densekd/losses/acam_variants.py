@@ -1,0 +1,40 @@
+"""ACAM-KD ablation variants as named registry entries (paper Tables 8–10; methods.md, ACAM-KD switches).
+
+Each is :class:`~densekd.losses.acam.ACAMKD` with one switch fixed, so a recipe can name the variant
+instead of passing kwargs:
+
+* ``acam_kd_student_query``  — STCA-FF with the student asking (``query="student"``, Table 9).
+* ``acam_kd_spatial``        — spatial masks only (``masks="spatial"``, Table 8).
+* ``acam_kd_channel``        — channel masks only (``masks="channel"``, Table 8).
+* ``acam_kd_teacher_fusion`` — adaptive teacher mask: ASCM fed with F_T, no STCA-FF (``fusion="teacher"``,
+  Table 10).
+
+Passing the fixed switch again is an error (use ``acam_kd`` with kwargs to combine switches freely).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .acam import ACAMKD
+from .registry import register_loss
+
+
+def _fixed(name: str, **fixed: Any) -> type[ACAMKD]:
+    """A thin ACAMKD subclass with ``fixed`` switch values (functools.partial-like, but a real class)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, **kwargs: Any) -> None:
+        clash = sorted(set(kwargs) & set(fixed))
+        if clash:
+            raise TypeError(f"{name} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; use 'acam_kd' to set it")
+        ACAMKD.__init__(self, student_channels, teacher_channels, **fixed, **kwargs)
+
+    cls_name = "ACAMKD_" + "".join(part.capitalize() for part in name.split("_")[2:])
+    cls = type(cls_name, (ACAMKD,), {"__init__": __init__, "fixed_switches": dict(fixed),
+                                     "__doc__": f"ACAM-KD with {fixed} (registry name {name!r})."})
+    return register_loss(name)(cls)
+
+
+ACAMKDStudentQuery = _fixed("acam_kd_student_query", query="student")
+ACAMKDSpatial = _fixed("acam_kd_spatial", masks="spatial")
+ACAMKDChannel = _fixed("acam_kd_channel", masks="channel")
+ACAMKDTeacherFusion = _fixed("acam_kd_teacher_fusion", fusion="teacher")
