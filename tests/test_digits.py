@@ -142,3 +142,28 @@ def test_bad_arguments(tmp_path, kwargs, message):
 def test_unknown_split_name(built):
     with pytest.raises(ConfigError, match=r"digits dataset has splits \['dev', 'train', 'val'\], not 'test'"):
         built["test"]
+
+
+def test_the_real_loaders_read_it(built):
+    """The COCO detection loader and the 'folder' segmentation loader read the built set as written."""
+    import torch
+
+    from densekd.data.coco import CocoDetection
+    from densekd.data.segmentation import SegTransform, build_segmentation_dataset
+
+    sp = built["val"]
+    det = CocoDetection(str(sp.annotations), str(sp.image_dir), label_map="category_id")
+    coco = json.loads(sp.annotations.read_text())
+    img, target = det[0]
+    assert img.shape == (3, 32, 32)
+    anns = [a for a in coco["annotations"] if a["image_id"] == target["image_id"]]
+    expect = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                           for a in anns], dtype=torch.float32)
+    assert torch.equal(target["boxes"], expect)
+    assert target["labels"].tolist() == [a["category_id"] for a in anns]  # digit + 1
+
+    seg = build_segmentation_dataset("folder", built.root, "val", SegTransform(train=False), num_classes=11)
+    assert len(seg) == 4
+    _, mask = seg[1]
+    _, masks = load_split_arrays(sp)
+    assert torch.equal(mask, torch.from_numpy(masks[1].astype("int64")))
