@@ -353,7 +353,8 @@ def _plot_curves(results: dict[str, list[RunResult]], path: Path, split: str) ->
     plt.close(fig)
 
 
-def _plot_masks(distiller: Distiller, image: Tensor, mask: Tensor, path_spatial: Path, path_channel: Path) -> None:
+def _plot_masks(distiller: Distiller, image: Tensor, mask: Tensor, path_spatial: Path, path_channel: Path,
+                split: str = "val") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,13 +375,13 @@ def _plot_masks(distiller: Distiller, image: Tensor, mask: Tensor, path_spatial:
     axes = np.atleast_1d(axes).ravel()
     rgb = (image * _STD[0] + _MEAN[0]).clamp(0, 1).permute(1, 2, 0).numpy()
     axes[0].imshow(rgb)
-    axes[0].set_title("val image", fontsize=8)
+    axes[0].set_title(f"{split} image", fontsize=8)
     axes[1].imshow(mask.numpy(), cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
     axes[1].set_title("ground truth", fontsize=8)
     for i in range(m):
         m_i = sp[i].numpy()  # each panel scaled to its own range (printed), so small contrasts stay visible
         axes[i + 2].imshow(m_i, cmap="viridis", interpolation="nearest")
-        axes[i + 2].set_title(f"mask {i} [{m_i.min():.2f}–{m_i.max():.2f}]", fontsize=8)
+        axes[i + 2].set_title(f"mask {i} [{m_i.min():.2g}, {m_i.max():.2g}]", fontsize=8)
     for a in axes:
         a.axis("off")
     fig.suptitle(f"ACAM-KD spatial masks at '{level}' (student after training)", fontsize=9)
@@ -470,7 +471,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         "mask_stats": out / "acam_mask_stats.png",
     }
     _plot_curves(results, figs["curves"], cfg.eval_split)
-    _plot_masks(last_distiller, evald[0][0], evald[1][0], figs["spatial_masks"], figs["channel_masks"])
+    _plot_masks(last_distiller, evald[0][0], evald[1][0], figs["spatial_masks"], figs["channel_masks"],
+                cfg.eval_split)
     _plot_mask_stats(results["student + ACAM-KD"], figs["mask_stats"])
 
     plain = [r.metric for r in results["student"]]
