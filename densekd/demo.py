@@ -267,8 +267,8 @@ def train_model(
         if it in eval_at:
             curve.append((it, running / count, evaluate_miou(model, *eval_data)))
             running, count = 0.0, 0
-            if distiller is not None:
-                stats.append((it, _distiller_mask_stats(distiller)))
+        if distiller is not None and (it == 1 or it in eval_at):  # from the first step, so a collapse shows
+            stats.append((it, _distiller_mask_stats(distiller)))
     seconds = time.perf_counter() - t0
     return RunResult(name, seed, curve[-1][2], n_params(model), seconds, curve, stats), distiller
 
@@ -408,12 +408,15 @@ def _plot_mask_stats(runs: Sequence[RunResult], path: Path) -> None:
     keys = sorted({k for r in runs for _, s in r.mask_stats for k in s})
     kinds = ["mean", "dice", "entropy"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    series = sorted({k.rsplit("/", 1)[0] for k in keys})  # "<level>/<family>", one colour each
+    colour = {name: f"C{i}" for i, name in enumerate(series)}
     for ax, kind in zip(axes, kinds):
         for k in [k for k in keys if k.endswith("/" + kind)]:
-            for j, r in enumerate(runs):
+            name = k.rsplit("/", 1)[0]
+            for j, r in enumerate(runs):  # one line per seed
                 it = [i for i, _ in r.mask_stats]
                 ax.plot(it, [s.get(k, float("nan")) for _, s in r.mask_stats], marker="o", ms=3,
-                        label=k.rsplit("/", 1)[0] if j == 0 else None, alpha=0.8)
+                        color=colour[name], label=name if j == 0 else None, alpha=0.8)
         ax.set(xlabel="iteration", title={"mean": "mean mask value", "dice": "pairwise Dice between masks",
                                           "entropy": "mask entropy / log N (1 = uniform)"}[kind])
         ax.set_ylim(0, 1.05)
