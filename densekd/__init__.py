@@ -5,6 +5,22 @@ from .errors import ConfigError, DenseKDError, UnknownNameError
 from .losses import DistillContext, DistillLoss, available_losses, build_loss, register_loss
 
 __version__ = "0.1.0"
+
+
+def train(config, overrides=None):
+    """Train from a YAML path / dict / Config (with ``key=value`` overrides); returns the final metrics.
+    See :func:`densekd.engine.train`."""
+    from .engine import train as _train
+
+    return _train(config, overrides)
+
+
+def evaluate(config, checkpoint=None, overrides=None):
+    """Evaluate a config's student with weights from ``checkpoint``. See :func:`densekd.engine.evaluate`."""
+    from .engine import evaluate as _evaluate
+
+    return _evaluate(config, checkpoint, overrides)
+
 __all__ = [
     "ConfigError",
     "DenseKDError",
@@ -16,5 +32,7 @@ __all__ = [
     "UnknownNameError",
     "available_losses",
     "build_loss",
+    "evaluate",
     "register_loss",
+    "train",
 ]

@@ -1,21 +1,85 @@
-"""``densekd`` command line."""
+"""``densekd`` command line.
+
+    densekd train CONFIG [key=value ...]            (also: torchrun --nproc_per_node=N -m densekd train ...)
+    densekd eval CONFIG --checkpoint PATH [key=value ...]
+
+One subparser per command, each added by its own small function; other commands (demo, compare, bench)
+register theirs the same way in :data:`COMMANDS`. A bad config or input prints one line and exits 2.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
+
+from .errors import DenseKDError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or distil a student from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides, e.g. train.max_iters=100")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    metrics = train(args.config, args.overrides)
+    return 0 if metrics is not None else 1
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a config's student with given weights")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--checkpoint", default=None,
+                   help="student weights: checkpoint.pth, student_final.pth or a plain state dict "
+                        "(default: OUTPUT_DIR/student_final.pth)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .engine import evaluate
+
+    evaluate(args.config, args.checkpoint, args.overrides)
+    return 0
+
+
+#: (name, add-subparser function) — append here to add a command.
+COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
+    ("train", _add_train),
+    ("eval", _add_eval),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densekd", description="Knowledge distillation for dense prediction")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
+    for _name, add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.version or args.command is None:
         from . import __version__
 
         print(f"densekd {__version__}")
         return 0
-    return 0
+    from .engine import TrainingInterrupted
+
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"densekd {args.command}: {e}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, so schedulers see the job as preempted
+    except (DenseKDError, FileNotFoundError) as e:
+        print(f"densekd {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

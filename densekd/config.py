@@ -1,0 +1,355 @@
+"""YAML configuration: ``yaml.safe_load`` → validated dataclasses, with ``key=value`` overrides.
+
+    cfg = load_config("configs/detection/retinanet_r101_r50_acamkd_2x.yaml", ["train.max_iters=10"])
+
+Every mistake is one :class:`~densekd.errors.ConfigError` line naming the dotted key, e.g.
+``train.optimizer.lr: expected float, got 'abc'`` or ``train.optimizr: unknown key (did you mean
+'optimizer'?)``. The ``model:`` and ``data:`` sections are validated by the task's own dataclasses
+(``task.model_config_cls`` / ``task.data_config_cls``) with the same rules.
+
+Schema (shared by every task)::
+
+    task: detection            # or segmentation
+    output_dir: runs/x
+    seed: 0
+    model: {...}               # the task's model section (has .student and .teacher)
+    data: {...}                # the task's data section
+    distill:                   # optional; absent/null → plain student training
+      method: acam_kd
+      kwargs: {}
+      weight: 1.0
+      pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
+    train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
+            checkpoint_every, log_every, eval_every, resume}
+    eval: {batch_size}
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DistillConfig",
+    "EvalConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass
+class OptimizerConfig:
+    type: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9  # SGD momentum; AdamW uses it as beta1
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate = base lr × warmup(it) × decay(it).
+
+    warmup: linear from ``warmup_factor`` to 1 over ``warmup_iters`` (torchvision/MMDetection "linear").
+    step: × ``gamma`` at each iteration in ``steps``; cosine: to 0 at max_iters; poly: (1 - it/max)^power.
+    """
+
+    type: Literal["step", "cosine", "poly", "constant"] = "step"
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    steps: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    power: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 1000
+    batch_size: int = 2  # per process
+    num_workers: int = 2
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    grad_clip: float | None = None  # max total L2 norm; null = no clipping
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    checkpoint_every: int = 1000  # 0 = only at the end (and on SIGTERM)
+    log_every: int = 20
+    eval_every: int = 0  # 0 = evaluate only at the end; -1 = never
+    resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1
+
+
+@dataclass
+class DistillConfig:
+    method: str = "acam_kd"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # multiplies every pair's weight
+    pairs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Config:
+    task: str
+    model: Any
+    data: Any
+    output_dir: str = "runs/default"
+    seed: int = 0
+    distill: DistillConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, Sequence):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (dict, Mapping):
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__}"
+    return repr(value)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked (and gently converted) against ``tp``; a ConfigError naming ``key`` otherwise."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got null")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (list, Sequence) or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+        args = typing.get_args(tp)
+        return [_convert(args[0], v, f"{key}[{i}]") if args else v for i, v in enumerate(value)]
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_got(value)}")
+        args = typing.get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected bool (true/false), got {_got(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e4 in YAML
+            return int(value)
+        raise ConfigError(f"{key}: expected int, got {_got(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                f = float(value)
+            except ValueError:
+                f = None
+            if f is not None and math.isfinite(f):
+                return f
+        raise ConfigError(f"{key}: expected float, got {_got(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected str, got {_got(value)}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys, missing required keys and wrong types are one
+    :class:`ConfigError` naming the dotted key (``prefix`` is the dotted path of ``data`` itself)."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {_got(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    dot = f"{prefix}." if prefix else ""
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(fields)})"
+            raise ConfigError(f"{dot}{k}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{dot}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{dot}{name}: required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config back to plain YAML-able containers."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- overrides
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys in the raw YAML dict: ``"train.optimizer.lr=0.02"`` (the value is a YAML scalar,
+    so ``null``, ``true``, ``[1, 2]`` work) or a mapping ``{"train.optimizer.lr": 0.02}``."""
+    if not overrides:
+        return raw
+    items: list[tuple[str, Any]] = []
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"override {o!r}: expected key=value, e.g. train.optimizer.lr=0.02")
+            k, v = o.split("=", 1)
+            try:
+                items.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override {o!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+    for key, value in items:
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {key!r}: empty component in dotted key")
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is {_got(nxt)}, cannot set {key}")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"{path}: not valid YAML: {msg}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_got(raw)}")
+    return raw
+
+
+def load_config(
+    config: str | os.PathLike | Mapping[str, Any] | Config,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+) -> Config:
+    """A validated :class:`Config` from a YAML path or a dict (plus overrides)."""
+    if isinstance(config, Config):
+        if overrides:
+            return load_config(to_dict(config), overrides)
+        return config
+    import copy
+
+    raw = read_yaml(config) if isinstance(config, (str, os.PathLike)) else copy.deepcopy(dict(config))
+    raw = apply_overrides(raw, overrides)
+    if "task" not in raw:
+        raise ConfigError("task: required key is missing (detection or segmentation)")
+    if not isinstance(raw["task"], str):
+        raise ConfigError(f"task: expected str, got {_got(raw['task'])}")
+    from .tasks import get_task
+
+    task = get_task(raw["task"])
+    raw = dict(raw)
+    model_raw, data_raw = raw.pop("model", None), raw.pop("data", None)
+    if model_raw is None:
+        raise ConfigError("model: required key is missing")
+    if data_raw is None:
+        raise ConfigError("data: required key is missing")
+    cfg = from_dict(Config, {**raw, "model": None, "data": None})
+    cfg.model = from_dict(task.model_config_cls, model_raw, "model")
+    cfg.data = from_dict(task.data_config_cls, data_raw, "data")
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    t = cfg.train
+    for name in ("max_iters", "batch_size"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name}: expected a positive int, got {getattr(t, name)}")
+    for name in ("num_workers", "checkpoint_every", "log_every"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name}: expected an int >= 0, got {getattr(t, name)}")
+    if t.eval_every < -1:
+        raise ConfigError(f"train.eval_every: expected -1 (never), 0 (at the end) or a positive int, got {t.eval_every}")
+    if t.optimizer.lr <= 0:
+        raise ConfigError(f"train.optimizer.lr: expected a positive float, got {t.optimizer.lr}")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip: expected a positive float or null, got {t.grad_clip}")
+    if sorted(t.schedule.steps) != t.schedule.steps:
+        raise ConfigError(f"train.schedule.steps: expected increasing iterations, got {t.schedule.steps}")
+    if cfg.eval.batch_size < 1:
+        raise ConfigError(f"eval.batch_size: expected a positive int, got {cfg.eval.batch_size}")

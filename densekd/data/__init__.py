@@ -1,0 +1,1 @@
+"""Datasets: COCO-format detection, generated toy data."""

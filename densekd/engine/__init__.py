@@ -1,0 +1,4 @@
+"""Task-agnostic training engine: loop, schedules, AMP, DDP, checkpoints, logs, evaluation."""
+from .trainer import StudentOnly, Trainer, TrainingInterrupted, build_pairs, evaluate, train
+
+__all__ = ["StudentOnly", "Trainer", "TrainingInterrupted", "build_pairs", "evaluate", "train"]

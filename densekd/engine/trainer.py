@@ -1,0 +1,464 @@
+"""The task-agnostic, iteration-based training loop (detection and segmentation alike).
+
+    metrics = densekd.train("configs/detection/retinanet_r101_r50_acamkd_2x.yaml", ["train.max_iters=100"])
+
+One process on CPU, or many with ``torchrun --nproc_per_node=N -m densekd train CONFIG`` (DDP; gloo on CPU,
+nccl on GPU). With a ``distill`` section the student is wrapped in a :class:`~densekd.Distiller` with the
+frozen teacher; without it the same loop trains the plain student.
+
+Outputs in ``output_dir`` (rank 0 only): ``checkpoint.pth`` (resumable, every ``checkpoint_every``
+iterations, at the end and on SIGTERM), ``student_final.pth`` (plain student state dict), ``log.csv``,
+``tb/`` (TensorBoard), ``config.yaml``, ``metrics.json`` and the task's evaluation files.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..config import Config, load_config, to_dict
+from ..distiller import Distiller, Pair
+from ..errors import ConfigError, DenseKDError
+from ..tasks import get_task
+from . import checkpoint as ckpt
+from . import distributed as du
+from .data import ResumableBatchSampler, SeededDataset, ShardSampler
+from .schedule import lr_factor
+
+
+class TrainingInterrupted(DenseKDError):
+    """Training stopped on SIGTERM after writing a checkpoint; rerun the same command to resume."""
+
+    def __init__(self, iteration: int, path: str) -> None:
+        super().__init__(f"stopped by SIGTERM at iteration {iteration}; checkpoint saved to {path}; "
+                         f"run the same command again to resume")
+        self.iteration, self.path = iteration, path
+
+
+class StudentOnly(nn.Module):
+    """Plain student training behind the Distiller's interface (same loop, no teacher, no KD terms)."""
+
+    def __init__(self, student: nn.Module, task_loss: Callable[[Any, Any], Any] | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.task_loss = task_loss
+        self.kd_losses = nn.ModuleDict()
+        self.iteration = 0
+        self.max_iterations: int | None = None
+
+    def forward(self, *inputs: Any, targets: Any = None, context: Any = None) -> dict[str, Tensor]:
+        if self.task_loss is None:
+            out = self.student(*inputs, targets)
+            if not isinstance(out, Mapping):
+                raise TypeError(f"{type(self.student).__name__} did not return a dict of losses given targets")
+            task = dict(out)
+        else:
+            t = self.task_loss(self.student(*inputs), targets)
+            task = dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
+        loss = sum(task.values())
+        return {**task, "loss_task": loss, "loss": loss}
+
+    def trainable_parameters(self):
+        return (p for p in self.student.parameters() if p.requires_grad)
+
+    def student_state_dict(self):
+        return self.student.state_dict()
+
+
+def build_pairs(cfg: Config, task: Any) -> list[Pair]:
+    """The config's ``distill.pairs`` (defaults: the method, its kwargs) or the task's canonical points;
+    every pair's weight is multiplied by ``distill.weight``."""
+    d = cfg.distill
+    assert d is not None
+    if d.pairs is None:
+        pairs = list(task.default_pairs(cfg.model, d.method, d.kwargs))
+    else:
+        pairs = []
+        for i, p in enumerate(d.pairs):
+            q = dict(p)
+            q.setdefault("loss", d.method)
+            if q["loss"] == d.method:
+                q["kwargs"] = {**d.kwargs, **(q.get("kwargs") or {})}
+            try:
+                pairs.append(Pair.coerce(q))
+            except ConfigError as e:
+                raise ConfigError(f"distill.pairs[{i}]: {e}") from None
+    for p in pairs:
+        p.weight = p.weight * d.weight
+    return pairs
+
+
+def _autocast_factory(amp: str, device: torch.device) -> Callable[[], Any]:
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp: fp16 needs a CUDA device (it uses GradScaler); use bf16 or none on CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds everything from a config (datasets, student, teacher, Distiller, optimizer, loaders, DDP),
+    resumes from ``output_dir/checkpoint.pth`` when asked, and runs the loop (:meth:`run`)."""
+
+    def __init__(self, config: Config | str | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg = load_config(config, overrides)
+        self.task = get_task(cfg.task)
+        t = cfg.train
+        self.device, self._created_pg = du.setup()
+        self.rank, self.world = du.rank(), du.world_size()
+        self.autocast = _autocast_factory(t.amp, self.device)
+        _seed_all(cfg.seed)
+        self.out = cfg.output_dir
+        self.ckpt_path = os.path.join(self.out, "checkpoint.pth")
+
+        # data
+        self.train_set = self.task.build_dataset(cfg.data, "train")
+        self.val_set = self.task.build_dataset(cfg.data, "val")
+        if hasattr(self.task, "check_data"):
+            self.task.check_data(cfg.model, self.train_set)
+        self.sampler = ResumableBatchSampler(len(self.train_set), t.batch_size, self.world, self.rank, cfg.seed)
+        self.iters_per_epoch = len(self.sampler)
+        if self.iters_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size: {t.batch_size} per process × {self.world} process(es) is more than the "
+                f"{len(self.train_set)} training samples"
+            )
+        seeded = SeededDataset(self.train_set)
+        self.loader = DataLoader(seeded, batch_sampler=self.sampler, num_workers=t.num_workers,
+                                 collate_fn=self.task.collate, pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator(), persistent_workers=False)
+
+        # models
+        self.messages: list[str] = []
+        student = self.task.build_model(cfg.model, "student").to(self.device)
+        if cfg.distill is not None:
+            teacher = self.task.build_model(cfg.model, "teacher").to(self.device)
+            if hasattr(self.task, "inherit"):
+                msg = self.task.inherit(student, teacher, cfg.model)
+                if msg:
+                    self.messages.append(msg)
+            n = min(t.batch_size, len(self.train_set))
+            example = self.task.to_device(self.task.collate([seeded[(i, 0)] for i in range(n)]), self.device)
+            inputs, _ = self.task.model_inputs(example)
+            try:
+                self.model: nn.Module = Distiller(student, teacher, build_pairs(cfg, self.task),
+                                                  task_loss=self.task.task_loss(), example_inputs=inputs)
+            except TypeError as e:  # build_loss(...) with a keyword the method does not take
+                if str(e).startswith("build_loss("):
+                    raise ConfigError(f"distill.kwargs: {e}") from None
+                raise
+        else:
+            self.model = StudentOnly(student, self.task.task_loss())
+        self.model.train()
+
+        o = t.optimizer
+        params = list(self.model.trainable_parameters())
+        if o.type == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                                                    weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+        self.iteration = 0
+        if t.resume and os.path.isfile(self.ckpt_path):
+            self._load(self.ckpt_path)
+            self.messages.append(f"resumed from {self.ckpt_path} at iteration {self.iteration}")
+
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        epoch, batch = divmod(self.iteration, self.iters_per_epoch)
+        return {
+            "format": ckpt.FORMAT,
+            "iteration": self.iteration,
+            "student": self.model.student_state_dict(),
+            "kd_losses": self.model.kd_losses.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "schedule": {"type": self.cfg.train.schedule.type, "iteration": self.iteration},
+            "sampler": {"epoch": epoch, "batch": batch, "seed": self.cfg.seed, "world_size": self.world},
+            "rng": ckpt.rng_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self) -> None:
+        if du.is_main():
+            ckpt.save_atomic(self.state(), self.ckpt_path)
+        du.barrier()
+
+    def _load(self, path: str) -> None:
+        try:
+            state = ckpt.load(path, map_location=self.device)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"train.resume: cannot read {path!r}: {str(e).splitlines()[0]}") from None
+        if state.get("format") != ckpt.FORMAT:
+            raise ConfigError(f"train.resume: {path!r} is not a densekd training checkpoint")
+        self.model.student.load_state_dict(state["student"])
+        self.model.kd_losses.load_state_dict(state["kd_losses"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        ckpt.set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
+        if state["sampler"].get("world_size") != self.world:
+            self.messages.append(
+                f"note: checkpoint was written with {state['sampler'].get('world_size')} process(es), now "
+                f"{self.world}: the data order after resuming differs from an uninterrupted run")
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        if self.val_set is None:
+            return {}
+        loader = DataLoader(self.val_set, batch_size=self.cfg.eval.batch_size,
+                            sampler=ShardSampler(len(self.val_set), self.world, self.rank),
+                            num_workers=self.cfg.train.num_workers, collate_fn=self.task.collate)
+        return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        main = du.is_main()
+        if main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.yaml"), "w", encoding="utf-8") as f:
+                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+            for m in self.messages:
+                print(m, flush=True)
+        logger = _Logger(self.out, self.iteration, t.max_iters) if main else None
+        stop = {"flag": False}
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+        base_lrs = [t.optimizer.lr for _ in self.optimizer.param_groups]
+        metrics: dict[str, Any] = {}
+        try:
+            epoch, pos = divmod(self.iteration, self.iters_per_epoch)
+            self.sampler.set_position(epoch, pos)
+            data = iter(self.loader)
+            window: dict[str, float] = {}
+            n_window, t0 = 0, time.perf_counter()
+            while self.iteration < t.max_iters:
+                try:
+                    batch = next(data)
+                except StopIteration:
+                    epoch += 1
+                    self.sampler.set_position(epoch, 0)
+                    data = iter(self.loader)
+                    continue
+                it = self.iteration
+                factor = lr_factor(t.schedule, it, t.max_iters)
+                for g, lr in zip(self.optimizer.param_groups, base_lrs):
+                    g["lr"] = lr * factor
+                self.model.iteration, self.model.max_iterations = it, t.max_iters
+                batch = self.task.to_device(batch, self.device)
+                inputs, targets = self.task.model_inputs(batch)
+                with self.autocast():
+                    losses = self.ddp(*inputs, targets=targets)
+                loss = losses["loss"]
+                names = list(losses)
+                values = torch.stack([losses[k].detach().float() for k in names]).tolist()
+                if not all(math.isfinite(v) for v in values):
+                    bad = ", ".join(f"{k}={v}" for k, v in zip(names, values))
+                    raise FloatingPointError(f"non-finite loss at iteration {it}: {bad}")
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
+                if t.grad_clip is not None:
+                    gn = torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.optimizer.param_groups for p in g["params"]], t.grad_clip)
+                    names.append("grad_norm")
+                    values.append(float(gn))
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.iteration += 1
+                for k, v in zip(names, values):
+                    window[k] = window.get(k, 0.0) + v
+                n_window += 1
+                last = self.iteration == t.max_iters
+                if (t.log_every and self.iteration % t.log_every == 0) or last:
+                    row = du.all_reduce_mean({k: v / n_window for k, v in window.items()}, self.device)
+                    dt = (time.perf_counter() - t0) / n_window
+                    row = {"lr": self.optimizer.param_groups[0]["lr"], **row, "time_per_iter": dt}
+                    if self.device.type == "cuda":
+                        row["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    if logger:
+                        logger.log(self.iteration, row)
+                    window, n_window, t0 = {}, 0, time.perf_counter()
+                if logger:
+                    logger.bar.update(1)
+                if t.checkpoint_every and self.iteration % t.checkpoint_every == 0 and not last:
+                    self.save()
+                if t.eval_every > 0 and self.iteration % t.eval_every == 0 and not last:
+                    m = self.evaluate()
+                    if logger and m:
+                        logger.log_eval(self.iteration, m)
+                if du.any_flag(stop["flag"], self.device):
+                    self.save()
+                    raise TrainingInterrupted(self.iteration, self.ckpt_path)
+            if logger:
+                logger.bar.close()
+            self.save()
+            if main:
+                torch.save(self.model.student_state_dict(), os.path.join(self.out, "student_final.pth"))
+            if t.eval_every >= 0:
+                metrics = self.evaluate()
+                if logger and metrics:
+                    logger.log_eval(self.iteration, metrics)
+            if main:
+                with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
+                    json.dump({"iteration": self.iteration, **metrics}, f, indent=2)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            if logger:
+                logger.close()
+        return metrics
+
+    def close(self) -> None:
+        du.cleanup(self._created_pg)
+
+
+class _Logger:
+    """tqdm bar (loss terms, ETA), TensorBoard scalars and a CSV file; rank 0 only."""
+
+    def __init__(self, out: str, start: int, total: int) -> None:
+        from tqdm import tqdm
+
+        os.makedirs(out, exist_ok=True)
+        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
+        self.csv_path = os.path.join(out, "log.csv")
+        self.header: list[str] | None = None
+        if os.path.isfile(self.csv_path) and start > 0:
+            with open(self.csv_path, encoding="utf-8") as f:
+                first = f.readline().strip()
+            self.header = first.split(",") if first else None
+            self._truncate_after(start)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(out, "tb"), purge_step=start if start > 0 else None)
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.tb = None
+
+    def _truncate_after(self, start: int) -> None:
+        """Drop CSV rows logged after the checkpoint being resumed (they will be logged again)."""
+        with open(self.csv_path, encoding="utf-8") as f:
+            lines = f.readlines()
+        keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= start]
+        with open(self.csv_path, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+
+    def log(self, it: int, row: dict[str, float]) -> None:
+        shown = {"lr": f"{row['lr']:.3g}"}
+        for k, v in row.items():  # KD terms summed over levels: kd/<level>/loss_x → kd_loss_x
+            if k.startswith("kd/"):
+                name = "kd_" + k.rsplit("/", 1)[-1]
+                shown[name] = shown.get(name, 0.0) + v
+        shown.update({k: v for k, v in row.items() if k in ("loss_task", "loss_kd", "loss")})
+        shown = {k: (v if isinstance(v, str) else f"{v:.4g}") for k, v in shown.items()}
+        self.bar.set_postfix(shown, refresh=False)
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(f"train/{k}", v, it)
+        if self.header is None:
+            self.header = ["iter", *row]
+            with open(self.csv_path, "w", encoding="utf-8") as f:
+                f.write(",".join(self.header) + "\n")
+        with open(self.csv_path, "a", encoding="utf-8") as f:
+            f.write(",".join([str(it)] + [f"{row[k]:.6g}" if k in row else "" for k in self.header[1:]]) + "\n")
+
+    def log_eval(self, it: int, metrics: Mapping[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"val/{k}", v, it)
+        with open(os.path.join(os.path.dirname(self.csv_path), "eval.csv"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"iter": it, **metrics}) + "\n")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(config: Config | str | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train (distil, when the config has a ``distill`` section) and evaluate; returns the final metrics."""
+    _, created = du.setup()  # under torchrun: the process group lives for the whole call
+    try:
+        return Trainer(config, overrides).run()
+    finally:
+        du.cleanup(created)
+
+
+def load_student_weights(model: nn.Module, path: str) -> None:
+    """A densekd checkpoint (``student``), a plain state dict or ``{"model": ...}`` into ``model``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--checkpoint: no such file {path!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--checkpoint: cannot read {path!r}: {str(e).splitlines()[0]}") from None
+    if isinstance(obj, Mapping):
+        for key in ("student", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    sd = {k.removeprefix("module."): v for k, v in obj.items()} if isinstance(obj, Mapping) else None
+    if sd is None:
+        raise ConfigError(f"--checkpoint: {path!r} holds no state dict")
+    res = model.load_state_dict(sd, strict=False)
+    if res.missing_keys or res.unexpected_keys:
+        k = (res.missing_keys or res.unexpected_keys)[0]
+        raise ConfigError(f"--checkpoint: {path!r} does not fit the configured student "
+                          f"({len(res.missing_keys)} missing, {len(res.unexpected_keys)} unexpected keys, e.g. {k})")
+
+
+def evaluate(config: Config | str | Mapping[str, Any], checkpoint: str | None = None,
+             overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Evaluate the config's student with weights from ``checkpoint`` (default:
+    ``output_dir/student_final.pth``) on the validation set; returns the metrics (rank 0 prints a table)."""
+    cfg = load_config(config, overrides)
+    task = get_task(cfg.task)
+    device, created = du.setup()
+    try:
+        val = task.build_dataset(cfg.data, "val")
+        if val is None:
+            raise ConfigError("data: evaluation needs a validation set (data.val_ann / val_images for detection)")
+        model = task.build_model(cfg.model, "student")
+        path = checkpoint or os.path.join(cfg.output_dir, "student_final.pth")
+        load_student_weights(model, path)
+        model.to(device)
+        loader = DataLoader(val, batch_size=cfg.eval.batch_size,
+                            sampler=ShardSampler(len(val), du.world_size(), du.rank()),
+                            num_workers=cfg.train.num_workers, collate_fn=task.collate)
+        return task.evaluate(model, loader, device, cfg.output_dir if du.is_main() else None)
+    finally:
+        du.cleanup(created)

@@ -1,0 +1,1 @@
+"""Model builders with their canonical distillation points."""

@@ -1,0 +1,154 @@
+"""Detection task: torchvision detectors on COCO-format data, evaluated with pycocotools.
+
+Config sections::
+
+    model:
+      num_classes: 80          # object categories (without background); must match the data
+      min_size: 800            # torchvision GeneralizedRCNNTransform (shorter side)
+      max_size: 1333
+      inherit: true            # paper's "inheriting": student neck/head initialised from the teacher
+      student: {arch: retinanet, backbone: resnet50, trainable_layers: 3, norm: frozen_bn,
+                backbone_checkpoint: null, checkpoint: null, weights: null}
+      teacher: {arch: retinanet, backbone: resnet101, checkpoint: path/to/teacher.pth}
+    data:
+      train_ann: data/coco/annotations/instances_train2017.json
+      train_images: data/coco/train2017
+      val_ann: data/coco/annotations/instances_val2017.json     # optional
+      val_images: data/coco/val2017
+      flip_prob: 0.5
+      filter_empty: true
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..data.coco import CocoDetection, collate_detection
+from ..distiller import Pair
+from ..errors import ConfigError
+from ..models import detection as det
+
+
+@dataclass
+class DetectorConfig:
+    arch: str = "retinanet"  # retinanet | fcos | faster_rcnn
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3_large
+    trainable_layers: int = 3
+    norm: str = "frozen_bn"  # frozen_bn (torchvision/MMDetection default) | bn
+    backbone_checkpoint: str | None = None  # local ImageNet backbone state dict
+    checkpoint: str | None = None  # local full-detector weights
+    weights: str | None = None  # torchvision hub weights name (downloads unless cached)
+
+    def validate(self, prefix: str) -> None:
+        det._check_choice(self.arch, det.ARCHS, f"{prefix}.arch")
+        det._check_choice(self.backbone, det.BACKBONES, f"{prefix}.backbone")
+        det._check_choice(self.norm, ("frozen_bn", "bn"), f"{prefix}.norm")
+
+
+@dataclass
+class DetectionModelConfig:
+    student: DetectorConfig = field(default_factory=DetectorConfig)
+    teacher: DetectorConfig | None = None
+    num_classes: int = 80
+    min_size: int = 800
+    max_size: int = 1333
+    inherit: bool = False
+
+    def validate(self, prefix: str) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"{prefix}.num_classes: expected a positive int, got {self.num_classes}")
+        if self.min_size < 1 or self.max_size < self.min_size:
+            raise ConfigError(f"{prefix}.min_size/max_size: expected 0 < min_size <= max_size, got "
+                              f"{self.min_size}/{self.max_size}")
+
+
+@dataclass
+class DetectionDataConfig:
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str | None = None
+    val_images: str | None = None
+    flip_prob: float = 0.5
+    filter_empty: bool = False
+
+
+class DetectionTask:
+    name = "detection"
+    model_config_cls = DetectionModelConfig
+    data_config_cls = DetectionDataConfig
+
+    # -------------------------------------------------------------- models
+    def build_model(self, model_cfg: DetectionModelConfig, role: str) -> nn.Module:
+        sub = model_cfg.student if role == "student" else model_cfg.teacher
+        if sub is None:
+            raise ConfigError("model.teacher: required when the config has a distill section")
+        if role == "teacher" and not (sub.checkpoint or sub.weights):
+            raise ConfigError(
+                "model.teacher: a teacher needs trained weights: set model.teacher.checkpoint (a local file) "
+                "or model.teacher.weights (a torchvision weights name)"
+            )
+        return det.build_detector(
+            sub.arch, sub.backbone, num_classes=model_cfg.num_classes, min_size=model_cfg.min_size,
+            max_size=model_cfg.max_size, trainable_layers=sub.trainable_layers, norm=sub.norm,
+            checkpoint=sub.checkpoint, backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
+            where=f"model.{role}",
+        )
+
+    def inherit(self, student: nn.Module, teacher: nn.Module, model_cfg: DetectionModelConfig) -> str | None:
+        """Optional Task hook (engine calls it after building both models): the paper's inheriting."""
+        if not model_cfg.inherit:
+            return None
+        copied, total = det.inherit_neck_head(student, teacher)
+        return f"inherited {copied}/{total} student neck/head tensors from the teacher (name and shape match)"
+
+    def default_pairs(self, model_cfg: DetectionModelConfig, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
+        """One pair over every FPN level the head uses (spec "backbone": all keys of the FPN output)."""
+        return [Pair("backbone", loss=method, kwargs=dict(method_kwargs))]
+
+    # -------------------------------------------------------------- data
+    def build_dataset(self, data_cfg: DetectionDataConfig, split: str) -> CocoDetection | None:
+        """``split`` "train" or "val"; "val" without ``val_ann`` returns None (no evaluation)."""
+        if split == "train":
+            if not data_cfg.train_ann or not data_cfg.train_images:
+                raise ConfigError("data.train_ann / data.train_images: required for training")
+            return CocoDetection(data_cfg.train_ann, data_cfg.train_images, train=True,
+                                 flip_prob=data_cfg.flip_prob, filter_empty=data_cfg.filter_empty)
+        if not data_cfg.val_ann:
+            return None
+        if not data_cfg.val_images:
+            raise ConfigError("data.val_images: required with data.val_ann")
+        return CocoDetection(data_cfg.val_ann, data_cfg.val_images, train=False)
+
+    def check_data(self, model_cfg: DetectionModelConfig, dataset: CocoDetection) -> None:
+        """Optional Task hook: the model's classes must cover the data's categories."""
+        if dataset.num_classes != model_cfg.num_classes:
+            raise ConfigError(
+                f"model.num_classes: expected {dataset.num_classes} (categories in {dataset.ann_file}), "
+                f"got {model_cfg.num_classes}"
+            )
+
+    def collate(self, batch: Sequence[Any]) -> Any:
+        return collate_detection(list(batch))
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+                   for t in targets]
+        return images, targets
+
+    def model_inputs(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
+        images, targets = batch
+        return (images,), targets
+
+    def task_loss(self) -> Any:
+        return None  # torchvision detectors return their loss dict when given targets
+
+    # -------------------------------------------------------------- evaluation
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, out_dir: str | None) -> dict[str, float]:
+        from ..engine.coco_eval import evaluate_detector
+
+        return evaluate_detector(model, loader, device, loader.dataset, out_dir)

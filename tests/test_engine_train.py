@@ -1,0 +1,168 @@
+"""The training engine on CPU: outputs, exact resume, schedules, AMP rules, SIGTERM, checkpoint format."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import densekd
+from densekd.config import ScheduleConfig
+from densekd.engine import Trainer, TrainingInterrupted
+from densekd.engine.schedule import lr_factor
+from densekd.errors import ConfigError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_plain_training_writes_logs_weights_and_metrics(make_config, tmp_path):
+    out = tmp_path / "plain"
+    metrics = densekd.train(make_config(out, eval_every=0))
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    for f in ("checkpoint.pth", "student_final.pth", "log.csv", "config.yaml", "metrics.json", "coco_bbox.json"):
+        assert (out / f).is_file(), f
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(out / "tb"))
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["iter"] for r in rows] == ["1", "2"] and "loss" in rows[0] and "classification" in rows[0]
+    ck = _load(out / "checkpoint.pth")  # weights_only=True: tensors and primitive containers only
+    assert ck["iteration"] == 2 and ck["kd_losses"] == {} and ck["sampler"] == {"epoch": 1, "batch": 0, "seed": 0, "world_size": 1}
+    final = _load(out / "student_final.pth")
+    assert final.keys() == ck["student"].keys()
+    assert all(torch.equal(final[k], ck["student"][k]) for k in final)
+    # CLI evaluation of the final weights reproduces the end-of-training metrics
+    assert densekd.evaluate(make_config(out), str(out / "student_final.pth")) == pytest.approx(metrics)
+
+
+def _states_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bit_exact(make_config, teacher_ckpt, tmp_path):
+    """2N iterations == N iterations + resume + N iterations (CPU, distillation, random flips)."""
+    sched = {"warmup_iters": 2, "steps": [4], "type": "step"}
+    kw = dict(teacher=teacher_ckpt, eval_every=-1, schedule=sched, batch_size=1)
+    # 4 images, batch 1 → 4 iterations per epoch: N = 3 resumes mid-epoch, 2N = 6 crosses an epoch
+    densekd.train(make_config(tmp_path / "full", max_iters=6, **kw))
+    densekd.train(make_config(tmp_path / "split", max_iters=3, **kw))
+    mid = _load(tmp_path / "split" / "checkpoint.pth")
+    assert mid["iteration"] == 3 and mid["sampler"]["batch"] == 3
+    t = Trainer(make_config(tmp_path / "split", max_iters=6, **kw))
+    assert t.iteration == 3 and any("resumed from" in m for m in t.messages)
+    t.run()
+    full, split = _load(tmp_path / "full" / "checkpoint.pth"), _load(tmp_path / "split" / "checkpoint.pth")
+    assert split["iteration"] == 6
+    _states_equal(full["student"], split["student"])
+    _states_equal(full["kd_losses"], split["kd_losses"])
+    fo, so = full["optimizer"]["state"], split["optimizer"]["state"]
+    assert fo.keys() == so.keys() and all(torch.equal(fo[i]["momentum_buffer"], so[i]["momentum_buffer"]) for i in fo)
+    assert torch.equal(full["rng"]["torch"], split["rng"]["torch"])
+    rows = list(csv.DictReader(open(tmp_path / "split" / "log.csv")))
+    assert [r["iter"] for r in rows] == [str(i) for i in range(1, 7)]
+    full_rows = list(csv.DictReader(open(tmp_path / "full" / "log.csv")))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in full_rows]
+
+
+def test_schedules():
+    s = ScheduleConfig(type="step", warmup_iters=10, warmup_factor=0.001, steps=[50, 80], gamma=0.1)
+    assert lr_factor(s, 0, 100) == pytest.approx(0.001)
+    assert lr_factor(s, 5, 100) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(s, 10, 100) == 1.0 and lr_factor(s, 50, 100) == pytest.approx(0.1)
+    assert lr_factor(s, 80, 100) == pytest.approx(0.01)
+    assert lr_factor(ScheduleConfig(type="cosine"), 50, 100) == pytest.approx(0.5)
+    assert lr_factor(ScheduleConfig(type="cosine"), 100, 100) == pytest.approx(0.0)
+    assert lr_factor(ScheduleConfig(type="poly", power=2.0), 50, 100) == pytest.approx(0.25)
+    assert lr_factor(ScheduleConfig(type="constant"), 99, 100) == 1.0
+
+
+def test_adamw_cosine_grad_clip_and_bf16(make_config, teacher_ckpt, tmp_path):
+    out = tmp_path / "adamw"
+    cfg = make_config(out, teacher=teacher_ckpt, eval_every=-1, grad_clip=1.0, amp="bf16",
+                      optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+                      schedule={"type": "cosine", "warmup_iters": 1})
+    densekd.train(cfg)
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3 * 0.001)  # warmup start
+    assert float(rows[1]["lr"]) == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
+    assert "grad_norm" in rows[0] and float(rows[0]["grad_norm"]) > 0
+    ck = _load(out / "checkpoint.pth")
+    assert "exp_avg" in next(iter(ck["optimizer"]["state"].values()))
+    assert json.load(open(out / "metrics.json")) == {"iteration": 2}  # eval_every=-1: no evaluation
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_fp16_on_cpu_is_a_clear_error(make_config, tmp_path):
+    with pytest.raises(ConfigError, match="^train.amp: fp16 needs a CUDA device .*use bf16 or none on CPU$"):
+        densekd.train(make_config(tmp_path, amp="fp16"))
+
+
+def test_batch_larger_than_dataset_and_bad_kwargs(make_config, teacher_ckpt, tmp_path):
+    with pytest.raises(ConfigError, match="^train.batch_size: 8 per process × 1 process"):
+        densekd.train(make_config(tmp_path, batch_size=8))
+    cfg = make_config(tmp_path, teacher=teacher_ckpt)
+    cfg["distill"]["kwargs"] = {"bogus": 1}
+    cfg["distill"]["method"] = "nope_kd"
+    with pytest.raises(densekd.UnknownNameError, match="unknown loss 'nope_kd'"):
+        densekd.train(cfg)
+
+
+def test_teacher_without_weights_is_refused(make_config, teacher_ckpt, tmp_path):
+    cfg = make_config(tmp_path, teacher=teacher_ckpt)
+    cfg["model"]["teacher"]["checkpoint"] = None
+    with pytest.raises(ConfigError, match="^model.teacher: a teacher needs trained weights"):
+        densekd.train(cfg)
+
+
+def test_explicit_pairs_take_method_defaults(make_config, teacher_ckpt, tmp_path):
+    cfg = make_config(tmp_path, teacher=teacher_ckpt, max_iters=1)
+    cfg["distill"]["pairs"] = [{"student": "backbone:0"}, {"student": "backbone:p7", "weight": 2.0}]
+    cfg["distill"]["weight"] = 0.5
+    t = Trainer(cfg)
+    assert [p.loss for p in t.model.pairs] == ["test_mse", "test_mse"]
+    assert [p.weight for p in t.model.pairs] == [0.5, 1.0]
+    assert sorted(t.model.kd_losses) == ["0|backbone:0", "1|backbone:p7"]
+    cfg["distill"]["pairs"] = [{"studnt": "backbone:0"}]
+    with pytest.raises(ConfigError, match=r"^distill.pairs\[0\]: unknown pair key\(s\) \['studnt'\]"):
+        Trainer(cfg)
+
+
+def test_sigterm_leaves_a_loadable_checkpoint(make_config, teacher_ckpt, tmp_path):
+    out = tmp_path / "term"
+    cfg = make_config(out, teacher=teacher_ckpt, max_iters=100000, eval_every=-1, checkpoint_every=0)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE]), "OMP_NUM_THREADS": "1"}
+    code = "import _kd_test_loss, sys; from densekd.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", str(p)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(open(log).read().splitlines()) >= 3:  # header + 2 iterations
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM at iteration" in err
+    ck = _load(out / "checkpoint.pth")
+    assert ck["iteration"] >= 2 and ck["format"] == "densekd-checkpoint-v1"
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp_")]
+    t = Trainer(cfg, [f"train.max_iters={ck['iteration'] + 1}"])
+    assert t.iteration == ck["iteration"]
+    t.run()
+    assert _load(out / "checkpoint.pth")["iteration"] == ck["iteration"] + 1
