@@ -4,17 +4,17 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 sys.path.insert(0, os.path.dirname(__file__))
 import _kd_test_loss  # noqa: E402,F401  (registers "test_mse")
 
 from densekd.data.synthetic import make_coco_rectangles  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,1 @@
-"""Datasets: COCO-format detection, generated toy data."""
+"""Datasets: COCO-format detection, semantic segmentation (:mod:`densekd.data.segmentation`), generated toy data."""

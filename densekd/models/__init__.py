@@ -1,1 +1,1 @@
-"""Model builders with their canonical distillation points."""
+"""Model builders with their canonical distillation points (detection; segmentation: :mod:`densekd.models.segmentation`)."""

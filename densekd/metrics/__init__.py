@@ -1,0 +1,1 @@
+"""Evaluation metrics (segmentation: :mod:`densekd.metrics.segmentation`)."""

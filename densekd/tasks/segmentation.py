@@ -1,0 +1,323 @@
+"""Semantic segmentation task: DeepLabV3 / PSPNet students and teachers, cross-entropy, mIoU.
+
+YAML sections (validated by :class:`SegModelConfig` and :class:`SegDataConfig`)::
+
+    model:
+      student: {arch: deeplabv3, backbone: resnet18, num_classes: 19, backbone_checkpoint: null}
+      teacher: {arch: deeplabv3, backbone: resnet101, num_classes: 19, checkpoint: teacher.pth}
+      distill_decoder: false      # also distill the decoder feature (methods.md "Where it is applied")
+    data:
+      format: cityscapes          # cityscapes | voc | folder
+      root: data/cityscapes
+      crop_size: [512, 1024]
+      scale_range: [0.5, 2.0]
+
+Distillation points (``default_pairs``): the logits before upsampling (module ``classifier``), and with
+``distill_decoder: true`` the decoder feature (module ``decoder``). For ``acam_kd`` the number of masks M is
+the number of classes (methods.md, ACAM-KD "ASCM": M = number of classes for segmentation) unless the
+method's kwargs set ``num_masks``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from ..data.segmentation import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SegTransform,
+    build_segmentation_dataset,
+    collate_segmentation,
+)
+from ..config import from_dict
+from ..distiller import Pair
+from ..errors import ConfigError
+from ..metrics.segmentation import ConfusionMatrix, format_iou_table
+from ..models.segmentation import SegmentationModel, build_segmentation_model, load_segmentation_checkpoint
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class SegModelSpec:
+    """One network. ``checkpoint``: full model weights (densekd checkpoint, state dict, or torchvision
+    ``deeplabv3_*``); ``backbone_checkpoint``: a torchvision ImageNet classification state dict for the
+    backbone only (students start from ImageNet weights in the CIRKD/MasKD protocol). Both are local paths."""
+
+    arch: str = "deeplabv3"
+    backbone: str = "resnet18"
+    num_classes: int = 19
+    checkpoint: str | None = None
+    backbone_checkpoint: str | None = None
+    decoder_channels: int | None = None
+    width_mult: float = 1.0
+    layers: list[int] | None = None
+    aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])
+    ppm_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    dropout: float = 0.1
+
+    def validate(self, where: str = "model") -> None:
+        from ..models.segmentation import ARCHS, BACKBONES
+
+        if self.arch not in ARCHS:
+            raise ConfigError(f"{where}.arch: unknown {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"{where}.backbone: unknown {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        if self.num_classes < 1:
+            raise ConfigError(f"{where}.num_classes: expected a positive integer, found {self.num_classes}")
+
+
+@dataclass
+class SegModelConfig:
+    """The YAML ``model:`` section."""
+
+    student: SegModelSpec = field(default_factory=SegModelSpec)
+    teacher: SegModelSpec | None = None
+    distill_decoder: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model") -> "SegModelConfig":
+        return from_dict(cls, data, where)
+
+    def validate(self, where: str = "model") -> None:
+        if self.teacher is not None and self.teacher.num_classes != self.student.num_classes:
+            raise ConfigError(
+                f"{where}.teacher.num_classes={self.teacher.num_classes} differs from "
+                f"{where}.student.num_classes={self.student.num_classes}"
+            )
+
+
+@dataclass
+class SegDataConfig:
+    """The YAML ``data:`` section (see :mod:`densekd.data.segmentation` for the layouts)."""
+
+    format: str = "cityscapes"
+    root: str = "data/cityscapes"
+    num_classes: int | None = None
+    ignore_index: int = 255
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [512, 1024])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    class_names: list[str] | None = None
+    max_images: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "data") -> "SegDataConfig":
+        return from_dict(cls, data, where)
+
+    def validate(self, where: str = "data") -> None:
+        from ..data.segmentation import FORMATS
+
+        if self.format not in FORMATS:
+            raise ConfigError(f"{where}.format: unknown {self.format!r}; expected one of {', '.join(FORMATS)}")
+        if len(self.crop_size) != 2 or min(self.crop_size) < 1:
+            raise ConfigError(f"{where}.crop_size: expected [height, width] > 0, found {self.crop_size}")
+        lo_hi = self.scale_range
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise ConfigError(f"{where}.scale_range: expected [low, high] with 0 < low <= high, found {lo_hi}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"{where}.mean/std: expected 3 values each, found {self.mean} / {self.std}")
+
+
+# --------------------------------------------------------------------------- helpers
+def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = 255) -> dict[str, Tensor]:
+    """Pixel-wise cross-entropy over non-ignored pixels: ``{"loss_ce": ...}``."""
+    if logits.shape[-2:] != targets.shape[-2:]:
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return {"loss_ce": F.cross_entropy(logits.float(), targets.long(), ignore_index=ignore_index)}
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample exactly once over all ranks (no padding), so the
+    all-reduced confusion matrix equals the single-process one (same as the engine's evaluation sampler)."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.n, self.rank, self.world = n, rank, num_replicas
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def _load_backbone(model: SegmentationModel, path: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"backbone_checkpoint file not found: {path}")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, Mapping) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if model.backbone_name == "mobilenetv2":  # torchvision MobileNetV2: features.N.* → N.* (N < 18)
+        sd = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+    own = model.backbone.state_dict()
+    sd = {k: v for k, v in sd.items() if k in own}
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise ConfigError(
+            f"backbone_checkpoint {path} lacks {len(missing)} key(s) of the {model.backbone_name} backbone, "
+            f"e.g. {missing[:3]}"
+        )
+    model.backbone.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- the task
+class SegmentationTask:
+    """Implements :class:`densekd.tasks.base.Task` for semantic segmentation."""
+
+    name = "segmentation"
+    model_config_cls = SegModelConfig
+    data_config_cls = SegDataConfig
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = ignore_index
+
+    # -- models
+    def build_model(self, model_cfg: SegModelConfig, role: str) -> nn.Module:
+        if role not in ("student", "teacher"):
+            raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
+        spec = getattr(model_cfg, role)
+        if spec is None:
+            raise ConfigError(f"model.{role} is not configured")
+        model = build_segmentation_model(
+            spec.arch,
+            spec.backbone,
+            spec.num_classes,
+            decoder_channels=spec.decoder_channels,
+            width_mult=spec.width_mult,
+            layers=spec.layers,
+            aspp_rates=spec.aspp_rates,
+            ppm_bins=spec.ppm_bins,
+            dropout=spec.dropout,
+        )
+        if spec.backbone_checkpoint:
+            _load_backbone(model, spec.backbone_checkpoint)
+        if spec.checkpoint:
+            load_segmentation_checkpoint(model, spec.checkpoint)
+        elif role == "teacher":
+            warnings.warn("model.teacher.checkpoint is not set: distilling from a randomly initialised teacher", stacklevel=2)
+        return model
+
+    # -- data
+    def build_dataset(self, data_cfg: SegDataConfig, split: str) -> Dataset:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.ignore_index = data_cfg.ignore_index
+        transform = SegTransform(
+            train=split == "train",
+            crop_size=tuple(data_cfg.crop_size),
+            scale_range=tuple(data_cfg.scale_range),
+            flip=data_cfg.flip,
+            mean=data_cfg.mean,
+            std=data_cfg.std,
+            ignore_index=data_cfg.ignore_index,
+        )
+        return build_segmentation_dataset(
+            data_cfg.format,
+            data_cfg.root,
+            data_cfg.train_split if split == "train" else data_cfg.val_split,
+            transform,
+            num_classes=data_cfg.num_classes,
+            ignore_index=data_cfg.ignore_index,
+            class_names=data_cfg.class_names,
+            max_images=data_cfg.max_images,
+        )
+
+    def check_data(self, model_cfg: SegModelConfig, dataset: Dataset) -> None:
+        """Called by the engine once the training set is built: class counts must agree."""
+        k = getattr(dataset, "num_classes", None)
+        for role in ("student", "teacher"):
+            spec = getattr(model_cfg, role)
+            if spec is not None and k is not None and spec.num_classes != k:
+                raise ConfigError(f"model.{role}.num_classes={spec.num_classes} but the dataset has {k} classes (data)")
+
+    def collate(self, batch: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        return collate_segmentation(batch, self.ignore_index)
+
+    def to_device(self, batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+        images, masks = batch
+        return images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+
+    def model_inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[tuple[Tensor], Tensor]:
+        images, masks = batch
+        return (images,), masks
+
+    # -- losses
+    def task_loss(self):
+        ignore = self.ignore_index
+
+        def loss(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            return cross_entropy_loss(logits, targets, ignore)
+
+        return loss
+
+    def default_pairs(self, model_cfg: SegModelConfig, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
+        """Logits before upsampling (``classifier``); with ``model.distill_decoder`` also ``decoder``.
+        methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes)."""
+        kwargs = dict(method_kwargs)
+        if method == "acam_kd":
+            kwargs.setdefault("num_masks", model_cfg.student.num_classes)
+        pairs = [Pair("classifier", loss=method, kwargs=dict(kwargs))]
+        if model_cfg.distill_decoder:
+            pairs.append(Pair("decoder", loss=method, kwargs=dict(kwargs)))
+        return pairs
+
+    # -- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, out_dir: str | None) -> dict[str, float]:
+        """Whole-image evaluation at full resolution: ``{"mIoU", "pixel_acc", "IoU/<class>" ...}``.
+
+        Under torch.distributed each rank scores its shard and the confusion matrices are summed across ranks;
+        every rank returns the same metrics and writes ``eval_metrics.json`` / ``eval_iou.md`` to ``out_dir``
+        when given one (the engine passes it on rank 0 only). A loader with a padded ``DistributedSampler``
+        (which would score some images twice) is re-sharded without padding. The model is run unwrapped
+        (``model.module`` for DDP), so ranks with fewer images do not stall a collective."""
+        dataset = loader.dataset
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed and isinstance(loader.sampler, DistributedSampler):
+            loader = DataLoader(
+                dataset,
+                batch_size=loader.batch_size or 1,
+                sampler=ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank()),
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+            )
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        num_classes = getattr(model, "num_classes", None) or getattr(dataset, "num_classes")
+        names = getattr(dataset, "class_names", None)
+        if names is not None and len(names) != num_classes:
+            raise ConfigError(
+                f"the model predicts {num_classes} classes but the dataset has {len(names)} "
+                f"(model.student.num_classes vs data)"
+            )
+        cm = ConfusionMatrix(num_classes, self.ignore_index, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in loader:
+                (images,), masks = self.model_inputs(self.to_device(batch, device))
+                logits = model(images)
+                cm.update(logits.argmax(dim=1), masks)
+        finally:
+            model.train(was_training)
+        metrics = cm.compute(names)
+        if out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "eval_metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+            with open(os.path.join(out_dir, "eval_iou.md"), "w") as f:
+                f.write(format_iou_table(metrics) + "\n")
+        return metrics
