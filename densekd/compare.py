@@ -173,15 +173,19 @@ def _metrics_path(d: str) -> str:
 def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
                   overrides: Sequence[str] = ()) -> list[str]:
     """The engine overrides of one run (user overrides first, so the run's own keys win)."""
-    ov = list(overrides) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"]
-    if method in BASELINE_NAMES:
-        ov.append("distill=null")
-    else:
-        own = (config_raw.get("distill") or {}).get("method") if isinstance(config_raw.get("distill"), Mapping) else None
-        ov.append(f"distill.method={method}")
-        if own != method:
-            ov.append("distill.kwargs={}")
-    return ov
+    return list(overrides) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
+        method_overrides(config_raw, method)
+
+
+def method_overrides(config_raw: Mapping[str, Any], method: str) -> list[str]:
+    """Overrides that select ``method``: ``distill=null`` for the plain student (``baseline`` / ``student``
+    / ``plain``), else ``distill.method=<m>`` (plus ``distill.kwargs={}`` when the config's own method
+    differs, so its kwargs are not handed to another method)."""
+    if method in BASELINE_NAMES or method == "plain":
+        return ["distill=null"]
+    d = config_raw.get("distill")
+    own = d.get("method") if isinstance(d, Mapping) else None
+    return [f"distill.method={method}"] + (["distill.kwargs={}"] if own != method else [])
 
 
 def _raw_config(config: str | Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
