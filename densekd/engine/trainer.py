@@ -182,6 +182,10 @@ class Trainer:
         if t.resume and os.path.isfile(self.ckpt_path):
             self._load(self.ckpt_path)
             self.messages.append(f"resumed from {self.ckpt_path} at iteration {self.iteration}")
+        if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
+            from .prepare import prepare_for_trainer
+
+            prepare_for_trainer(self)
 
         self.ddp: nn.Module = self.model
         if self.world > 1:
