@@ -4,17 +4,17 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
-import torch
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 sys.path.insert(0, os.path.dirname(__file__))
 import _kd_test_loss  # noqa: E402,F401  (registers "test_mse")
 
 from densekd.data.synthetic import make_coco_rectangles  # noqa: E402
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,9 @@ def teacher_ckpt(tmp_path_factory):
     return path
 
 
-def tiny_config(ann, img, out, teacher=None, arch="retinanet", **train):
+def tiny_config(ann, img, out, teacher=None, arch="retinanet", method=None, **train):
+    """A detection config dict for the tiny data: ResNet-18 at 64 px, 2 iterations; with ``teacher`` (a
+    checkpoint path) it distils with ``method`` (default: ACAM-KD with 2 masks)."""
     cfg = {
         "task": "detection",
         "output_dir": str(out),
@@ -50,7 +52,8 @@ def tiny_config(ann, img, out, teacher=None, arch="retinanet", **train):
     }
     if teacher:
         cfg["model"]["teacher"] = {"arch": arch, "backbone": "resnet18", "trainable_layers": 0, "checkpoint": teacher}
-        cfg["distill"] = {"method": "test_mse", "weight": 1.0}
+        cfg["distill"] = {"method": method or "acam_kd", "weight": 1.0,
+                          "kwargs": {"num_masks": 2} if method in (None, "acam_kd") else {}}
     return cfg
 
 

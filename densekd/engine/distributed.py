@@ -71,7 +71,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     """Average scalar logs over ranks (one collective for all keys)."""
     if not is_dist() or not values:
         return values
-    keys = sorted(values)
+    keys = list(values)  # same order on every rank (same code, same loss dict)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= world_size()

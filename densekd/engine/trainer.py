@@ -166,6 +166,10 @@ class Trainer:
                 if str(e).startswith("build_loss("):
                     raise ConfigError(f"distill.kwargs: {e}") from None
                 raise
+            except ConfigError:
+                raise
+            except ValueError as e:  # a method's own argument check, or pairs whose shapes cannot match
+                raise ConfigError(f"distill: {e}") from None
         else:
             self.model = StudentOnly(student, self.task.task_loss())
         self.model.train()

@@ -24,8 +24,10 @@ class Task(Protocol):
     def build_model(self, model_cfg: Any, role: str) -> nn.Module:
         """``role`` is "student" or "teacher"; teacher weights are loaded from the config's checkpoint."""
 
-    def build_dataset(self, data_cfg: Any, split: str) -> Dataset:
-        """``split`` is "train" or "val"."""
+    def build_dataset(self, data_cfg: Any, split: str) -> Dataset | None:
+        """``split`` is "train" or "val". For "val" a task may return None (no validation data configured):
+        the engine then skips evaluation. Training items may use python/numpy/torch global RNGs for
+        augmentation: the engine loads every item under its own seed (exact resume, any num_workers)."""
 
     def collate(self, batch: Sequence[Any]) -> Any: ...
 
@@ -41,4 +43,17 @@ class Task(Protocol):
         """The canonical distillation points (FPN levels the head uses; logits) for ``method``."""
 
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, out_dir: str | None) -> dict[str, float]:
-        """Metrics of ``model`` on ``loader`` (correct under DDP: reduce across ranks, rank 0 reports)."""
+        """Metrics of ``model`` on ``loader`` (correct under DDP: reduce across ranks, rank 0 reports).
+
+        The engine passes the plain student (not DDP-wrapped) and a loader over this rank's shard
+        (indices ``rank::world_size``, no padding); ``loader.dataset`` is the "val" dataset. Every rank must
+        return the same dict; ``out_dir`` is None on ranks other than 0."""
+
+
+# Optional hooks the engine calls when a task defines them (``hasattr``), not part of the required protocol:
+#
+#   check_data(model_cfg, train_dataset) -> None
+#       raise a ConfigError when model and data disagree (e.g. detection: model.num_classes vs categories).
+#   inherit(student, teacher, model_cfg) -> str | None
+#       initialise the student from the teacher after both are built (detection: the paper's "inheriting"
+#       of neck and head); the returned message is printed by rank 0.
