@@ -64,33 +64,30 @@ def _tokens(trainer):
 
 def test_detection_maskd_tokens_fitted_before_training(make_config, teacher_ckpt, tmp_path, capsys):
     cfg = make_config(tmp_path / "o", teacher=teacher_ckpt, max_iters=1)
-    cfg["distill"] = {"method": "maskd", "kwargs": {"num_masks": 2, "fit_steps": 2, "fit_lr": 0.05}}
-    torch.manual_seed(0)
+    cfg["distill"] = {"method": "maskd", "kwargs": {"num_masks": 2, "masks": "spatial", "fit_steps": 2,
+                                                    "fit_lr": 0.05}}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # "never fitted" would be raised here
         tr = Trainer(cfg)
-        after, mods = _tokens(tr)
-        assert len(mods) == 5 and all(m.prepared for m in mods)  # P3–P7, one MasKD module each
-        assert all(not p.requires_grad for m in mods for p in m.ascm.parameters())
-        printed = capsys.readouterr().out
-        assert printed.count("prepared MasKD at") == 5 and "2 steps" in printed
-        # the fitted tokens differ from the random N(0, 0.01²) initialisation of the same seed
-        torch.manual_seed(0)
-        from densekd.losses.maskd import MasKD
-
-        fresh = MasKD(256, 256, num_masks=2)
-        init = torch.cat([p.detach().flatten() for p in fresh.ascm.parameters()])
-        assert all(a.shape == init.shape for a in after) and not any(torch.allclose(a, init) for a in after)
-        tr.run()
+        init, mods = _tokens(tr)
+        assert len(mods) == 5 and not any(m.prepared for m in mods)  # P3–P7, one MasKD module each
+        tr.run()  # fits first, then trains
+        after, _ = _tokens(tr)
     tr.close()
+    assert all(m.prepared for m in mods)
+    assert all(not p.requires_grad for m in mods for p in m.ascm.parameters())
+    printed = capsys.readouterr().out
+    assert printed.count("prepared MasKD at") == 5 and "2 steps" in printed
+    assert not any(torch.allclose(a, b) for a, b in zip(after, init))  # the tokens moved
     state = torch.load(os.path.join(tmp_path / "o", "checkpoint.pth"), weights_only=False)
     assert all(bool(v) for k, v in state["kd_losses"].items() if k.endswith("tokens_fitted"))
     # a resumed run does not fit again and keeps the saved tokens
     tr2 = Trainer(cfg, ["train.max_iters=2"])
+    tr2.run()
     again, _ = _tokens(tr2)
+    tr2.close()
     assert "prepared MasKD" not in capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(after, again))
-    tr2.close()
 
 
 def test_segmentation_maskd_fitted_with_cross_entropy(tmp_path, capsys):
@@ -111,14 +108,15 @@ def test_segmentation_maskd_fitted_with_cross_entropy(tmp_path, capsys):
         warnings.simplefilter("error", RuntimeWarning)
         tr = Trainer(cfg)
         (mod,) = tr.model.kd_losses.values()
-        assert mod.prepared and mod.num_masks == 19  # M = number of classes
-        line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("prepared MasKD")][0]
-        assert "3 steps" in line
+        assert not mod.prepared and mod.num_masks == 19  # M = number of classes
         tr.run()
     tr.close()
+    assert mod.prepared
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("prepared MasKD")][0]
+    assert "3 steps" in line
 
 
-def test_teacher_task_loss_needs_the_replaced_level(make_config, teacher_ckpt, tmp_path):
+def test_teacher_task_loss_needs_the_replaced_level():
     """prepare_kd_losses on a plain Distiller (any capture spec the teacher's loss flows through, here
     layer4); a teacher loss that does not depend on the replaced level is an error, not random tokens."""
     from densekd import Distiller, Pair
@@ -126,20 +124,20 @@ def test_teacher_task_loss_needs_the_replaced_level(make_config, teacher_ckpt, t
     from densekd.errors import ConfigError
     from densekd.tasks import get_task
 
+    from densekd.models.detection import build_detector
+
     task = get_task("detection")
-    tr = Trainer(make_config(tmp_path / "o", teacher=teacher_ckpt))
+    s, t = (build_detector("retinanet", "resnet18", num_classes=2, min_size=64, max_size=64) for _ in range(2))
     x = [torch.rand(3, 64, 64)]
     tg = [{"boxes": torch.tensor([[2.0, 2.0, 30.0, 30.0]]), "labels": torch.tensor([1])}]
-    t = tr.model.teacher
-    d = Distiller(tr.model.student, t, [Pair("backbone.body.layer4", loss="maskd",
+    d = Distiller(s, t, [Pair("backbone.body.layer4", loss="maskd",
                                              kwargs={"num_masks": 2, "fit_steps": 1})], example_inputs=(x,))
     prepare_kd_losses(d, task, lambda: iter([((x,), tg)]), log=lambda m: None)
     assert all(m.prepared for m in d.kd_losses.values())
-    d2 = Distiller(tr.model.student, t, [Pair("backbone.body.layer4", loss="maskd", kwargs={"num_masks": 2})],
+    d2 = Distiller(s, t, [Pair("backbone.body.layer4", loss="maskd", kwargs={"num_masks": 2})],
                    example_inputs=(x,))
     with pytest.raises(ConfigError, match="does not depend on its 'backbone.body.layer4' level"):
         prepare_kd_losses(d2, _NoGradTask(task), lambda: iter([((x,), tg)]), log=lambda m: None)
-    tr.close()
 
 
 class _NoGradTask:

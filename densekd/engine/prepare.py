@@ -3,8 +3,8 @@
 A loss module opts in with ``needs_preparation = True``, a ``prepared`` property (saved in its state dict,
 so a resumed run skips the stage) and ``prepare(teacher_feats_iter, head_loss_fn) -> list[float]``
 (:class:`densekd.losses.maskd.MasKD`: the receptive tokens, :func:`~densekd.losses.maskd.fit_maskd_tokens`).
-The engine calls :func:`prepare_kd_losses` once the Distiller is built (and a checkpoint resumed), before
-the first training step. For every such module (one per pair and level) it hands over:
+The engine calls :func:`prepare_for_trainer` at the start of ``Trainer.run`` (after a checkpoint was
+resumed), before the first training step; ``densekd bench`` does not call ``run`` and so does not time it. For every such module (one per pair and level) it hands over:
 
 * ``teacher_feats_iter``: re-iterable; each item is ``(F_T of this level, (inputs, targets))`` for one
   training batch (teacher in eval mode, no grad);
@@ -163,8 +163,9 @@ def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[
 
 
 def prepare_for_trainer(trainer: Any) -> list[str]:
-    """The engine's call (``Trainer.__init__``, after resuming, before DDP): prepares the Distiller's KD
-    modules on the training data (its own epoch order, seed + 1, so the training order is untouched)."""
+    """The engine's call (start of ``Trainer.run``, after resuming): prepares the Distiller's KD modules on
+    the training data (its own epoch order, seed + 1, so the training order is untouched); under DDP rank
+    0's prepared modules are broadcast to every rank."""
     from torch.utils.data import DataLoader
 
     from . import distributed as du
@@ -192,4 +193,12 @@ def prepare_for_trainer(trainer: Any) -> list[str]:
         if du.is_main():
             print(msg, flush=True)
 
-    return prepare_kd_losses(model, trainer.task, batches, log=log)
+    messages = prepare_kd_losses(model, trainer.task, batches, log=log)
+    if trainer.world > 1:  # every rank fitted on its own shard: rank 0's result for all (DDP broadcast
+        import torch.distributed as dist  # happened at wrapping, before this stage)
+
+        for m in model.kd_losses.values():
+            if getattr(m, "needs_preparation", False):
+                for p in m.parameters():
+                    dist.broadcast(p.data, 0)
+    return messages

@@ -186,10 +186,6 @@ class Trainer:
         if t.resume and os.path.isfile(self.ckpt_path):
             self._load(self.ckpt_path)
             self.messages.append(f"resumed from {self.ckpt_path} at iteration {self.iteration}")
-        if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
-            from .prepare import prepare_for_trainer
-
-            prepare_for_trainer(self)
 
         self.ddp: nn.Module = self.model
         if self.world > 1:
@@ -255,6 +251,10 @@ class Trainer:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
             for m in self.messages:
                 print(m, flush=True)
+        if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
+            from .prepare import prepare_for_trainer
+
+            prepare_for_trainer(self)
         logger = _Logger(self.out, self.iteration, t.max_iters) if main else None
         stop = {"flag": False}
         old_handler = None
