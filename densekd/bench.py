@@ -1,6 +1,7 @@
 """``densekd bench``: training cost of each distillation method against plain student training.
 
-    densekd bench configs/compare/demo_segmentation.yaml --methods fitnet acam_kd samkd --iters 20 --warmup 5
+    densekd bench configs/compare/digits_segmentation.yaml [key=value ...] --methods fitnet acam_kd samkd \\
+        --iters 20 --warmup 5 --out runs/bench/digits
 
 Every method (and ``plain``: the student alone, ``distill=null``) is measured in its own fresh Python
 subprocess built from the same config, so models, resolution and batch are identical and peaks of
@@ -14,6 +15,8 @@ loading is not timed. Reported per method:
   the weights, optimizer state and the step's activations); CPU → peak RSS of the process during the steps
   minus its RSS just before them (``resource`` ``ru_maxrss``; the delta is the steps' own memory, weights
   excluded);
+* one-time preparation stages (MasKD's token fitting, :mod:`densekd.engine.prepare`) are not timed: they
+  run at the start of ``Trainer.run``, which the benchmark does not call;
 * ``teacher fwd``: median time of the frozen teacher's forward alone (as the Distiller runs it: inference
   mode, stopped once every captured layer has run) — part of ``s/iter``;
 * ratios to ``plain``.

@@ -1,7 +1,10 @@
 """``densekd compare``: every method × seed through the engine, then a mean ± std table and a bar chart.
 
-    densekd compare configs/compare/demo_segmentation.yaml --methods baseline fitnet acam_kd --seeds 3 \\
-        --out runs/compare/demo train.max_iters=500
+    densekd compare configs/compare/digits_segmentation.yaml train.max_iters=300 \\
+        --methods baseline fitnet acam_kd --seeds 3 --out runs/compare/digits
+
+``key=value`` overrides (applied to every run) go right after CONFIG or at the end of ``--methods``
+(argparse takes no positionals after other options such as ``--out``).
 
 Each run is ``densekd.train(CONFIG, overrides + [distill.method=<m>, seed=<s>, output_dir=<out>/<m>/seed<s>])``;
 the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill=null``). When the method
@@ -276,7 +279,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/compare)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric columns (default: all scalar metrics)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides for every run")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted-key overrides for every run (right after CONFIG, or after the method names)")
     p.set_defaults(func=_run_cli)
 
 
