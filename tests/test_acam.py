@@ -218,3 +218,17 @@ def test_bf16_autocast_runs_and_is_close():
     for k in ref:
         assert got[k].dtype == torch.float32
         assert torch.allclose(got[k], ref[k], rtol=5e-2, atol=1e-3), k
+
+
+def test_attention_never_materialises_hw_by_hw():
+    """methods.md, STCA-FF: forward and backward run the fused SDPA kernel, never softmax over an N×N matrix."""
+    from torch.profiler import profile
+
+    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
+    fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
+    with profile() as prof:
+        sum(mod(fs, ft).values()).backward()
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in names
+    assert not {"aten::_softmax", "aten::softmax", "aten::_softmax_backward_data"} & names

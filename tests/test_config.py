@@ -42,6 +42,7 @@ def test_override_creates_a_missing_section(make_config, tmp_path):
         ("train.optimizr.lr=0.1", "train.optimizr: unknown key (did you mean 'optimizer'?)"),
         ("model.student.archh=fcos", "model.student.archh: unknown key (did you mean 'arch'?)"),
         ("model.student.arch=yolo", "model.student.arch: expected one of retinanet, fcos, faster_rcnn, got 'yolo'"),
+        ("data.label_map=ids", "data.label_map: expected one of contiguous, category_id, got 'ids'"),
         ("data.flip_prob=[1]", "data.flip_prob: expected float, got a list"),
         ("train.schedule.steps=[5, x]", "train.schedule.steps[1]: expected int, got 'x'"),
         ("train.batch_size=0", "train.batch_size: expected a positive int, got 0"),

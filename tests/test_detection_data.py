@@ -37,6 +37,15 @@ def test_samples_labels_and_empty_images(coco):
     assert len(images) == 2 and targets[1]["image_id"] == ds.ids[2]
 
 
+def test_category_id_label_map_keeps_coco_ids(coco):
+    ann, img = coco
+    ds = CocoDetection(ann, img, label_map="category_id")
+    assert ds.cat_to_label == {3: 3, 7: 7} and ds.num_classes == 7
+    assert set(ds[0][1]["labels"].tolist()) <= {3, 7}
+    with pytest.raises(Exception, match="data.label_map: expected 'contiguous' or 'category_id', got 'x'"):
+        CocoDetection(ann, img, label_map="x")
+
+
 def test_train_flip_mirrors_boxes(coco):
     ann, img = coco
     plain, flipped = CocoDetection(ann, img)[0], CocoDetection(ann, img, train=True, flip_prob=1.0)[0]

@@ -29,18 +29,23 @@ def _load(path):
 
 def test_plain_training_writes_logs_weights_and_metrics(make_config, tmp_path):
     out = tmp_path / "plain"
-    metrics = densekd.train(make_config(out, eval_every=0))
+    metrics = densekd.train(make_config(out, eval_every=1))  # evaluate after iteration 1 and at the end
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     for f in ("checkpoint.pth", "student_final.pth", "log.csv", "config.yaml", "metrics.json", "coco_bbox.json"):
         assert (out / f).is_file(), f
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(out / "tb"))
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [r["iter"] for r in rows] == ["1", "2"] and "loss" in rows[0] and "classification" in rows[0]
+    evals = [json.loads(line) for line in open(out / "eval.csv")]
+    assert [e["iter"] for e in evals] == [1, 2] and evals[1]["AP"] == metrics["AP"]
     ck = _load(out / "checkpoint.pth")  # weights_only=True: tensors and primitive containers only
     assert ck["iteration"] == 2 and ck["kd_losses"] == {} and ck["sampler"] == {"epoch": 1, "batch": 0, "seed": 0, "world_size": 1}
     final = _load(out / "student_final.pth")
     assert final.keys() == ck["student"].keys()
     assert all(torch.equal(final[k], ck["student"][k]) for k in final)
+    # a checkpoint of another model in output_dir is one clear error, not a state-dict traceback
+    with pytest.raises(ConfigError, match=r"^train.resume: .*checkpoint.pth' does not fit this config \(.*train.resume=false"):
+        Trainer(make_config(out), ["model.student.arch=fcos"])
     # CLI evaluation of the final weights reproduces the end-of-training metrics
     assert densekd.evaluate(make_config(out), str(out / "student_final.pth")) == pytest.approx(metrics)
 
@@ -147,6 +152,8 @@ def test_explicit_pairs_take_method_defaults(make_config, teacher_ckpt, tmp_path
     assert [p.loss for p in t.model.pairs] == ["test_mse", "test_mse"]
     assert [p.weight for p in t.model.pairs] == [0.5, 1.0]
     assert sorted(t.model.kd_losses) == ["0|backbone:0", "1|backbone:p7"]
+    t.evaluate()  # the Distiller's hooks on the student must not keep the validation features
+    assert t.model._s_cap.raw("backbone") == [] and t.model._ctx_cap.raw("transform") == []
     cfg["distill"]["pairs"] = [{"studnt": "backbone:0"}]
     with pytest.raises(ConfigError, match=r"^distill.pairs\[0\]: unknown pair key\(s\) \['studnt'\]"):
         Trainer(cfg)

@@ -1,10 +1,6 @@
 """SegmentationTask: config sections, default pairs, a distillation step, evaluation (incl. 2-process DDP)."""
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -116,7 +112,9 @@ def test_acam_kd_default_pair_if_available(toy):
     torch.manual_seed(0)
     task = SegmentationTask()
     mcfg = _model_cfg()
-    student, teacher = task.build_model(mcfg, "student"), task.build_model(mcfg, "teacher")
+    student = task.build_model(mcfg, "student")
+    with pytest.warns(UserWarning, match="randomly initialised teacher"):
+        teacher = task.build_model(mcfg, "teacher")
     images = torch.randn(2, 3, 48, 48)
     masks = torch.randint(0, 19, (2, 48, 48))
     d = Distiller(student, teacher, task.default_pairs(mcfg, "acam_kd", {}), task_loss=task.task_loss(),
@@ -167,25 +165,47 @@ def test_evaluate_perfect_model_scores_one(toy):
     assert m["mIoU"] == 1.0 and m["pixel_acc"] == 1.0
 
 
-def test_ddp_evaluation_equals_single_process(toy, tmp_path):
-    """2-process gloo evaluation (uneven shards: 5 images on 2 ranks) reduces to the single-process mIoU."""
+def test_backbone_checkpoint_from_torchvision_classifiers(tmp_path):
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     torch.manual_seed(0)
+    r = ResNet(BasicBlock, [1, 1, 1, 1])
+    torch.save(r.state_dict(), tmp_path / "r18.pth")
+    mb = mobilenet_v2(weights=None, width_mult=0.25)
+    torch.save(mb.state_dict(), tmp_path / "mb.pth")
     task = SegmentationTask()
-    model = task.build_model(_model_cfg(), "student")
-    ckpt = tmp_path / "student.pth"
-    torch.save({"model": model.state_dict()}, ckpt)
+    cfg = SegModelConfig.from_dict({"student": {**TINY, "backbone_checkpoint": str(tmp_path / "r18.pth")}})
+    m = task.build_model(cfg, "student")
+    assert torch.equal(m.backbone.layer4[0].conv2.weight, r.layer4[0].conv2.weight)
+    cfg = SegModelConfig.from_dict({"student": {"backbone": "mobilenetv2", "width_mult": 0.25,
+                                                "backbone_checkpoint": str(tmp_path / "mb.pth")}})
+    m = task.build_model(cfg, "student")
+    assert torch.equal(m.backbone[17].conv[1][0].weight, mb.features[17].conv[1][0].weight)
+    cfg = SegModelConfig.from_dict({"student": {"backbone": "resnet50", "layers": [1, 1, 1, 1],
+                                                "backbone_checkpoint": str(tmp_path / "r18.pth")}})
+    with pytest.raises(ConfigError, match=r"r18\.pth lacks .* key\(s\) of the resnet50 backbone"):
+        task.build_model(cfg, "student")
+
+
+def test_check_data_class_count(toy):
+    task = SegmentationTask()
     ds = task.build_dataset(_data_cfg(toy), "val")
-    single = task.evaluate(model, DataLoader(ds, batch_size=2, collate_fn=task.collate), torch.device("cpu"), None)
-    script = Path(__file__).parent / "scripts" / "seg_ddp_eval.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(toy), str(ckpt), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    for rank in (0, 1):
-        got = json.loads((tmp_path / f"metrics_rank{rank}.json").read_text())
-        assert got["n_local"] == (3 if rank == 0 else 2)
-        assert got["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
-        assert got["pixel_acc"] == pytest.approx(single["pixel_acc"], abs=1e-12)
+    task.check_data(_model_cfg(), ds)
+    bad = SegModelConfig.from_dict({"student": {**TINY, "num_classes": 21}, "teacher": None})
+    with pytest.raises(ConfigError, match="model.student.num_classes=21 but the dataset has 19 classes"):
+        task.check_data(bad, ds)
+
+
+@pytest.mark.parametrize("fmt,k", [("voc", 21), ("folder", 4)])
+def test_voc_and_folder_through_the_task(tmp_path, fmt, k):
+    make_toy_segmentation(tmp_path, fmt, num_images=2, size=(40, 56), num_classes=4)
+    task = SegmentationTask()
+    extra = {"num_classes": 4} if fmt == "folder" else {}
+    cfg = SegDataConfig.from_dict({"format": fmt, "root": str(tmp_path), "crop_size": [32, 32], **extra})
+    train, val = task.build_dataset(cfg, "train"), task.build_dataset(cfg, "val")
+    assert train.num_classes == k and len(val) == 2
+    images, masks = task.collate([train[0], train[1]])
+    assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
+    x, m = val[0]
+    assert x.shape == (3, 40, 56) and set(m.unique().tolist()) <= set(range(4)) | {255}

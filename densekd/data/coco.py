@@ -40,6 +40,7 @@ class CocoDetection(Dataset):
         img_dir: folder the images' ``file_name`` are relative to.
         train: training transforms (random horizontal flip with ``flip_prob``) instead of evaluation ones.
         filter_empty: drop images without any (non-crowd, non-degenerate) box, as MMDetection does for training.
+        label_map: "contiguous" (labels 1..K in category-id order) or "category_id" (label = category id).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class CocoDetection(Dataset):
         flip_prob: float = 0.5,
         filter_empty: bool = False,
         check_files: bool = True,
+        label_map: str = "contiguous",
     ) -> None:
         self.ann_file = str(ann_file)
         self.img_dir = str(img_dir)
@@ -57,8 +59,16 @@ class CocoDetection(Dataset):
         self.flip_prob = flip_prob if train else 0.0
         data = self._read(self.ann_file)
         cats = sorted(int(c["id"]) for c in data["categories"])
-        self.cat_to_label = {c: i + 1 for i, c in enumerate(cats)}
-        self.label_to_cat = {i + 1: c for i, c in enumerate(cats)}
+        if label_map == "contiguous":
+            self.cat_to_label = {c: i + 1 for i, c in enumerate(cats)}
+        elif label_map == "category_id":
+            if cats[0] < 1:
+                raise CocoFormatError(f"{self.ann_file}: label_map 'category_id' needs category ids >= 1 "
+                                      f"(0 is the background), found {cats[0]}")
+            self.cat_to_label = {c: c for c in cats}
+        else:
+            raise ConfigError(f"data.label_map: expected 'contiguous' or 'category_id', got {label_map!r}")
+        self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
         self.category_names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
         self.images: dict[int, dict[str, Any]] = {}
         for im in data["images"]:
@@ -128,7 +138,8 @@ class CocoDetection(Dataset):
 
     @property
     def num_classes(self) -> int:
-        return len(self.cat_to_label)
+        """K: the number of foreground outputs the detector needs (labels 1..K)."""
+        return max(self.cat_to_label.values())
 
     def path(self, image_id: int) -> str:
         return os.path.join(self.img_dir, self.images[image_id]["file_name"])

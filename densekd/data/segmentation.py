@@ -149,7 +149,10 @@ class SegmentationDataset(Dataset):
             if mask.min() < 0 or mask.max() >= len(self.label_map):
                 raise ValueError(f"mask {mask_path} has raw ids outside [0, {len(self.label_map)})")
             mask = self.label_map[mask]
-        values = np.unique(mask)
+        if mask.size and 0 <= mask.min() and mask.max() < 65536:  # bincount: much faster than np.unique
+            values = np.flatnonzero(np.bincount(mask.ravel()))
+        else:
+            values = np.unique(mask)
         bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_index)]
         if bad.size:
             raise ValueError(

@@ -77,6 +77,26 @@ class StudentOnly(nn.Module):
         return self.student.state_dict()
 
 
+@contextlib.contextmanager
+def _captures_dropped(model: nn.Module):
+    """While the student is evaluated on its own, the Distiller's forward hooks still capture its features;
+    drop them after every student forward so they do not pile up over the validation set."""
+    caps = [c for c in (getattr(model, "_s_cap", None), getattr(model, "_ctx_cap", None)) if c is not None]
+
+    def clear(*_: Any) -> None:  # a forward hook returning anything but None would replace the output
+        for c in caps:
+            c.clear()
+
+    handle = model.student.register_forward_hook(clear) if caps else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for c in caps:
+            c.clear()
+
+
 def build_pairs(cfg: Config, task: Any) -> list[Pair]:
     """The config's ``distill.pairs`` (defaults: the method, its kwargs) or the task's canonical points;
     every pair's weight is multiplied by ``distill.weight``."""
@@ -220,9 +240,16 @@ class Trainer:
             raise ConfigError(f"train.resume: cannot read {path!r}: {str(e).splitlines()[0]}") from None
         if state.get("format") != ckpt.FORMAT:
             raise ConfigError(f"train.resume: {path!r} is not a densekd training checkpoint")
-        self.model.student.load_state_dict(state["student"])
-        self.model.kd_losses.load_state_dict(state["kd_losses"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.student.load_state_dict(state["student"])
+            self.model.kd_losses.load_state_dict(state["kd_losses"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ConfigError(
+                f"train.resume: {path!r} does not fit this config ({first}); use another output_dir or "
+                f"train.resume=false to start over"
+            ) from None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -239,7 +266,8 @@ class Trainer:
         loader = DataLoader(self.val_set, batch_size=self.cfg.eval.batch_size,
                             sampler=ShardSampler(len(self.val_set), self.world, self.rank),
                             num_workers=self.cfg.train.num_workers, collate_fn=self.task.collate)
-        return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
+        with _captures_dropped(self.model):
+            return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
@@ -344,6 +372,8 @@ class Trainer:
             if main:
                 with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
                     json.dump({"iteration": self.iteration, **metrics}, f, indent=2)
+                print(f"finished {self.iteration} iterations; student weights: "
+                      f"{os.path.join(self.out, 'student_final.pth')}", flush=True)
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)

@@ -45,6 +45,9 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = 1.0 / math.sqrt(d_qk)
+    # Measured: the CPU flash kernel also needs a unit stride in the last dimension; a transposed conv
+    # output (stride HW) silently falls back to the materialising path. The copies are N×d, not N×N.
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, n = v.shape[0], v.shape[1]
     if d_v % d_qk == 0:
         heads = d_v // d_qk

@@ -10,9 +10,9 @@ Conventions (documented so numbers are comparable with CIRKD/MasKD/mmseg):
   A class present in the predictions but not in the ground truth has IoU 0 and counts.
 - pixel_acc = trace(cm) / sum(cm) over non-ignored pixels.
 - Under ``torch.distributed`` (initialised), :meth:`ConfusionMatrix.compute` first sums the matrices of
-  every rank with ``all_reduce``, so every rank returns the metric of the whole split. (With a
-  DistributedSampler that pads the last batch, duplicated samples are counted twice; the segmentation task
-  uses an unpadded sharding for evaluation, see ``densekd.tasks.segmentation``.)
+  every rank with ``all_reduce``, so every rank returns the metric of the whole split. Shard the data without
+  padding (the engine's ``ShardSampler``): images duplicated by a padded ``DistributedSampler`` would be
+  counted twice.
 """
 from __future__ import annotations
 

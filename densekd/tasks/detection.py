@@ -17,6 +17,7 @@ Config sections::
       val_images: data/coco/val2017
       flip_prob: 0.5
       filter_empty: true
+      label_map: contiguous    # or category_id (labels = COCO ids, K = 90: torchvision hub weights)
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class DetectionDataConfig:
     val_images: str | None = None
     flip_prob: float = 0.5
     filter_empty: bool = False
+    label_map: str = "contiguous"  # or "category_id" (label = COCO category id; for torchvision hub weights)
+
+    def validate(self, prefix: str) -> None:
+        det._check_choice(self.label_map, ("contiguous", "category_id"), f"{prefix}.label_map")
 
 
 #: registered methods that cannot run on detection
@@ -137,12 +142,13 @@ class DetectionTask:
             if not data_cfg.train_ann or not data_cfg.train_images:
                 raise ConfigError("data.train_ann / data.train_images: required for training")
             return CocoDetection(data_cfg.train_ann, data_cfg.train_images, train=True,
-                                 flip_prob=data_cfg.flip_prob, filter_empty=data_cfg.filter_empty)
+                                 flip_prob=data_cfg.flip_prob, filter_empty=data_cfg.filter_empty,
+                                 label_map=data_cfg.label_map)
         if not data_cfg.val_ann:
             return None
         if not data_cfg.val_images:
             raise ConfigError("data.val_images: required with data.val_ann")
-        return CocoDetection(data_cfg.val_ann, data_cfg.val_images, train=False)
+        return CocoDetection(data_cfg.val_ann, data_cfg.val_images, train=False, label_map=data_cfg.label_map)
 
     def check_data(self, model_cfg: DetectionModelConfig, dataset: CocoDetection) -> None:
         """Optional Task hook: the model's classes must cover the data's categories."""

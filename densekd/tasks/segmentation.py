@@ -30,8 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import Dataset
 
 from ..data.segmentation import (
     IMAGENET_MEAN,
@@ -65,6 +64,7 @@ class SegModelSpec:
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])
     ppm_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
     dropout: float = 0.1
+    sync_bn: bool = False  # student only: SyncBatchNorm across DDP ranks (CUDA), as the CIRKD/MasKD protocol
 
     def validate(self, where: str = "model") -> None:
         from ..models.segmentation import ARCHS, BACKBONES
@@ -159,20 +159,6 @@ def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = 255)
     return {"loss_ce": F.cross_entropy(logits.float(), targets.long(), ignore_index=ignore_index)}
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...``: every sample exactly once over all ranks (no padding), so the
-    all-reduced confusion matrix equals the single-process one (same as the engine's evaluation sampler)."""
-
-    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
-        self.n, self.rank, self.world = n, rank, num_replicas
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
 def _load_backbone(model: SegmentationModel, path: str) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"backbone_checkpoint file not found: {path}")
@@ -227,6 +213,8 @@ class SegmentationTask:
             load_segmentation_checkpoint(model, spec.checkpoint)
         elif role == "teacher":
             warnings.warn("model.teacher.checkpoint is not set: distilling from a randomly initialised teacher", stacklevel=2)
+        if spec.sync_bn and role == "student" and dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # keeps the module names
         return model
 
     # -- data
@@ -305,19 +293,10 @@ class SegmentationTask:
 
         Under torch.distributed each rank scores its shard and the confusion matrices are summed across ranks;
         every rank returns the same metrics and writes ``eval_metrics.json`` / ``eval_iou.md`` to ``out_dir``
-        when given one (the engine passes it on rank 0 only). A loader with a padded ``DistributedSampler``
-        (which would score some images twice) is re-sharded without padding. The model is run unwrapped
-        (``model.module`` for DDP), so ranks with fewer images do not stall a collective."""
+        when given one (the engine passes it on rank 0 only). The loader must shard without padding (the
+        engine's ``ShardSampler``; a padded ``DistributedSampler`` would score some images twice). The model is
+        run unwrapped (``model.module`` for DDP), so ranks with fewer images do not stall a collective."""
         dataset = loader.dataset
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed and isinstance(loader.sampler, DistributedSampler):
-            loader = DataLoader(
-                dataset,
-                batch_size=loader.batch_size or 1,
-                sampler=ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank()),
-                num_workers=loader.num_workers,
-                collate_fn=loader.collate_fn,
-            )
         model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         num_classes = getattr(model, "num_classes", None) or getattr(dataset, "num_classes")
         names = getattr(dataset, "class_names", None)
