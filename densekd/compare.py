@@ -219,6 +219,18 @@ def check_methods(methods: Sequence[str]) -> None:
             raise ConfigError(f"--methods: {e.args[0]} (or one of {', '.join(BASELINE_NAMES)})") from None
 
 
+def preflight(config_raw: Mapping[str, Any], methods: Sequence[str]) -> None:
+    """Before any (long) run: every method's config validates and the task can build its pairs (e.g. fgd
+    on segmentation fails here, with the task's one-line reason, not after the runs before it)."""
+    from .config import load_config
+    from .tasks import get_task
+
+    for m in methods:
+        cfg = load_config(config_raw, method_overrides(config_raw, m))
+        if cfg.distill is not None and cfg.distill.pairs is None:
+            get_task(cfg.task).default_pairs(cfg.model, cfg.distill.method, cfg.distill.kwargs)
+
+
 def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
             out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
             log=print) -> list[MethodStats]:
@@ -231,6 +243,7 @@ def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int 
     if not seed_list:
         raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
     raw = _raw_config(config, overrides)
+    preflight(raw, methods)
     out = out or os.path.join(str(raw.get("output_dir", "runs/default")), "compare")
     os.makedirs(out, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

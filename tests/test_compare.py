@@ -223,3 +223,10 @@ def test_every_registered_method_runs_on_both_tasks_or_fails_clearly():
                 assert any(k.endswith("loss_logit") for k in kd), task.name
             if task.name == "segmentation" and m in ("acam_kd", "maskd", "acam_kd_spatial"):
                 assert next(iter(d.kd_losses.values())).num_masks == 3  # M = number of classes
+
+
+def test_method_that_cannot_run_on_the_task_fails_before_any_run(toy_seg, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(ConfigError, match="distill.method: fgd needs ground-truth boxes"):
+        cmp.compare(seg_config(toy_seg, tmp_path / "o"), ["baseline", "fgd"], seeds=1, out=str(out))
+    assert not (out / "baseline").exists()  # nothing was trained
