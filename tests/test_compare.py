@@ -230,3 +230,20 @@ def test_method_that_cannot_run_on_the_task_fails_before_any_run(toy_seg, tmp_pa
     with pytest.raises(ConfigError, match="distill.method: fgd needs ground-truth boxes"):
         cmp.compare(seg_config(toy_seg, tmp_path / "o"), ["baseline", "fgd"], seeds=1, out=str(out))
     assert not (out / "baseline").exists()  # nothing was trained
+
+
+def test_samkd_detection_pairs_need_dense_logits():
+    from densekd.config import from_dict
+    from densekd.tasks import get_task
+
+    det = get_task("detection")
+    frcnn = from_dict(det.model_config_cls, {"student": {"arch": "faster_rcnn"}, "teacher": {"arch": "faster_rcnn"}},
+                      "model")
+    with pytest.raises(ConfigError, match="samkd's logit term needs per-level dense classification logits, which "
+                                          "faster_rcnn has not .*use_logits=false"):
+        det.default_pairs(frcnn, "samkd", {})
+    (pair,) = det.default_pairs(frcnn, "samkd", {"use_logits": False})
+    assert pair.aux == {} and pair.kwargs == {"use_logits": False}
+    fcos = from_dict(det.model_config_cls, {"student": {"arch": "fcos"}}, "model")
+    (pair,) = det.default_pairs(fcos, "samkd", {})
+    assert pair.aux == {"logits": ("head.classification_head.cls_logits",) * 2}
