@@ -11,8 +11,11 @@ the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill
 differs from the config's own ``distill.method``, ``distill.kwargs`` is reset to ``{}`` (kwargs belong to a
 method; method-specific defaults such as ``num_masks`` come from the task's ``default_pairs``).
 
-Resumable: a run whose ``metrics.json`` exists is finished and not redone (its metrics are read back); an
-interrupted run resumes from its ``checkpoint.pth`` (the engine's ``train.resume``).
+Per-method loss kwargs: ``--kwargs maskd.fit_steps=200 samkd.scales=[1,2]`` (Python: ``method_kwargs``).
+
+Resumable: a run whose ``metrics.json`` exists is finished and not redone, its metrics are read back
+(whatever its settings: the run folder is named by method and seed only, so use a new ``--out`` after
+changing them); an interrupted run resumes from its ``checkpoint.pth`` (the engine's ``train.resume``).
 
 Outputs in ``--out``: ``compare.md`` and ``compare.csv`` (mean ± sample std, ddof = 1, with n, per metric per
 method in the order of ``--methods``) and ``compare.png`` (bar chart of the primary metric: mIoU for
@@ -174,21 +177,44 @@ def _metrics_path(d: str) -> str:
 
 
 def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
-                  overrides: Sequence[str] = ()) -> list[str]:
+                  overrides: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None) -> list[str]:
     """The engine overrides of one run (user overrides first, so the run's own keys win)."""
     return list(overrides) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
-        method_overrides(config_raw, method)
+        method_overrides(config_raw, method, kwargs)
 
 
-def method_overrides(config_raw: Mapping[str, Any], method: str) -> list[str]:
+def method_overrides(config_raw: Mapping[str, Any], method: str, kwargs: Mapping[str, Any] | None = None
+                     ) -> list[str]:
     """Overrides that select ``method``: ``distill=null`` for the plain student (``baseline`` / ``student``
     / ``plain``), else ``distill.method=<m>`` (plus ``distill.kwargs={}`` when the config's own method
-    differs, so its kwargs are not handed to another method)."""
+    differs, so its kwargs are not handed to another method), then ``distill.kwargs.<k>=<v>`` for this
+    method's own ``kwargs`` (``--kwargs method.k=v``)."""
     if method in BASELINE_NAMES or method == "plain":
         return ["distill=null"]
     d = config_raw.get("distill")
     own = d.get("method") if isinstance(d, Mapping) else None
-    return [f"distill.method={method}"] + (["distill.kwargs={}"] if own != method else [])
+    ov = [f"distill.method={method}"] + (["distill.kwargs={}"] if own != method else [])
+    return ov + [f"distill.kwargs.{k}={json.dumps(v)}" for k, v in (kwargs or {}).items()]
+
+
+def parse_method_kwargs(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["maskd.fit_steps=200", ...]`` → ``{"maskd": {"fit_steps": 200}}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        head, eq, value = item.partition("=")
+        method, dot, key = head.partition(".")
+        if not (eq and dot and method and key):
+            raise ConfigError(f"--kwargs {item!r}: expected METHOD.KEY=VALUE, e.g. maskd.fit_steps=200")
+        if method not in methods or method in BASELINE_NAMES:
+            raise ConfigError(f"--kwargs {item!r}: {method!r} is not one of the distillation --methods "
+                              f"({', '.join(m for m in methods if m not in BASELINE_NAMES)})")
+        try:
+            out.setdefault(method, {})[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--kwargs {item!r}: the value is not valid YAML") from None
+    return out
 
 
 def _raw_config(config: str | Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -219,21 +245,22 @@ def check_methods(methods: Sequence[str]) -> None:
             raise ConfigError(f"--methods: {e.args[0]} (or one of {', '.join(BASELINE_NAMES)})") from None
 
 
-def preflight(config_raw: Mapping[str, Any], methods: Sequence[str]) -> None:
+def preflight(config_raw: Mapping[str, Any], methods: Sequence[str],
+              method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Before any (long) run: every method's config validates and the task can build its pairs (e.g. fgd
     on segmentation fails here, with the task's one-line reason, not after the runs before it)."""
     from .config import load_config
     from .tasks import get_task
 
     for m in methods:
-        cfg = load_config(config_raw, method_overrides(config_raw, m))
+        cfg = load_config(config_raw, method_overrides(config_raw, m, (method_kwargs or {}).get(m)))
         if cfg.distill is not None and cfg.distill.pairs is None:
             get_task(cfg.task).default_pairs(cfg.model, cfg.distill.method, cfg.distill.kwargs)
 
 
 def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
             out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
-            log=print) -> list[MethodStats]:
+            log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodStats]:
     """Run (or reuse) every method × seed and write ``compare.md`` / ``compare.csv`` / ``compare.png`` to
     ``out``. ``seeds``: a count N (seeds 0..N-1) or explicit seeds. Returns the aggregated rows."""
     from .engine import train
@@ -243,7 +270,11 @@ def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int 
     if not seed_list:
         raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
     raw = _raw_config(config, overrides)
-    preflight(raw, methods)
+    method_kwargs = dict(method_kwargs or {})
+    unknown = sorted(set(method_kwargs) - set(methods))
+    if unknown:
+        raise ConfigError(f"method_kwargs: {unknown} are not among the methods {list(methods)}")
+    preflight(raw, methods, method_kwargs)
     out = out or os.path.join(str(raw.get("output_dir", "runs/default")), "compare")
     os.makedirs(out, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -258,7 +289,7 @@ def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int 
             else:
                 resumed = os.path.isfile(os.path.join(d, "checkpoint.pth"))
                 log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
-                train(config, run_overrides(raw, m, s, out, overrides))
+                train(config, run_overrides(raw, m, s, out, overrides, method_kwargs.get(m)))
             with open(_metrics_path(d), encoding="utf-8") as f:
                 results[m].append(json.load(f))
     rows = aggregate(results, methods, metrics)
@@ -292,6 +323,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/compare)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric columns (default: all scalar metrics)")
+    p.add_argument("--kwargs", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                   help="keyword arguments of one method's loss, e.g. maskd.fit_steps=200")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted-key overrides for every run (right after CONFIG, or after the method names)")
     p.set_defaults(func=_run_cli)
@@ -307,7 +340,9 @@ def _run_cli(args) -> int:
     args.methods, args.overrides = split_methods(args.methods, args.overrides)
     if args.seeds < 1:
         raise ConfigError(f"--seeds: expected a positive count, got {args.seeds}")
-    rows = compare(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics)
+    kwargs = parse_method_kwargs(args.kwargs, args.methods)
+    rows = compare(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
+                   method_kwargs=kwargs)
     metrics = list(rows[0].stats) if rows else []
     print(format_markdown(rows, metrics))
     return 0

@@ -82,6 +82,22 @@ def test_run_overrides():
     assert cmp.split_methods(["a", "train.max_iters=2", "b"], ["x=1"]) == (["a", "b"], ["x=1", "train.max_iters=2"])
 
 
+def test_method_kwargs():
+    kw = cmp.parse_method_kwargs(["maskd.fit_steps=200", "maskd.masks=spatial", "samkd.scales=[1, 2]"],
+                                 ["baseline", "maskd", "samkd"])
+    assert kw == {"maskd": {"fit_steps": 200, "masks": "spatial"}, "samkd": {"scales": [1, 2]}}
+    ov = cmp.method_overrides({"distill": {"method": "acam_kd"}}, "maskd", kw["maskd"])
+    assert ov == ["distill.method=maskd", "distill.kwargs={}", "distill.kwargs.fit_steps=200",
+                  'distill.kwargs.masks="spatial"']
+    from densekd.config import apply_overrides
+
+    assert apply_overrides({}, ov[2:])["distill"]["kwargs"] == {"fit_steps": 200, "masks": "spatial"}
+    with pytest.raises(ConfigError, match=r"--kwargs 'maskd=3': expected METHOD.KEY=VALUE"):
+        cmp.parse_method_kwargs(["maskd=3"], ["maskd"])
+    with pytest.raises(ConfigError, match=r"--kwargs 'fgd.x=1': 'fgd' is not one of the distillation --methods \(maskd\)"):
+        cmp.parse_method_kwargs(["fgd.x=1"], ["baseline", "maskd"])
+
+
 def test_bad_methods_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"--methods: unknown loss 'acam_kdd'; did you mean acam_kd"):
         cmp.check_methods(["baseline", "acam_kdd"])
@@ -157,16 +173,18 @@ def test_segmentation_compare_via_cli(toy_seg, tmp_path, capsys):
     out = tmp_path / "cmp"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random teacher
-        rc = main(["compare", str(path), "--seeds", "1", "--out", str(out), "--methods", "hinton_kd", "samkd",
-                   "train.max_iters=1"])
+        rc = main(["compare", str(path), "--seeds", "1", "--out", str(out), "--kwargs", "samkd.scales=[1, 2]",
+                   "--methods", "hinton_kd", "samkd", "train.max_iters=1"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| hinton_kd | 1 |" in printed and "mIoU" in printed
     table = list(csv.DictReader(open(out / "compare.csv")))
     assert [r["method"] for r in table] == ["hinton_kd", "samkd"] and "mIoU_mean" in table[0]
     assert (out / "compare.png").is_file()
-    cfg = yaml.safe_load(open(out / "samkd" / "seed0" / "config.yaml"))
+    cfg = yaml.safe_load(open(out / "hinton_kd" / "seed0" / "config.yaml"))
     assert cfg["distill"]["kwargs"] == {}  # acam_kd's kwargs are not handed to another method
+    cfg = yaml.safe_load(open(out / "samkd" / "seed0" / "config.yaml"))
+    assert cfg["distill"]["kwargs"] == {"scales": [1, 2]}  # --kwargs reach their method only
 
 
 def test_cli_unknown_method_exits_2(tmp_path, capsys):
