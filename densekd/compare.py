@@ -159,8 +159,14 @@ def bar_chart(rows: Sequence[MethodStats], metric: str, path: str, scale: float 
         lo = min(m - s for m, s in zip(means, stds) if not math.isnan(m))
         hi = max(m + s for m, s in zip(means, stds) if not math.isnan(m))
         pad = max(0.5, 0.15 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - pad), hi + pad)
-    ax.set_title(f"{metric}: mean ± std over seeds")
+        bottom = max(0.0, lo - pad)
+        ax.set_ylim(bottom, hi + pad)
+        for x, (m, sd) in enumerate(zip(means, stds)):
+            if not math.isnan(m):
+                ax.text(x, m + sd, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+    bottom = ax.get_ylim()[0]
+    note = f"\n(y axis starts at {bottom:.3g}, not 0)" if bottom > 0 else ""
+    ax.set_title(f"{metric}: mean ± std over seeds{note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
