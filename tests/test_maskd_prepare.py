@@ -150,3 +150,51 @@ class _NoGradTask:
     def teacher_task_loss(self, teacher, inputs, targets):
         with torch.no_grad():
             return default_teacher_task_loss(self.task, teacher, inputs, targets)
+
+
+DDP_SCRIPT = """
+import json, os, sys, warnings
+import torch
+from densekd.engine import Trainer
+from densekd.engine import distributed as du
+
+warnings.simplefilter("ignore")
+cfg = json.load(open(sys.argv[1]))
+_, created = du.setup()
+t = Trainer(cfg)
+t.run()
+torch.save(t.model.kd_losses.state_dict(), os.path.join(sys.argv[2], f"kd{du.rank()}.pth"))
+du.cleanup(created)
+"""
+
+
+def test_two_process_ddp_ranks_share_rank0_tokens(tmp_path):
+    """Each rank fits on its own data shard; afterwards every rank holds rank 0's tokens."""
+    import json
+    import subprocess
+    import sys
+
+    from densekd.data.segmentation import make_toy_segmentation
+
+    make_toy_segmentation(tmp_path / "cs", "cityscapes", num_images=4, size=(32, 32), num_classes=3)
+    tiny = {"layers": [1, 1, 1, 1], "num_classes": 19, "decoder_channels": 16}
+    cfg = {
+        "task": "segmentation", "output_dir": str(tmp_path / "o"),
+        "model": {"student": {"arch": "pspnet", **tiny}, "teacher": {"arch": "deeplabv3", **tiny}},
+        "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [32, 32]},
+        "distill": {"method": "maskd", "kwargs": {"fit_steps": 2, "fit_lr": 0.05}},
+        "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "run.py").write_text(DDP_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "run.py"), str(tmp_path / "cfg.json"), str(tmp_path)]
+    r = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"kd{i}.pth", weights_only=True) for i in (0, 1))
+    assert a.keys() == b.keys() and any(k.endswith("tokens_fitted") and bool(v) for k, v in a.items())
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (r.stdout + r.stderr).count("prepared MasKD") == 1  # rank 0 reports
