@@ -142,6 +142,9 @@ def test_teacher_without_weights_is_refused(make_config, teacher_ckpt, tmp_path)
     cfg["model"]["teacher"]["checkpoint"] = None
     with pytest.raises(ConfigError, match="^model.teacher: a teacher needs trained weights"):
         densekd.train(cfg)
+    del cfg["model"]["teacher"]
+    with pytest.raises(ConfigError, match="^model.teacher: required when the config has a distill section"):
+        densekd.train(cfg)
 
 
 def test_explicit_pairs_take_method_defaults(make_config, teacher_ckpt, tmp_path):
