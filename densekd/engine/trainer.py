@@ -279,6 +279,10 @@ class Trainer:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
             for m in self.messages:
                 print(m, flush=True)
+        if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
+            from .prepare import prepare_for_trainer
+
+            prepare_for_trainer(self)
         logger = _Logger(self.out, self.iteration, t.max_iters) if main else None
         stop = {"flag": False}
         old_handler = None
