@@ -15,12 +15,13 @@ per call, so a shared head or an FPN dict becomes one distillation level each.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from torch import Tensor, nn
 
@@ -109,6 +110,7 @@ class FeatureCapture:
         self._handles = []
         self.expected_calls: dict[str, int] | None = None
         self.stop_when_complete = False
+        self.enabled = True  # hooks record only while enabled (the Distiller enables them in its forward)
         paths = sorted({s.path for s in self.specs.values()})
         for path in paths:
             module = resolve_module(model, path)
@@ -116,6 +118,8 @@ class FeatureCapture:
 
     def _hook(self, path: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if not self.enabled:
+                return
             self._outputs.setdefault(path, []).append(output)
             if self.stop_when_complete and self.expected_calls is not None and self._complete():
                 raise StopForward()
@@ -128,6 +132,16 @@ class FeatureCapture:
 
     def clear(self) -> None:
         self._outputs = {}
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Clear, then record for the duration of the block (and not after it)."""
+        self.clear()
+        self.enabled = True
+        try:
+            yield
+        finally:
+            self.enabled = False
 
     def call_counts(self) -> dict[str, int]:
         return {p: len(v) for p, v in self._outputs.items()}

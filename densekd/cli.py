@@ -61,6 +61,14 @@ COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
     ("demo", _add_demo),
 ]
 
+from .compare import add_subparser as _add_compare  # noqa: E402
+
+COMMANDS.append(("compare", _add_compare))
+
+from .bench import add_subparser as _add_bench  # noqa: E402
+
+COMMANDS.append(("bench", _add_bench))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densekd", description="Knowledge distillation for dense prediction")

@@ -10,6 +10,7 @@ as the captured layers need (a hook stops its forward once everything is capture
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -119,6 +120,8 @@ class Distiller(nn.Module):
                 context_module = "transform"
         self._ctx_cap = FeatureCapture(student, [context_module]) if context_module else None
         self._context_module = context_module
+        for cap in self._captures():
+            cap.enabled = False  # hooks record only inside the Distiller's own dry run and forward
         self.kd_losses = nn.ModuleDict()  # key: "<pair index>|<level label>"
         self._built = False
         self.iteration = 0
@@ -137,15 +140,24 @@ class Distiller(nn.Module):
         self.teacher.eval()  # the teacher stays in eval mode whatever the student does
         return self
 
+    def _captures(self) -> list[FeatureCapture]:
+        return [c for c in (self._s_cap, self._t_cap, self._ctx_cap) if c is not None]
+
     def _run_teacher(self, inputs: Sequence[Any]) -> None:
-        self._t_cap.clear()
         self._t_cap.stop_when_complete = self._built
-        with torch.inference_mode():
+        with torch.inference_mode(), self._t_cap.recording():
             try:
                 self.teacher(*inputs)
             except StopForward:
                 pass
         self._t_cap.stop_when_complete = False
+
+    def _run_student(self, *args: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for cap in (self._s_cap, self._ctx_cap):
+                if cap is not None:
+                    stack.enter_context(cap.recording())
+            return self.student(*args)
 
     # ----------------------------------------------------------------- build
     @torch.no_grad()
@@ -153,9 +165,8 @@ class Distiller(nn.Module):
         """Dry run on ``example_inputs``: infer every level's shapes and build its loss module."""
         was_training = self.student.training
         self.student.eval()
-        self._s_cap.clear()
         try:
-            self.student(*example_inputs)
+            self._run_student(*example_inputs)
         finally:
             self.student.train(was_training)
         self._run_teacher(example_inputs)
@@ -173,6 +184,8 @@ class Distiller(nn.Module):
                 kwargs.setdefault("teacher_channels", t.shape[1])
                 self.kd_losses[key] = build_loss(pair.loss, **kwargs).to(device)
         self._built = True
+        for cap in self._captures():
+            cap.clear()
 
     @staticmethod
     def _key(i: int, label: str) -> str:
@@ -243,11 +256,8 @@ class Distiller(nn.Module):
                 stacklevel=2,
             )
             self.setup(*inputs)
-        self._s_cap.clear()
-        if self._ctx_cap is not None:
-            self._ctx_cap.clear()
         if self.task_loss is None:
-            out = self.student(*inputs, targets) if targets is not None else self.student(*inputs)
+            out = self._run_student(*inputs, targets) if targets is not None else self._run_student(*inputs)
             if not _is_loss_dict(out):
                 raise TypeError(
                     f"{type(self.student).__name__} did not return a dict of scalar losses; pass task_loss= "
@@ -255,7 +265,7 @@ class Distiller(nn.Module):
                 )
             task = dict(out)
         else:
-            out = self.student(*inputs)
+            out = self._run_student(*inputs)
             t = self.task_loss(out, targets)
             task = dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
         self._run_teacher(inputs)
@@ -285,6 +295,8 @@ class Distiller(nn.Module):
         result["loss_task"] = loss_task
         result["loss_kd"] = loss_kd
         result["loss"] = loss_task + loss_kd
+        for cap in self._captures():  # the losses hold what they need; drop the features now
+            cap.clear()
         return result
 
     def kd_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -166,3 +166,16 @@ def test_torchvision_detector_boxes_in_transformed_coordinates():
     assert torch.allclose(c.boxes[0, 0], torch.tensor([4.0, 8.0, 20.0, 40.0]))  # resized ×2 by the transform
     assert c.box_valid.tolist() == [[True], [False]]
     assert {"classification", "bbox_regression"} <= set(out) and torch.isfinite(out["loss"])
+
+
+def test_hooks_record_only_inside_the_distiller():
+    """Running the student on its own (evaluation) must not pile up captured features."""
+    d, x = make()
+    d(x, targets=torch.zeros(2))
+    assert d._s_cap.call_counts() == {} and d._t_cap.call_counts() == {}  # dropped after the losses
+    with torch.no_grad():
+        for _ in range(3):
+            d.student(x)
+            d.teacher(x)
+    assert d._s_cap.call_counts() == {} and d._t_cap.call_counts() == {}
+    assert torch.isfinite(d(x, targets=torch.zeros(2))["loss"])

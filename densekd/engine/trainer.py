@@ -77,26 +77,6 @@ class StudentOnly(nn.Module):
         return self.student.state_dict()
 
 
-@contextlib.contextmanager
-def _captures_dropped(model: nn.Module):
-    """While the student is evaluated on its own, the Distiller's forward hooks still capture its features;
-    drop them after every student forward so they do not pile up over the validation set."""
-    caps = [c for c in (getattr(model, "_s_cap", None), getattr(model, "_ctx_cap", None)) if c is not None]
-
-    def clear(*_: Any) -> None:  # a forward hook returning anything but None would replace the output
-        for c in caps:
-            c.clear()
-
-    handle = model.student.register_forward_hook(clear) if caps else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        for c in caps:
-            c.clear()
-
-
 def build_pairs(cfg: Config, task: Any) -> list[Pair]:
     """The config's ``distill.pairs`` (defaults: the method, its kwargs) or the task's canonical points;
     every pair's weight is multiplied by ``distill.weight``."""
@@ -266,8 +246,8 @@ class Trainer:
         loader = DataLoader(self.val_set, batch_size=self.cfg.eval.batch_size,
                             sampler=ShardSampler(len(self.val_set), self.world, self.rank),
                             num_workers=self.cfg.train.num_workers, collate_fn=self.task.collate)
-        with _captures_dropped(self.model):
-            return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
+        # the Distiller's hooks record only inside its own forward: evaluating the student alone keeps nothing
+        return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
@@ -279,6 +259,10 @@ class Trainer:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
             for m in self.messages:
                 print(m, flush=True)
+        if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
+            from .prepare import prepare_for_trainer
+
+            prepare_for_trainer(self)
         logger = _Logger(self.out, self.iteration, t.max_iters) if main else None
         stop = {"flag": False}
         old_handler = None

@@ -19,13 +19,17 @@ frozen; loss as ACAM-KD's". It is the "fixed teacher mask" row of ACAM-KD Table 
    Weight: α = 1 as ACAM-KD (the official MasKD RetinaNet config uses ``loss_weight=7`` on its own,
    token-weighted, normalisation — not comparable one to one).
 
-What is wired and what is not: the loss module and the stage-1 function are here and tested. Nothing in
-the engine calls :func:`fit_maskd_tokens` yet; until it is called, the tokens keep their random
-N(0, 0.01²) initialisation (masks ≈ 0.5 everywhere, i.e. close to a scaled FitNet) and the loss warns once.
-The engine is expected to, before distillation: for each MasKD pair/level, capture the teacher feature of
-that level over ``steps`` training batches (teacher eval, no grad) and pass a ``head_loss_fn(masked_feat,
-target)`` closure that runs the teacher's head from that level on the masked feature (other levels
-unmasked) and returns the teacher's task loss; then save the fitted tokens with the KD modules.
+Wiring: the module declares ``needs_preparation = True``; the engine (:mod:`densekd.engine.prepare`) calls
+:meth:`MasKD.prepare` before the first training step for every MasKD level: it iterates the teacher
+feature of that level over training batches (teacher eval, no grad) and passes a ``head_loss_fn`` that runs
+the teacher from that level on with the masked feature in place (other levels unmasked) and returns the
+teacher's own task loss (detection: the torchvision detector's loss dict; segmentation: cross-entropy of
+the logits). ``fit_steps`` / ``fit_lr`` (constructor kwargs, so ``distill.kwargs.fit_steps``) set the stage;
+**Decision (this file):** defaults 2000 Adam steps at lr 1e-3 — not checked against MasKD's own schedule.
+The fitted tokens and the ``tokens_fitted`` flag are saved with the KD modules in the checkpoint, so a
+resumed run does not fit again. Used outside the engine without :func:`fit_maskd_tokens`, the tokens keep
+their random N(0, 0.01²) initialisation (masks ≈ 0.5 everywhere, close to a scaled FitNet) and the loss
+warns once.
 """
 from __future__ import annotations
 
@@ -46,18 +50,34 @@ class MasKD(ACAMKD):
 
     Args: student_channels, teacher_channels, num_masks (M = 6 for detection as MasKD's configs),
     alpha (1), masks (``"both"`` | ``"spatial"`` | ``"channel"``), channel_units, align, init_std,
-    keep_masks — as :class:`ACAMKD`. Returns ``{"loss_channel", "loss_spatial"}`` (enabled families).
+    keep_masks — as :class:`ACAMKD`; fit_steps, fit_lr — stage 1 (:meth:`prepare`).
+    Returns ``{"loss_channel", "loss_spatial"}`` (enabled families).
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, num_masks: int = 6, alpha: float = 1.0,
                  masks: str = "both", channel_units: str = "vector", align: str = "conv1x1",
-                 init_std: float = 0.01, keep_masks: bool = True) -> None:
+                 init_std: float = 0.01, keep_masks: bool = True, fit_steps: int = 2000,
+                 fit_lr: float = 1e-3) -> None:
+        if int(fit_steps) < 1 or not float(fit_lr) > 0:
+            raise ValueError(f"maskd: fit_steps must be >= 1 and fit_lr > 0, got {fit_steps} / {fit_lr}")
         super().__init__(student_channels, teacher_channels, num_masks=num_masks, alpha=alpha, lambda_div=0.0,
                          channel_units=channel_units, masks=masks, fusion="teacher", diversity="none",
                          align=align, init_std=init_std, keep_masks=keep_masks)
+        self.fit_steps, self.fit_lr = int(fit_steps), float(fit_lr)
         self.ascm.requires_grad_(False)  # the receptive tokens are fixed during distillation
         self.register_buffer("tokens_fitted", torch.tensor(False))
         self._warned = False
+
+    #: the engine fits the receptive tokens on the frozen teacher before training (densekd.engine.prepare)
+    needs_preparation = True
+
+    @property
+    def prepared(self) -> bool:
+        return bool(self.tokens_fitted)
+
+    def prepare(self, teacher_feats_iter: Iterable[Any], head_loss_fn: Callable[[Tensor, Any], Tensor]) -> list[float]:
+        """Stage 1 with this module's ``fit_steps`` / ``fit_lr`` (see :func:`fit_maskd_tokens`)."""
+        return fit_maskd_tokens(self, teacher_feats_iter, head_loss_fn, self.fit_steps, self.fit_lr)
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
                 ) -> dict[str, Tensor]:

@@ -57,3 +57,8 @@ class Task(Protocol):
 #   inherit(student, teacher, model_cfg) -> str | None
 #       initialise the student from the teacher after both are built (detection: the paper's "inheriting"
 #       of neck and head); the returned message is printed by rank 0.
+#   teacher_task_loss(teacher, inputs, targets) -> Tensor
+#       the frozen teacher's own task loss (a scalar with grad) on one batch; used to prepare KD modules
+#       that are fitted on the teacher before training (MasKD's tokens, densekd/engine/prepare.py). Default:
+#       the model's loss dict (task_loss() is None) or task_loss(teacher(*inputs), targets), summed, with
+#       the teacher in train mode but its norm/dropout layers in eval.

@@ -80,6 +80,10 @@ class DetectionDataConfig:
         det._check_choice(self.label_map, ("contiguous", "category_id"), f"{prefix}.label_map")
 
 
+#: registered methods that cannot run on detection
+SEGMENTATION_ONLY = ("hinton_kd",)
+
+
 class DetectionTask:
     name = "detection"
     model_config_cls = DetectionModelConfig
@@ -110,8 +114,26 @@ class DetectionTask:
         return f"inherited {copied}/{total} student neck/head tensors from the teacher (name and shape match)"
 
     def default_pairs(self, model_cfg: DetectionModelConfig, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
-        """One pair over every FPN level the head uses (spec "backbone": all keys of the FPN output)."""
-        return [Pair("backbone", loss=method, kwargs=dict(method_kwargs))]
+        """One pair over every FPN level the head uses (spec "backbone": all keys of the FPN output).
+
+        ``samkd`` (with its logit term, the default) also gets ``aux={"logits": ...}``: the per-level
+        classification logits of RetinaNet / FCOS (``head.classification_head.cls_logits``, one call per
+        level, [B, A·K, H, W]); Faster R-CNN has no dense class logits → SFD only needs
+        ``distill.kwargs.use_logits: false``. ``hinton_kd`` (softmax class scores) is segmentation-only."""
+        if method in SEGMENTATION_ONLY:
+            raise ConfigError(f"distill.method: {method} distils softmax class scores per pixel; the detection "
+                              f"heads here score anchors with sigmoids — it runs on segmentation only")
+        aux: dict[str, tuple[str, str]] = {}
+        if method == "samkd" and method_kwargs.get("use_logits", True):
+            archs = {model_cfg.student.arch} | ({model_cfg.teacher.arch} if model_cfg.teacher else set())
+            if not archs <= {"retinanet", "fcos"}:
+                raise ConfigError(
+                    f"distill.method: samkd's logit term needs per-level dense classification logits, which "
+                    f"{'/'.join(sorted(archs - {'retinanet', 'fcos'}))} has not (RetinaNet, FCOS have); set "
+                    f"distill.kwargs.use_logits=false for its feature term only")
+            spec = "head.classification_head.cls_logits"
+            aux = {"logits": (spec, spec)}
+        return [Pair("backbone", loss=method, kwargs=dict(method_kwargs), aux=aux)]
 
     # -------------------------------------------------------------- data
     def build_dataset(self, data_cfg: DetectionDataConfig, split: str) -> CocoDetection | None:

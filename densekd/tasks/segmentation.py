@@ -134,6 +134,24 @@ class SegDataConfig:
 
 
 # --------------------------------------------------------------------------- helpers
+#: registered methods that cannot run on segmentation (they need GT boxes)
+NEEDS_BOXES = ("fgd",)
+
+
+def _accepts(method: str, name: str) -> bool:
+    """Whether the registered loss ``method`` takes the keyword ``name`` (searched along its class MRO,
+    so ``**kwargs`` subclasses such as the ACAM-KD variants count)."""
+    import inspect
+
+    from ..losses.registry import get_loss_class
+
+    for cls in get_loss_class(method).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None and name in inspect.signature(init).parameters:
+            return True
+    return False
+
+
 def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = 255) -> dict[str, Tensor]:
     """Pixel-wise cross-entropy over non-ignored pixels: ``{"loss_ce": ...}``."""
     if logits.shape[-2:] != targets.shape[-2:]:
@@ -256,11 +274,16 @@ class SegmentationTask:
         """Logits before upsampling (``classifier``); with ``model.distill_decoder`` also ``decoder``.
         methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes)."""
         kwargs = dict(method_kwargs)
-        if method == "acam_kd":
+        if method in NEEDS_BOXES:
+            raise ConfigError(f"distill.method: {method} needs ground-truth boxes, which segmentation data has "
+                              f"not; it runs on detection only")
+        if _accepts(method, "num_masks"):  # acam_kd, its variants, maskd: M = number of classes
             kwargs.setdefault("num_masks", model_cfg.student.num_classes)
-        pairs = [Pair("classifier", loss=method, kwargs=dict(kwargs))]
+        logits_aux = {"logits": ("classifier", "classifier")} if method == "samkd" else {}
+        pairs = [Pair("classifier", loss=method, kwargs=dict(kwargs), aux=dict(logits_aux))]
         if model_cfg.distill_decoder:
-            pairs.append(Pair("decoder", loss=method, kwargs=dict(kwargs)))
+            # the decoder level's SLD term uses the logits (same resolution as the decoder feature)
+            pairs.append(Pair("decoder", loss=method, kwargs=dict(kwargs), aux=dict(logits_aux)))
         return pairs
 
     # -- evaluation

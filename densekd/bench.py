@@ -1,0 +1,254 @@
+"""``densekd bench``: training cost of each distillation method against plain student training.
+
+    densekd bench configs/compare/digits_segmentation.yaml [key=value ...] --methods fitnet acam_kd samkd \\
+        --iters 20 --warmup 5 --out runs/bench/digits
+
+Every method (and ``plain``: the student alone, ``distill=null``) is measured in its own fresh Python
+subprocess built from the same config, so models, resolution and batch are identical and peaks of
+different methods never mix. In each subprocess the engine's :class:`~densekd.engine.trainer.Trainer`
+builds everything; one training batch is moved to the device once and ``warmup + iters`` full training
+steps (forward with the teacher, backward, optimizer step; AMP as configured) are run on it, so data
+loading is not timed. Reported per method:
+
+* ``s/iter``: median wall time of the last ``iters`` steps (CUDA synchronised around each step);
+* ``peak mem``: CUDA → ``torch.cuda.max_memory_allocated`` over those steps (after a reset, so it holds
+  the weights, optimizer state and the step's activations); CPU → peak RSS of the process during the steps
+  minus its RSS just before them (``resource`` ``ru_maxrss``; the delta is the steps' own memory, weights
+  excluded);
+* one-time preparation stages (MasKD's token fitting, :mod:`densekd.engine.prepare`) are not timed: they
+  run at the start of ``Trainer.run``, which the benchmark does not call;
+* ``teacher fwd``: median time of the frozen teacher's forward alone (as the Distiller runs it: inference
+  mode, stopped once every captured layer has run) — part of ``s/iter``;
+* ratios to ``plain``.
+
+:func:`bench_table` (pure) builds the Markdown table from the measured rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+
+PLAIN = "plain"
+
+
+# --------------------------------------------------------------------------- table (pure)
+def _ratio(x: float | None, base: float | None) -> str:
+    if x is None or base is None or base <= 0:
+        return "—"
+    return f"{x / base:.2f}×"
+
+
+def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str:
+    """Markdown table from measured rows.
+
+    Each row: ``{"method", "sec_per_iter", "peak_mem_bytes", "mem_kind" ("cuda" | "cpu_rss_delta"),
+    "teacher_fwd_sec" (None without a teacher), "iters", "warmup"}``. Ratios are to the row named
+    ``baseline`` (``—`` if it is absent or zero). Rows keep their order."""
+    base = next((r for r in rows if r["method"] == baseline), None)
+    kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
+    mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
+    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
+        cells = [
+            r["method"],
+            "—" if t is None else f"{t:.4f}",
+            _ratio(t, base and base.get("sec_per_iter")),
+            "—" if m is None else f"{m / 2**20:.1f}",
+            _ratio(m, base and base.get("peak_mem_bytes")),
+            "—" if tf is None else f"{tf:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if rows:
+        r0 = rows[0]
+        lines += ["", f"median over {r0.get('iters')} iterations after {r0.get('warmup')} warm-up, one fixed batch; "
+                      f"{'CUDA max_memory_allocated' if kind == 'cuda' else 'CPU: peak RSS during the steps minus RSS before them'}; "
+                      f"device: {r0.get('device', '?')}"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- one measurement (subprocess)
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - non-Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
+            overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Time ``warmup + iters`` training steps of ``method`` (``plain`` = no distillation) in *this* process."""
+    import torch
+
+    from .compare import _raw_config, method_overrides
+    from .distiller import Distiller
+    from .engine.trainer import Trainer
+
+    raw = _raw_config(config, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        ov = list(overrides) + method_overrides(raw, method) + [
+            f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0"]
+        tr = Trainer(config, ov)
+        try:
+            device = tr.device
+            cuda = device.type == "cuda"
+            batch = tr.task.to_device(next(iter(tr.loader)), device)
+            inputs, targets = tr.task.model_inputs(batch)
+            model, opt = tr.model, tr.optimizer
+            model.max_iterations = warmup + iters
+
+            def sync() -> None:
+                if cuda:
+                    torch.cuda.synchronize(device)
+
+            def step(i: int) -> None:
+                model.iteration = i
+                with tr.autocast():
+                    loss = tr.ddp(*inputs, targets=targets)["loss"]
+                opt.zero_grad(set_to_none=True)
+                if tr.scaler is not None:
+                    tr.scaler.scale(loss).backward()
+                    tr.scaler.step(opt)
+                    tr.scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+
+            for i in range(warmup):
+                step(i)
+            sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            rss0 = _rss_bytes()
+            times = []
+            for i in range(iters):
+                t0 = time.perf_counter()
+                step(warmup + i)
+                sync()
+                times.append(time.perf_counter() - t0)
+            peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
+            teacher_fwd = None
+            if isinstance(model, Distiller):
+                tt = []
+                for _ in range(max(1, min(iters, 5))):
+                    sync()
+                    t0 = time.perf_counter()
+                    with tr.autocast():
+                        model._run_teacher(inputs)
+                    sync()
+                    tt.append(time.perf_counter() - t0)
+                teacher_fwd = statistics.median(tt)
+            return {
+                "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
+                "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
+                "iters": iters, "warmup": warmup,
+                "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+            }
+        finally:
+            tr.close()
+
+
+_MARK = "DENSEKD_BENCH_RESULT "
+
+
+def _worker(argv: Sequence[str]) -> int:
+    spec = json.loads(argv[0])
+    res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"])
+    print(_MARK + json.dumps(res), flush=True)
+    return 0
+
+
+def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
+                          overrides: Sequence[str] = (), timeout: float | None = None) -> dict[str, Any]:
+    """:func:`measure` in a fresh ``python -m densekd.bench`` process (so memory peaks do not mix)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if not isinstance(config, (str, os.PathLike)):
+            import yaml
+
+            path = os.path.join(tmp, "config.yaml")
+            with open(path, "w", encoding="utf-8") as f:
+                yaml.safe_dump(dict(config), f)
+            config = path
+        spec = {"config": os.fspath(config), "method": method, "iters": iters, "warmup": warmup,
+                "overrides": list(overrides)}
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.run([sys.executable, "-m", "densekd.bench", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(_MARK):
+            return json.loads(line[len(_MARK):])
+    err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    last = err[-1] if err else f"exit status {proc.returncode}, no output"
+    head, sep, msg = last.partition(": ")
+    if sep and head.rsplit(".", 1)[-1].endswith("Error"):  # "densekd.errors.ConfigError: msg" → "msg"
+        last = msg
+    raise ConfigError(f"bench: method {method!r} failed: {last}")
+
+
+def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 20, warmup: int = 5,
+          overrides: Sequence[str] = (), out: str | None = None, log=print) -> list[dict[str, Any]]:
+    """Measure ``plain`` and every method (each in its own subprocess); write ``bench.md`` / ``bench.json``
+    to ``out`` when given; returns the rows (``plain`` first)."""
+    from .compare import BASELINE_NAMES, check_methods
+
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"bench: expected --iters >= 1 and --warmup >= 0, got {iters} / {warmup}")
+    names = [m for m in methods if m not in BASELINE_NAMES and m != PLAIN]
+    check_methods(names or ["baseline"])
+    rows = []
+    for m in [PLAIN, *names]:
+        log(f"bench: {m} ({warmup} warm-up + {iters} iterations)")
+        rows.append(measure_in_subprocess(config, m, iters, warmup, overrides))
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
+            f.write(bench_table(rows))
+        with open(os.path.join(out, "bench.json"), "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+# --------------------------------------------------------------------------- CLI
+def add_subparser(sub) -> None:
+    p = sub.add_parser("bench", help="seconds per iteration and peak memory of each method vs plain training")
+    p.add_argument("config", help="YAML config (model, data, batch; its distill section gives the teacher)")
+    p.add_argument("--methods", nargs="+", required=True, help="registered loss names (plain is always measured)")
+    p.add_argument("--iters", type=int, default=20, help="measured iterations (median), default 20")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up iterations, default 5")
+    p.add_argument("--out", default=None, help="folder for bench.md / bench.json")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    from .compare import split_methods
+
+    methods, overrides = split_methods(args.methods, args.overrides)
+    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out)
+    print(bench_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

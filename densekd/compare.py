@@ -1,0 +1,354 @@
+"""``densekd compare``: every method × seed through the engine, then a mean ± std table and a bar chart.
+
+    densekd compare configs/compare/digits_segmentation.yaml train.max_iters=300 \\
+        --methods baseline fitnet acam_kd --seeds 3 --out runs/compare/digits
+
+``key=value`` overrides (applied to every run) go right after CONFIG or at the end of ``--methods``
+(argparse takes no positionals after other options such as ``--out``).
+
+Each run is ``densekd.train(CONFIG, overrides + [distill.method=<m>, seed=<s>, output_dir=<out>/<m>/seed<s>])``;
+the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill=null``). When the method
+differs from the config's own ``distill.method``, ``distill.kwargs`` is reset to ``{}`` (kwargs belong to a
+method; method-specific defaults such as ``num_masks`` come from the task's ``default_pairs``).
+
+Per-method loss kwargs: ``--kwargs maskd.fit_steps=200 samkd.scales=[1,2]`` (Python: ``method_kwargs``).
+
+Resumable: a run whose ``metrics.json`` exists is finished and not redone, its metrics are read back
+(whatever its settings: the run folder is named by method and seed only, so use a new ``--out`` after
+changing them); an interrupted run resumes from its ``checkpoint.pth`` (the engine's ``train.resume``).
+
+Outputs in ``--out``: ``compare.md`` and ``compare.csv`` (mean ± sample std, ddof = 1, with n, per metric per
+method in the order of ``--methods``) and ``compare.png`` (bar chart of the primary metric: mIoU for
+segmentation, AP for detection, with std error bars). The aggregation (:func:`aggregate`) is a pure function.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+
+#: pseudo-methods that mean "train the plain student, no distillation"
+BASELINE_NAMES = ("baseline", "student")
+#: metric shown in the bar chart, first one present wins (segmentation, detection)
+PRIMARY_METRICS = ("mIoU", "AP", "mAP")
+
+
+@dataclass
+class MethodStats:
+    """Aggregated metrics of one method: ``stats[metric] = (mean, std, n)`` (std NaN when n < 2)."""
+
+    method: str
+    n: int
+    stats: dict[str, tuple[float, float, int]]
+
+
+# --------------------------------------------------------------------------- pure aggregation
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(vals)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, float("nan"), n
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1)  # sample variance, ddof = 1
+    return mean, math.sqrt(var), n
+
+
+def default_metrics(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Numeric metric names over all runs, first-seen order, without ``iteration`` and per-class entries
+    (names containing ``/`` such as ``IoU/road``)."""
+    names: list[str] = []
+    for runs in results.values():
+        for r in runs:
+            for k, v in r.items():
+                if k == "iteration" or "/" in k or k in names:
+                    continue
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    names.append(k)
+    return names
+
+
+def aggregate(results: Mapping[str, Sequence[Mapping[str, Any]]], methods: Sequence[str] | None = None,
+              metrics: Sequence[str] | None = None) -> list[MethodStats]:
+    """Mean and sample std (ddof = 1) of every metric per method.
+
+    results: ``{method: [metrics dict of seed 0, of seed 1, ...]}``.
+    methods: row order (default: the order of ``results``); metrics: columns (default :func:`default_metrics`).
+    A run that lacks a metric (or has NaN) is left out of that metric's mean; its count is the ``n`` stored
+    with each entry. ``MethodStats.n`` is the number of runs of the method.
+    """
+    methods = list(results) if methods is None else list(methods)
+    missing = [m for m in methods if m not in results]
+    if missing:
+        raise ValueError(f"aggregate: no results for method(s) {missing}; have {list(results)}")
+    metrics = default_metrics(results) if metrics is None else list(metrics)
+    out = []
+    for m in methods:
+        runs = results[m]
+        out.append(MethodStats(m, len(runs), {k: _mean_std([r[k] for r in runs if k in r]) for k in metrics}))
+    return out
+
+
+def _fmt(mean: float, std: float, scale: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "—"
+    if math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def format_markdown(rows: Sequence[MethodStats], metrics: Sequence[str] | None = None, scale: float = 100.0,
+                    digits: int = 2, title: str | None = None) -> str:
+    """A Markdown table: one row per method, ``mean ± std`` per metric (× ``scale``, default in %), and n."""
+    metrics = list(rows[0].stats) if metrics is None and rows else list(metrics or [])
+    head = ["method", "n", *metrics]
+    lines = []
+    if title:
+        lines += [title, ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.method, str(r.n)] + [_fmt(r.stats[k][0], r.stats[k][1], scale, digits) for k in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"mean ± sample standard deviation (ddof = 1) over n seeds; values × {scale:g}"
+                  if scale != 1 else "mean ± sample standard deviation (ddof = 1) over n seeds"]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(rows: Sequence[MethodStats], metrics: Sequence[str] | None = None) -> str:
+    """CSV with columns ``method, n, <metric>_mean, <metric>_std, <metric>_n, ...`` (raw values, no scaling)."""
+    metrics = list(rows[0].stats) if metrics is None and rows else list(metrics or [])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "n"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std", "n")])
+    for r in rows:
+        w.writerow([r.method, r.n] + [v for k in metrics for v in (repr(r.stats[k][0]), repr(r.stats[k][1]), r.stats[k][2])])
+    return buf.getvalue()
+
+
+def primary_metric(rows: Sequence[MethodStats]) -> str | None:
+    present = {k for r in rows for k, v in r.stats.items() if v[2] > 0}
+    for k in PRIMARY_METRICS:
+        if k in present:
+            return k
+    return next(iter(rows[0].stats), None) if rows else None
+
+
+def bar_chart(rows: Sequence[MethodStats], metric: str, path: str, scale: float = 100.0) -> str:
+    """PNG bar chart of ``metric`` (mean, std error bars) per method; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = [r.stats[metric][0] * scale for r in rows]
+    stds = [0.0 if math.isnan(r.stats[metric][1]) else r.stats[metric][1] * scale for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 3.5))
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r.method}\n(n={r.stats[metric][2]})" for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{metric}" + (f" (×{scale:g})" if scale != 1 else ""))
+    finite = [m for m in means if not math.isnan(m)]
+    if finite:
+        lo = min(m - s for m, s in zip(means, stds) if not math.isnan(m))
+        hi = max(m + s for m, s in zip(means, stds) if not math.isnan(m))
+        pad = max(0.5, 0.15 * (hi - lo))
+        bottom = max(0.0, lo - pad)
+        ax.set_ylim(bottom, hi + pad)
+        for x, (m, sd) in enumerate(zip(means, stds)):
+            if not math.isnan(m):
+                ax.text(x, m + sd, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+    bottom = ax.get_ylim()[0]
+    note = f"\n(y axis starts at {bottom:.3g}, not 0)" if bottom > 0 else ""
+    ax.set_title(f"{metric}: mean ± std over seeds{note}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- running
+def run_dir(out: str, method: str, seed: int) -> str:
+    return os.path.join(out, method, f"seed{seed}")
+
+
+def _metrics_path(d: str) -> str:
+    return os.path.join(d, "metrics.json")
+
+
+def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
+                  overrides: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None) -> list[str]:
+    """The engine overrides of one run (user overrides first, so the run's own keys win)."""
+    return list(overrides) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
+        method_overrides(config_raw, method, kwargs)
+
+
+def method_overrides(config_raw: Mapping[str, Any], method: str, kwargs: Mapping[str, Any] | None = None
+                     ) -> list[str]:
+    """Overrides that select ``method``: ``distill=null`` for the plain student (``baseline`` / ``student``
+    / ``plain``), else ``distill.method=<m>`` (plus ``distill.kwargs={}`` when the config's own method
+    differs, so its kwargs are not handed to another method), then ``distill.kwargs.<k>=<v>`` for this
+    method's own ``kwargs`` (``--kwargs method.k=v``)."""
+    if method in BASELINE_NAMES or method == "plain":
+        return ["distill=null"]
+    d = config_raw.get("distill")
+    own = d.get("method") if isinstance(d, Mapping) else None
+    ov = [f"distill.method={method}"] + (["distill.kwargs={}"] if own != method else [])
+    return ov + [f"distill.kwargs.{k}={json.dumps(v)}" for k, v in (kwargs or {}).items()]
+
+
+def parse_method_kwargs(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["maskd.fit_steps=200", ...]`` → ``{"maskd": {"fit_steps": 200}}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        head, eq, value = item.partition("=")
+        method, dot, key = head.partition(".")
+        if not (eq and dot and method and key):
+            raise ConfigError(f"--kwargs {item!r}: expected METHOD.KEY=VALUE, e.g. maskd.fit_steps=200")
+        if method not in methods or method in BASELINE_NAMES:
+            raise ConfigError(f"--kwargs {item!r}: {method!r} is not one of the distillation --methods "
+                              f"({', '.join(m for m in methods if m not in BASELINE_NAMES)})")
+        try:
+            out.setdefault(method, {})[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--kwargs {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def _raw_config(config: str | Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    from .config import apply_overrides, read_yaml
+
+    import copy
+
+    raw = read_yaml(config) if isinstance(config, (str, os.PathLike)) else copy.deepcopy(dict(config))
+    return apply_overrides(raw, list(overrides))
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Every name is a registered loss or a baseline pseudo-method; duplicates are an error."""
+    from .losses import get_loss_class
+
+    if not methods:
+        raise ConfigError("--methods: expected at least one method name")
+    seen = set()
+    for m in methods:
+        if m in seen:
+            raise ConfigError(f"--methods: {m!r} is given twice")
+        seen.add(m)
+        if m in BASELINE_NAMES:
+            continue
+        try:
+            get_loss_class(m)
+        except KeyError as e:
+            raise ConfigError(f"--methods: {e.args[0]} (or one of {', '.join(BASELINE_NAMES)})") from None
+
+
+def preflight(config_raw: Mapping[str, Any], methods: Sequence[str],
+              method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Before any (long) run: every method's config validates and the task can build its pairs (e.g. fgd
+    on segmentation fails here, with the task's one-line reason, not after the runs before it)."""
+    from .config import load_config
+    from .tasks import get_task
+
+    for m in methods:
+        cfg = load_config(config_raw, method_overrides(config_raw, m, (method_kwargs or {}).get(m)))
+        if cfg.distill is not None and cfg.distill.pairs is None:
+            get_task(cfg.task).default_pairs(cfg.model, cfg.distill.method, cfg.distill.kwargs)
+
+
+def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
+            out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
+            log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodStats]:
+    """Run (or reuse) every method × seed and write ``compare.md`` / ``compare.csv`` / ``compare.png`` to
+    ``out``. ``seeds``: a count N (seeds 0..N-1) or explicit seeds. Returns the aggregated rows."""
+    from .engine import train
+
+    check_methods(methods)
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
+    raw = _raw_config(config, overrides)
+    method_kwargs = dict(method_kwargs or {})
+    unknown = sorted(set(method_kwargs) - set(methods))
+    if unknown:
+        raise ConfigError(f"method_kwargs: {unknown} are not among the methods {list(methods)}")
+    preflight(raw, methods, method_kwargs)
+    out = out or os.path.join(str(raw.get("output_dir", "runs/default")), "compare")
+    os.makedirs(out, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    total = len(methods) * len(seed_list)
+    k = 0
+    for m in methods:
+        for s in seed_list:
+            k += 1
+            d = run_dir(out, m, s)
+            if os.path.isfile(_metrics_path(d)):
+                log(f"[{k}/{total}] {m} seed {s}: finished earlier, reading {_metrics_path(d)}")
+            else:
+                resumed = os.path.isfile(os.path.join(d, "checkpoint.pth"))
+                log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
+                train(config, run_overrides(raw, m, s, out, overrides, method_kwargs.get(m)))
+            with open(_metrics_path(d), encoding="utf-8") as f:
+                results[m].append(json.load(f))
+    rows = aggregate(results, methods, metrics)
+    cols = list(rows[0].stats) if rows else []
+    write_outputs(rows, out, cols, results)
+    log(f"wrote {os.path.join(out, 'compare.md')}, compare.csv, compare.png")
+    return rows
+
+
+def write_outputs(rows: Sequence[MethodStats], out: str, metrics: Sequence[str],
+                  results: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
+    title = "## densekd compare"
+    with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
+        f.write(format_markdown(rows, metrics, title=title))
+    with open(os.path.join(out, "compare.csv"), "w", encoding="utf-8") as f:
+        f.write(format_csv(rows, metrics))
+    if results is not None:
+        with open(os.path.join(out, "runs.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    pm = primary_metric(rows)
+    if pm is not None:
+        bar_chart(rows, pm, os.path.join(out, "compare.png"))
+
+
+# --------------------------------------------------------------------------- CLI
+def add_subparser(sub) -> None:
+    p = sub.add_parser("compare", help="train every method × seed and tabulate mean ± std")
+    p.add_argument("config", help="YAML config (its distill section gives the teacher/pairs; method is replaced)")
+    p.add_argument("--methods", nargs="+", required=True,
+                   help=f"registered loss names, or {' / '.join(BASELINE_NAMES)} for the plain student")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
+    p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/compare)")
+    p.add_argument("--metrics", nargs="+", default=None, help="metric columns (default: all scalar metrics)")
+    p.add_argument("--kwargs", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                   help="keyword arguments of one method's loss, e.g. maskd.fit_steps=200")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted-key overrides for every run (right after CONFIG, or after the method names)")
+    p.set_defaults(func=_run_cli)
+
+
+def split_methods(methods: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--methods a b key=value`` → (["a", "b"], overrides + ["key=value"]) (argparse puts trailing
+    overrides into the ``nargs="+"`` list)."""
+    return [m for m in methods if "=" not in m], list(overrides) + [m for m in methods if "=" in m]
+
+
+def _run_cli(args) -> int:
+    args.methods, args.overrides = split_methods(args.methods, args.overrides)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: expected a positive count, got {args.seeds}")
+    kwargs = parse_method_kwargs(args.kwargs, args.methods)
+    rows = compare(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
+                   method_kwargs=kwargs)
+    metrics = list(rows[0].stats) if rows else []
+    print(format_markdown(rows, metrics))
+    return 0

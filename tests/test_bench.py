@@ -1,0 +1,73 @@
+"""densekd bench: the table assembly (pure) on hand-made rows, and one tiny end-to-end run (2 iterations,
+2 methods, each in its own subprocess) that checks the table's rows and columns — never timing values."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from densekd.bench import bench, bench_table
+from densekd.cli import main
+from densekd.errors import ConfigError
+
+ROWS = [
+    {"method": "plain", "sec_per_iter": 0.5, "peak_mem_bytes": 100 * 2**20, "mem_kind": "cuda",
+     "teacher_fwd_sec": None, "iters": 10, "warmup": 2, "device": "GPU X"},
+    {"method": "acam_kd", "sec_per_iter": 0.75, "peak_mem_bytes": 250 * 2**20, "mem_kind": "cuda",
+     "teacher_fwd_sec": 0.125, "iters": 10, "warmup": 2, "device": "GPU X"},
+]
+
+
+def test_bench_table_ratios_and_columns():
+    lines = bench_table(ROWS).splitlines()
+    assert lines[0] == "| method | s/iter | × plain | peak CUDA mem (MiB) | × plain | teacher fwd (s) |"
+    assert lines[2] == "| plain | 0.5000 | 1.00× | 100.0 | 1.00× | — |"
+    assert lines[3] == "| acam_kd | 0.7500 | 1.50× | 250.0 | 2.50× | 0.1250 |"
+    assert "median over 10 iterations after 2 warm-up" in lines[-1] and "GPU X" in lines[-1]
+
+
+def test_bench_table_without_baseline_or_zero_memory():
+    cpu = [dict(r, mem_kind="cpu_rss_delta") for r in ROWS]
+    cpu[0]["peak_mem_bytes"] = 0  # RSS did not grow: no ratio, not a division by zero
+    lines = bench_table(cpu).splitlines()
+    assert "peak RSS Δ (MiB)" in lines[0]
+    assert lines[3].split(" | ")[4] == "—"
+    lines = bench_table(cpu[1:]).splitlines()  # no plain row
+    assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 |"
+
+
+def test_bench_bad_arguments():
+    with pytest.raises(ConfigError, match="bench: expected --iters >= 1"):
+        bench("x.yaml", ["fitnet"], iters=0)
+    with pytest.raises(ConfigError, match="--methods: unknown loss 'fitnett'"):
+        bench("x.yaml", ["fitnett"])
+
+
+def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsys):
+    import yaml
+
+    cfg = make_config(tmp_path / "o", teacher=teacher_ckpt)
+    cfg["train"]["batch_size"] = 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bench"
+    rc = main(["bench", str(path), "--methods", "fitnet", "cwd", "--iters", "2", "--warmup", "0", "--out", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| method | s/iter | × plain | peak RSS Δ (MiB) | × plain | teacher fwd (s) |")
+    assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == ["plain", "fitnet", "cwd"]
+    assert all(len(ln.split(" | ")) == 6 for ln in lines)
+    rows = json.load(open(out / "bench.json"))
+    assert [r["method"] for r in rows] == ["plain", "fitnet", "cwd"]
+    assert rows[0]["teacher_fwd_sec"] is None and rows[1]["teacher_fwd_sec"] is not None
+    assert all(r["iters"] == 2 and r["mem_kind"] == "cpu_rss_delta" for r in rows)
+    assert (out / "bench.md").read_text() == bench_table(rows)
+
+
+def test_bench_failing_method_is_one_line(make_config, tmp_path):
+    cfg = make_config(tmp_path / "o")  # no teacher in the config
+    with pytest.raises(ConfigError, match=r"bench: method 'fitnet' failed: model.teacher"):
+        from densekd.bench import measure_in_subprocess
+
+        measure_in_subprocess(cfg, "fitnet", 1, 0)
