@@ -93,7 +93,7 @@ class DemoConfig:
         if self.task == "detection":
             raise ConfigError(
                 "demo: --task detection is not available yet (a torchvision FCOS/RetinaNet on CPU does not fit the "
-                "demo's time budget; see the demo's report); use --task segmentation"
+                "demo's time budget, see benchmarks/demo_digits.md); use --task segmentation"
             )
         if self.seeds < 1:
             raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
