@@ -27,6 +27,8 @@ _CHOICES = {
     "masks": ("both", "spatial", "channel"),
     "fusion": ("cross_attention", "teacher"),
     "diversity": ("both", "spatial", "none"),
+    "mask_objective": ("descent", "adversarial", "detached"),
+    "mask_norm": ("sum", "square"),
 }
 
 
@@ -151,21 +153,47 @@ def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
     return (off_diag / (m * (m - 1))).mean()
 
 
-def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12) -> Tensor:
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward, negated gradient backward (gradient reversal)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return -grad
+
+
+def reverse_grad(x: Tensor) -> Tensor:
+    """Gradient reversal: ``x`` unchanged forward, ``-∂L/∂x`` backward (so whatever produced ``x`` ascends L)."""
+    return _ReverseGrad.apply(x)
+
+
+def _mask_norm(m: Tensor, norm: str) -> Tensor:
+    """Σ over the mask's last dimension of M ("sum", MasKD) or of M² ("square", scale-invariant)."""
+    return (m * m).sum(dim=-1) if norm == "square" else m.sum(dim=-1)
+
+
+def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12, norm: str = "sum") -> Tensor:
     """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (methods.md, Losses).
 
     ``diff_sq_c`` [B, C] = Σ_hw D², so Σ_{c,h,w} (M_c[b,m,c] D[b,c,h,w])² = Σ_c M_c² · diff_sq_c: one
-    einsum over all masks, no loop, no [B, M, C, H, W] tensor.
+    einsum over all masks, no loop, no [B, M, C, H, W] tensor. ``norm="square"`` divides by Σ_c M_c²
+    instead (a mask-weighted mean of D², invariant to the masks' scale; not in methods.md, an option).
     """
     num = torch.einsum("bmc,bc->bm", m_c * m_c, diff_sq_c)
-    den = hw * m_c.sum(dim=2) + eps
+    den = hw * _mask_norm(m_c, norm) + eps
     return (num / den).mean()  # mean over b and m = (1/M) Σ_m mean_b
 
 
-def spatial_loss(diff_sq_n: Tensor, m_s: Tensor, c: int, eps: float = 1e-12) -> Tensor:
-    """L_s = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_s D)² / (C · Σ_hw M_s) ]; ``diff_sq_n`` [B, HW] = Σ_c D²."""
+def spatial_loss(diff_sq_n: Tensor, m_s: Tensor, c: int, eps: float = 1e-12, norm: str = "sum") -> Tensor:
+    """L_s = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_s D)² / (C · Σ_hw M_s) ]; ``diff_sq_n`` [B, HW] = Σ_c D².
+
+    ``norm="square"``: divide by C · Σ_hw M_s² instead (scale-invariant, see :func:`channel_loss`).
+    """
     num = torch.einsum("bmn,bn->bm", m_s * m_s, diff_sq_n)
-    den = c * m_s.sum(dim=2) + eps
+    den = c * _mask_norm(m_s, norm) + eps
     return (num / den).mean()
 
 
@@ -199,6 +227,16 @@ class ACAMKD(DistillLoss):
         diversity: ``"both"`` (Decision: Dice(M_s) + Dice(M_c)), ``"spatial"`` or ``"none"``.
         align: ``"conv1x1"`` or ``"identity"`` (equal channels only).
         keep_masks: store detached ``last_masks`` after each forward (for plots and logs).
+        mask_objective: how L_c + L_s trains the mask modules (STCA-FF and ASCM; align is always trained
+            by L). ``"descent"`` (default, methods.md "Optimisation of the mask modules" Decision): the masks
+            are part of the graph of L and descend it like the student — measured to collapse every mask
+            to ≈ 0 (L_c, L_s are proportional to the masks' scale). ``"adversarial"``: the masks *ascend*
+            L_c + L_s (gradient reversal on the masks before the masked losses), i.e. they seek where the
+            student lags most, while the student descends it; Dice is still descended. ``"detached"``:
+            L_c + L_s does not reach the mask modules at all (trained by Dice only; a control). In both
+            alternatives STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
+        mask_norm: ``"sum"`` (default, methods.md Losses: divide by Σ M as MasKD) or ``"square"``
+            (divide by Σ M²: the loss is a mask-weighted mean of D², invariant to the masks' scale).
 
     Returns ``{"loss_channel", "loss_spatial", "loss_div"}`` (only the terms the switches enable),
     with α and λ applied. After each forward, ``last_masks`` holds ``{"channel": [B,M,C],
@@ -220,10 +258,13 @@ class ACAMKD(DistillLoss):
         align: str = "conv1x1",
         init_std: float = 0.01,
         keep_masks: bool = True,
+        mask_objective: str = "descent",
+        mask_norm: str = "sum",
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
         for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
-                            ("fusion", fusion), ("diversity", diversity)):
+                            ("fusion", fusion), ("diversity", diversity), ("mask_objective", mask_objective),
+                            ("mask_norm", mask_norm)):
             _check_choice(name, value)
         if int(num_masks) < 1:
             raise ValueError(f"acam_kd: num_masks must be >= 1, got {num_masks}")
@@ -234,6 +275,8 @@ class ACAMKD(DistillLoss):
         self.fusion_mode = fusion
         self.diversity = diversity
         self.keep_masks = keep_masks
+        self.mask_objective = mask_objective
+        self.mask_norm = mask_norm
         c = teacher_channels
         # Each level has its own align / STCA-FF / ASCM (methods.md, Losses: "not shared").
         self.fusion = STCAFF(c, query=query) if fusion == "cross_attention" else None
@@ -248,8 +291,12 @@ class ACAMKD(DistillLoss):
         s_hat = self.align(student_feat)
         b, c, h, w = teacher_feat.shape
         # methods.md, Ablation baselines: fusion="teacher" feeds ASCM with F_T (adaptive teacher mask).
-        fused = self.fusion(teacher_feat, s_hat) if self.fusion is not None else teacher_feat
+        # mask_objective != "descent": the mask path reads a detached F̂_S (the student learns from D only)
+        s_for_masks = s_hat if self.mask_objective == "descent" else s_hat.detach()
+        fused = self.fusion(teacher_feat, s_for_masks) if self.fusion is not None else teacher_feat
         m_c, m_s = self.ascm(fused)
+        # what L_c / L_s see of the masks (Dice always sees m_c, m_s themselves)
+        to_loss = {"descent": lambda m: m, "adversarial": reverse_grad, "detached": Tensor.detach}[self.mask_objective]
 
         diff = (teacher_feat - s_hat).float()  # D = F_T − F̂_S, losses in fp32 under autocast
         sq = diff.square()
@@ -258,11 +305,11 @@ class ACAMKD(DistillLoss):
         out: dict[str, Tensor] = {}
         div = sq_c.new_zeros(())
         if m_c is not None:
-            out["loss_channel"] = self.alpha * channel_loss(sq_c, m_c.float(), h * w)
+            out["loss_channel"] = self.alpha * channel_loss(sq_c, to_loss(m_c.float()), h * w, norm=self.mask_norm)
             if self.diversity == "both":
                 div = div + dice_diversity(m_c)
         if m_s is not None:
-            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, m_s.float(), c)
+            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, to_loss(m_s.float()), c, norm=self.mask_norm)
             if self.diversity in ("both", "spatial"):
                 div = div + dice_diversity(m_s)
         if self.diversity != "none":

@@ -1,0 +1,119 @@
+"""ACAM-KD switches ``mask_objective`` and ``mask_norm`` (the mask-collapse alternatives; default unchanged)."""
+import pytest
+import torch
+
+from densekd import build_loss
+from densekd.losses.acam import ACAMKD, reverse_grad, spatial_loss, channel_loss
+
+
+def _pair(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 6, 5, 5, generator=g), torch.randn(2, 8, 5, 5, generator=g)
+
+
+def _grads(objective, terms=("loss_channel", "loss_spatial"), norm="sum"):
+    torch.manual_seed(0)
+    mod = ACAMKD(6, 8, num_masks=3, mask_objective=objective, mask_norm=norm)
+    # units large enough that the masks are not ≈ 0.5 everywhere (so every gradient is clearly non-zero)
+    with torch.no_grad():
+        mod.ascm.spatial_units.normal_(0, 0.5)
+        mod.ascm.channel_units.normal_(0, 0.5)
+    fs, ft = _pair()
+    fs.requires_grad_(True)
+    out = mod(fs, ft)
+    sum(out[t] for t in terms).backward()
+    g = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in mod.named_parameters()}
+    g["student"] = fs.grad.clone() if fs.grad is not None else torch.zeros_like(fs)
+    return out, g
+
+
+def test_default_is_descent_sum():
+    mod = build_loss("acam_kd", student_channels=6, teacher_channels=8)
+    assert (mod.mask_objective, mod.mask_norm) == ("descent", "sum")
+
+
+def test_forward_values_do_not_depend_on_objective():
+    outs = [_grads(o)[0] for o in ("descent", "adversarial", "detached")]
+    for o in outs[1:]:
+        for k in outs[0]:
+            torch.testing.assert_close(o[k], outs[0][k])
+
+
+def test_adversarial_reverses_mask_gradients_only():
+    _, gd = _grads("descent")
+    _, ga = _grads("adversarial")
+    _, gx = _grads("detached")
+    mask_names = [n for n in gd if n.startswith(("ascm.", "fusion.q.", "fusion.k.", "fusion.v."))
+                  and not n.startswith("fusion.q.")]  # Q reads F_T: a mask parameter too, checked below
+    mask_names += [n for n in gd if n.startswith("fusion.q.")]
+    for n in mask_names:
+        assert gd[n].abs().sum() > 0, n
+        torch.testing.assert_close(ga[n], -gd[n])  # ascends exactly what descent descends
+        assert gx[n].abs().sum() == 0, n  # detached: L_c + L_s never reaches the mask modules
+    # student and align learn from D only in both alternatives (no path through the masks) ...
+    for n in ("align.weight", "align.bias", "student"):
+        torch.testing.assert_close(ga[n], gx[n])
+        # ... which differs from descent, where the masks also depend on F̂_S through STCA-FF
+        assert not torch.allclose(ga[n], gd[n]), n
+
+
+def test_dice_is_descended_in_every_mode():
+    _, gd = _grads("descent", terms=("loss_div",))
+    for objective in ("adversarial", "detached"):
+        _, g = _grads(objective, terms=("loss_div",))
+        for n in ("ascm.spatial_units", "ascm.channel_units", "fusion.q.weight"):
+            assert gd[n].abs().sum() > 0
+            torch.testing.assert_close(g[n], gd[n])
+
+
+def test_square_norm_is_scale_invariant_sum_norm_is_not():
+    g = torch.Generator().manual_seed(1)
+    sq_n, m_s = torch.rand(2, 10, generator=g), torch.rand(2, 3, 10, generator=g)
+    sq_c, m_c = torch.rand(2, 4, generator=g), torch.rand(2, 3, 4, generator=g)
+    torch.testing.assert_close(spatial_loss(sq_n, 0.1 * m_s, 4, norm="square"), spatial_loss(sq_n, m_s, 4, norm="square"))
+    torch.testing.assert_close(channel_loss(sq_c, 0.1 * m_c, 10, norm="square"), channel_loss(sq_c, m_c, 10, norm="square"))
+    torch.testing.assert_close(spatial_loss(sq_n, 0.1 * m_s, 4), 0.1 * spatial_loss(sq_n, m_s, 4))
+    # square norm = Σ M² D² / (C Σ M²), written out
+    ref = ((m_s ** 2) * sq_n[:, None]).sum(-1) / (4 * (m_s ** 2).sum(-1))
+    torch.testing.assert_close(spatial_loss(sq_n, m_s, 4, norm="square"), ref.mean())
+
+
+def test_reverse_grad():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    y = reverse_grad(x)
+    torch.testing.assert_close(y, x.detach())
+    (y * torch.tensor([3.0, 4.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([-3.0, -4.0]))
+
+
+def test_adversarial_masks_do_not_collapse():
+    """Measured collapse under descent (masks → 0, so L_s → 0); adversarial square-norm masks keep L_s alive."""
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.randn(2, 6, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g)
+    ratio, means = {}, {}
+    for objective in ("descent", "adversarial"):
+        torch.manual_seed(0)
+        mod = ACAMKD(6, 8, num_masks=3, mask_objective=objective, mask_norm="sum" if objective == "descent" else "square")
+        opt = torch.optim.Adam(mod.parameters(), lr=1e-2)
+        for step in range(60):
+            out = mod(fs, ft)
+            if step == 0:
+                first = float(out["loss_spatial"].detach())
+            loss = sum(out.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        means[objective] = mod.mask_statistics()["spatial/mean"]
+        ratio[objective] = float(out["loss_spatial"].detach()) / first
+    assert means["descent"] < 0.05 and ratio["descent"] < 0.05
+    assert ratio["adversarial"] > 0.5
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"mask_objective": "ascent"}, "acam_kd: mask_objective must be one of descent, adversarial, detached; got 'ascent'"),
+    ({"mask_norm": "l2"}, "acam_kd: mask_norm must be one of sum, square; got 'l2'"),
+])
+def test_bad_switch_values(kw, msg):
+    with pytest.raises(ValueError) as e:
+        ACAMKD(6, 8, **kw)
+    assert str(e.value) == msg
