@@ -296,7 +296,8 @@ class ACAMKD(DistillLoss):
         fused = self.fusion(teacher_feat, s_for_masks) if self.fusion is not None else teacher_feat
         m_c, m_s = self.ascm(fused)
         # what L_c / L_s see of the masks (Dice always sees m_c, m_s themselves)
-        to_loss = {"descent": lambda m: m, "adversarial": reverse_grad, "detached": Tensor.detach}[self.mask_objective]
+        to_loss = {"descent": lambda m: m, "adversarial": reverse_grad,
+                   "detached": Tensor.detach}[self.mask_objective]
 
         diff = (teacher_feat - s_hat).float()  # D = F_T − F̂_S, losses in fp32 under autocast
         sq = diff.square()
