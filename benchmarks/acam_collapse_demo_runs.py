@@ -25,6 +25,7 @@ SETTINGS = {
     "det_sum": acam(mask_objective="detached"),
     "desc_sq": acam(mask_norm="square"),
     "det_sq": acam(mask_objective="detached", mask_norm="square"),
+    "adv_sq_z": acam(mask_objective="adversarial", mask_norm="square", z_norm="spatial"),
     "fitnet": lambda cfg: [Pair("trunk", loss="fitnet", weight=cfg.feature_weight)],
     "fitnet1": lambda cfg: [Pair("trunk", loss="fitnet", weight=1.0)],
     "hinton": lambda cfg: [Pair("classifier", loss="hinton_kd", weight=1.0)],

@@ -117,3 +117,22 @@ def test_bad_switch_values(kw, msg):
     with pytest.raises(ValueError) as e:
         ACAMKD(6, 8, **kw)
     assert str(e.value) == msg
+
+
+def test_z_norm_spatial_removes_the_spatial_mean():
+    """z_norm="spatial": masks ignore a per-channel constant added to F_fuse; "none" (default) does not."""
+    from densekd.losses.acam import ASCM
+
+    torch.manual_seed(0)
+    ascm_n, ascm_s = ASCM(8, 3), ASCM(8, 3, z_norm="spatial")
+    ascm_s.load_state_dict(ascm_n.state_dict())
+    with torch.no_grad():
+        ascm_n.spatial_units.normal_(0, 1.0)
+        ascm_s.spatial_units.copy_(ascm_n.spatial_units)
+    fused = torch.randn(2, 8, 4, 4)
+    shifted = fused + 50 * torch.randn(1, 8, 1, 1)
+    torch.testing.assert_close(ascm_s(shifted)[1], ascm_s(fused)[1], atol=1e-4, rtol=1e-4)
+    assert (ascm_n(shifted)[1] - ascm_n(fused)[1]).abs().max() > 0.1
+    assert ascm_s(shifted)[1].std(dim=-1).min() > 0.01  # still spatial after a huge constant offset
+    with pytest.raises(ValueError, match="acam_kd: z_norm must be one of none, spatial; got 'x'"):
+        ACAMKD(6, 8, z_norm="x")

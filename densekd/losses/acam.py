@@ -29,6 +29,7 @@ _CHOICES = {
     "diversity": ("both", "spatial", "none"),
     "mask_objective": ("descent", "adversarial", "detached"),
     "mask_norm": ("sum", "square"),
+    "z_norm": ("none", "spatial"),
 }
 
 
@@ -109,10 +110,12 @@ class ASCM(nn.Module):
     """
 
     def __init__(self, channels: int, num_masks: int, channel_units: str = "vector", init_std: float = 0.01,
-                 spatial: bool = True, channel: bool = True) -> None:
+                 spatial: bool = True, channel: bool = True, z_norm: str = "none") -> None:
         super().__init__()
         _check_choice("channel_units", channel_units)
+        _check_choice("z_norm", z_norm)
         self.channel_mode = channel_units
+        self.z_norm = z_norm
         # Both families are always drawn, in a fixed order, so a switch that drops one leaves the other's
         # initialisation unchanged (the ablations differ in what they should and nothing else).
         s_init = torch.randn(num_masks, channels) * init_std
@@ -125,6 +128,9 @@ class ASCM(nn.Module):
         m_c = m_s = None
         if self.spatial_units is not None:
             z = fused.flatten(2)  # Z: [B, C, HW]
+            if self.z_norm == "spatial":  # not in methods.md: each channel standardised over space, so that
+                # S_s Z varies over positions instead of saturating σ on Z's spatial mean (measured on the demo)
+                z = (z - z.mean(dim=2, keepdim=True)) / (z.std(dim=2, keepdim=True) + 1e-5)
             m_s = torch.sigmoid(torch.einsum("mc,bcn->bmn", self.spatial_units.to(z.dtype), z))
         if self.channel_units is not None:
             v = fused.mean(dim=(2, 3))  # v: [B, C]
@@ -235,6 +241,8 @@ class ACAMKD(DistillLoss):
             student lags most, while the student descends it; Dice is still descended. ``"detached"``:
             L_c + L_s does not reach the mask modules at all (trained by Dice only; a control). In both
             alternatives STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
+        z_norm: ``"none"`` (default, methods.md ASCM) or ``"spatial"``: Z standardised per channel over space
+            before the spatial units (the demo's spatial masks otherwise saturate to constant 0/1 gates).
         mask_norm: ``"sum"`` (default, methods.md Losses: divide by Σ M as MasKD) or ``"square"``
             (divide by Σ M²: the loss is a mask-weighted mean of D², invariant to the masks' scale).
 
@@ -260,11 +268,12 @@ class ACAMKD(DistillLoss):
         keep_masks: bool = True,
         mask_objective: str = "descent",
         mask_norm: str = "sum",
+        z_norm: str = "none",
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
         for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
                             ("fusion", fusion), ("diversity", diversity), ("mask_objective", mask_objective),
-                            ("mask_norm", mask_norm)):
+                            ("mask_norm", mask_norm), ("z_norm", z_norm)):
             _check_choice(name, value)
         if int(num_masks) < 1:
             raise ValueError(f"acam_kd: num_masks must be >= 1, got {num_masks}")
@@ -281,7 +290,7 @@ class ACAMKD(DistillLoss):
         # Each level has its own align / STCA-FF / ASCM (methods.md, Losses: "not shared").
         self.fusion = STCAFF(c, query=query) if fusion == "cross_attention" else None
         self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
-                         spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"))
+                         spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
         self.last_masks: dict[str, Tensor] = {}
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
