@@ -42,6 +42,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from ..errors import ConfigError
+from .weights import load_strict
 
 ARCHS = ("deeplabv3", "pspnet", "tiny")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenetv2")
@@ -282,21 +283,7 @@ def load_segmentation_checkpoint(model: SegmentationModel, path: str | Path) -> 
                     break
             renamed[k] = v
         sd = renamed
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
-        if wrong:
-            parts.append(f"shape mismatch e.g. {wrong[:2]}")
-        raise ConfigError(
-            f"checkpoint {path} does not fit {model.arch}/{model.backbone_name} with {model.num_classes} classes: "
-            + "; ".join(parts)
-        )
-    model.load_state_dict(sd)
+    name = (f"{model.arch}/{model.backbone_name} with {model.num_classes} classes" if hasattr(model, "arch")
+            else f"{type(model).__name__} with {getattr(model, 'num_classes', '?')} classes")
+    load_strict(model, sd, f"checkpoint {path} does not fit {name}")
     return model
