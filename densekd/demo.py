@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .data.digits import NUM_SEG_CLASSES, load_split_arrays, make_digits_dataset
 from .distiller import Distiller, Pair
+from .models.segmentation import TinySegNet
 from .errors import ConfigError
 
 
@@ -108,36 +109,6 @@ class DemoConfig:
 
 
 # --------------------------------------------------------------------------------------------- models
-def _cbr(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class TinySegNet(nn.Module):
-    """A DeepLab-like segmenter for small canvases: stride-4 trunk with dilated convs, 1×1 classifier.
-
-    Distillation points (capture specs): ``trunk`` (feature, 4·width channels, stride 4) and ``classifier``
-    (logits, ``num_classes`` channels, stride 4). ``forward`` returns logits upsampled to the input size.
-    """
-
-    def __init__(self, width: int, num_classes: int = NUM_SEG_CLASSES) -> None:
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(_cbr(3, w, 2), _cbr(w, w))
-        self.trunk = nn.Sequential(
-            _cbr(w, 2 * w, 2), _cbr(2 * w, 2 * w), _cbr(2 * w, 4 * w, dilation=2), _cbr(4 * w, 4 * w, dilation=4)
-        )
-        self.head = _cbr(4 * w, 4 * w)
-        self.classifier = nn.Conv2d(4 * w, num_classes, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.classifier(self.head(self.trunk(self.stem(x))))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -76,7 +76,7 @@ def test_densekd_checkpoint_roundtrip_and_errors(tmp_path):
     load_segmentation_checkpoint(b, tmp_path / "ck.pth")
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     c = build_segmentation_model("pspnet", "resnet18", 5, **kw)
-    with pytest.raises(ConfigError, match=r"ck\.pth does not fit pspnet/resnet18 with 5 classes: shape mismatch"):
+    with pytest.raises(ConfigError, match=r"ck\.pth does not fit pspnet/resnet18 with 5 classes \(\d+ shape mismatch"):
         load_segmentation_checkpoint(c, tmp_path / "ck.pth")
     d = build_segmentation_model("deeplabv3", "resnet18", 3, **kw)
     with pytest.raises(ConfigError, match="missing key"):
@@ -95,3 +95,14 @@ def test_bad_names():
         build_segmentation_model("deeplabv3", "vgg16", 3)
     with pytest.raises(ConfigError, match="'width_mult' applies to mobilenetv2 only"):
         build_segmentation_model("deeplabv3", "resnet18", 3, width_mult=0.5)
+
+
+def test_tiny_arch_checkpoint_mismatch_is_one_clear_line(tmp_path):
+    a = build_segmentation_model("tiny", "resnet18", 5, width=4)
+    torch.save(a.state_dict(), tmp_path / "tiny.pth")
+    b = build_segmentation_model("tiny", "resnet18", 5, width=8)
+    with pytest.raises(ConfigError, match=r"tiny\.pth does not fit TinySegNet with 5 classes \(\d+ shape mismatch"):
+        load_segmentation_checkpoint(b, tmp_path / "tiny.pth")
+    c = build_segmentation_model("tiny", "resnet18", 5, width=4)
+    load_segmentation_checkpoint(c, tmp_path / "tiny.pth")
+    assert all(torch.equal(c.state_dict()[k], v) for k, v in a.state_dict().items())

@@ -209,3 +209,27 @@ def test_voc_and_folder_through_the_task(tmp_path, fmt, k):
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
     x, m = val[0]
     assert x.shape == (3, 40, 56) and set(m.unique().tolist()) <= set(range(4)) | {255}
+
+
+def test_tiny_arch_is_the_demo_model_and_distils_through_the_task(toy):
+    """arch 'tiny' builds the demo's TinySegNet (width from the config), usable by the engine's task."""
+    from densekd.models.segmentation import TinySegNet
+
+    torch.manual_seed(0)
+    task = SegmentationTask()
+    mcfg = SegModelConfig.from_dict({"student": {"arch": "tiny", "width": 4, "num_classes": 19},
+                                     "teacher": {"arch": "tiny", "width": 8, "num_classes": 19}})
+    student = task.build_model(mcfg, "student")
+    with pytest.warns(UserWarning, match="teacher.checkpoint is not set"):
+        teacher = task.build_model(mcfg, "teacher")
+    assert isinstance(student, TinySegNet) and student.classifier.in_channels == 16
+    assert teacher.classifier.in_channels == 32
+    ds = task.build_dataset(_data_cfg(toy), "train")
+    (images,), masks = task.model_inputs(next(iter(DataLoader(ds, batch_size=2, collate_fn=task.collate))))
+    d = Distiller(student, teacher, task.default_pairs(mcfg, "acam_kd", {}), task_loss=task.task_loss(),
+                  example_inputs=(images,))
+    assert d.kd_losses["0|classifier"].num_masks == 19
+    out = d(images, targets=masks)
+    assert {"kd/classifier/loss_channel", "kd/classifier/loss_spatial", "loss_ce"} <= set(out)
+    with pytest.raises(ConfigError, match="width must be a positive integer for arch 'tiny', got 0"):
+        task.build_model(SegModelConfig.from_dict({"student": {"arch": "tiny", "width": 0}}), "student")

@@ -1,6 +1,7 @@
 """torch.distributed helpers: torchrun setup (gloo on CPU, nccl on GPU), rank queries, object gathering."""
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -40,8 +41,15 @@ def setup() -> tuple[torch.device, bool]:
 
 
 def cleanup(created: bool) -> None:
+    """Destroy the group this process created, after every rank got here: a rank that tears gloo down while
+    its peer is still finishing (rank 0 writes files last) was seen to abort at exit ("terminate called
+    without an active exception", SIGABRT)."""
     if created and is_dist():
-        dist.destroy_process_group()
+        gc.collect()  # free a finished DDP wrapper (its reducer holds the group) before the group goes
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

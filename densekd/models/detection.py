@@ -25,6 +25,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError
+from .weights import load_strict
 
 ARCHS = ("retinanet", "fcos", "faster_rcnn")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -165,25 +166,8 @@ def _read_state_dict(path: str, where: str) -> dict[str, Tensor]:
 
 
 def _load_checked(model: nn.Module, sd: Mapping[str, Tensor], path: str, where: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k} {tuple(sd[k].shape)} in the file vs "
-                         f"{tuple(own[k].shape)} in the model")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise ConfigError(
-            f"{where}: {path!r} does not fit the configured {type(model).__name__} ({'; '.join(parts)}); "
-            f"check arch, backbone and num_classes"
-        )
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, sd, f"{where}: {path!r} does not fit the configured {type(model).__name__}",
+                hint="; check arch, backbone and num_classes")
 
 
 def load_detector_checkpoint(model: nn.Module, path: str, where: str = "checkpoint") -> None:

@@ -42,8 +42,9 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from ..errors import ConfigError
+from .weights import load_strict
 
-ARCHS = ("deeplabv3", "pspnet")
+ARCHS = ("deeplabv3", "pspnet", "tiny")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenetv2")
 _DEFAULT_DECODER_CHANNELS = {"deeplabv3": 256, "pspnet": 512}
 
@@ -162,7 +163,8 @@ def build_segmentation_model(
     aspp_rates: Sequence[int] = (12, 24, 36),
     ppm_bins: Sequence[int] = (1, 2, 3, 6),
     dropout: float = 0.1,
-) -> SegmentationModel:
+    width: int = 16,
+) -> nn.Module:
     """Build a randomly initialised segmenter (``weights=None``; load weights with
     :func:`load_segmentation_checkpoint`).
 
@@ -176,9 +178,14 @@ def build_segmentation_model(
         aspp_rates: ASPP atrous rates (12, 24, 36 at output stride 8).
         ppm_bins: PSPNet pyramid bins.
         dropout: PSPNet's dropout before the classifier (DeepLabV3's ASPP has its own 0.5).
+        width: ``arch="tiny"`` only: the :class:`TinySegNet` width (its backbone is its own; ``backbone`` is ignored).
     """
     if arch not in ARCHS:
         raise ConfigError(f"unknown segmentation arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    if arch == "tiny":
+        if not isinstance(width, int) or width < 1:
+            raise ConfigError(f"width must be a positive integer for arch 'tiny', got {width!r}")
+        return TinySegNet(width, num_classes)
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown segmentation backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -204,6 +211,38 @@ def build_segmentation_model(
             ppm, nn.Conv2d(ppm.out_channels, d, 3, padding=1, bias=False), nn.BatchNorm2d(d), nn.ReLU(), nn.Dropout2d(dropout)
         )
     return SegmentationModel(trunk, decoder, nn.Conv2d(d, num_classes, 1), arch=arch, backbone_name=backbone)
+
+
+def _cbr(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinySegNet(nn.Module):
+    """A DeepLab-like segmenter for small canvases: stride-4 trunk with dilated convs, 1×1 classifier.
+
+    Distillation points (capture specs): ``trunk`` (feature, 4·width channels, stride 4) and ``classifier``
+    (logits, ``num_classes`` channels, stride 4). ``forward`` returns logits upsampled to the input size.
+    The ``densekd demo`` model, and ``arch: tiny`` in segmentation configs (``width`` sets its size).
+    """
+
+    def __init__(self, width: int, num_classes: int = 11) -> None:
+        super().__init__()
+        w = width
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(_cbr(3, w, 2), _cbr(w, w))
+        self.trunk = nn.Sequential(
+            _cbr(w, 2 * w, 2), _cbr(2 * w, 2 * w), _cbr(2 * w, 4 * w, dilation=2), _cbr(4 * w, 4 * w, dilation=4)
+        )
+        self.head = _cbr(4 * w, 4 * w)
+        self.classifier = nn.Conv2d(4 * w, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.classifier(self.head(self.trunk(self.stem(x))))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -244,21 +283,7 @@ def load_segmentation_checkpoint(model: SegmentationModel, path: str | Path) -> 
                     break
             renamed[k] = v
         sd = renamed
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
-        if wrong:
-            parts.append(f"shape mismatch e.g. {wrong[:2]}")
-        raise ConfigError(
-            f"checkpoint {path} does not fit {model.arch}/{model.backbone_name} with {model.num_classes} classes: "
-            + "; ".join(parts)
-        )
-    model.load_state_dict(sd)
+    name = (f"{model.arch}/{model.backbone_name} with {model.num_classes} classes" if hasattr(model, "arch")
+            else f"{type(model).__name__} with {getattr(model, 'num_classes', '?')} classes")
+    load_strict(model, sd, f"checkpoint {path} does not fit {name}")
     return model

@@ -64,6 +64,7 @@ class SegModelSpec:
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])
     ppm_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
     dropout: float = 0.1
+    width: int = 16  # arch "tiny" only (the demo's TinySegNet)
     sync_bn: bool = False  # student only: SyncBatchNorm across DDP ranks (CUDA), as the CIRKD/MasKD protocol
 
     def validate(self, where: str = "model") -> None:
@@ -206,6 +207,7 @@ class SegmentationTask:
             aspp_rates=spec.aspp_rates,
             ppm_bins=spec.ppm_bins,
             dropout=spec.dropout,
+            width=spec.width,
         )
         if spec.backbone_checkpoint:
             _load_backbone(model, spec.backbone_checkpoint)
