@@ -75,6 +75,24 @@ def _is_loss_dict(out: Any) -> bool:
     )
 
 
+def task_losses(run: Callable[..., Any], name: str, task_loss: Callable[[Any, Any], Any] | None,
+                inputs: Sequence[Any], targets: Any) -> dict[str, Tensor]:
+    """A model's own task loss terms on one batch, shared by the Distiller, plain training and MasKD's stage 1.
+
+    ``task_loss is None``: the model computes its losses (torchvision detectors), ``run(*inputs, targets)``
+    must return a dict of scalar losses. Otherwise ``task_loss(run(*inputs), targets)`` (a tensor becomes
+    ``{"loss_task_main": ...}``). ``name`` names the model in the error.
+    """
+    if task_loss is None:
+        out = run(*inputs, targets) if targets is not None else run(*inputs)
+        if not _is_loss_dict(out):
+            raise TypeError(f"{name} did not return a dict of scalar losses; pass task_loss= to compute the task "
+                            f"loss from its output")
+        return dict(out)
+    t = task_loss(run(*inputs), targets)
+    return dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
+
+
 class Distiller(nn.Module):
     """Student + frozen teacher + one loss module per distilled level.
 
@@ -256,18 +274,7 @@ class Distiller(nn.Module):
                 stacklevel=2,
             )
             self.setup(*inputs)
-        if self.task_loss is None:
-            out = self._run_student(*inputs, targets) if targets is not None else self._run_student(*inputs)
-            if not _is_loss_dict(out):
-                raise TypeError(
-                    f"{type(self.student).__name__} did not return a dict of scalar losses; pass task_loss= "
-                    f"to compute the task loss from its output"
-                )
-            task = dict(out)
-        else:
-            out = self._run_student(*inputs)
-            t = self.task_loss(out, targets)
-            task = dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
+        task = task_losses(self._run_student, type(self.student).__name__, self.task_loss, inputs, targets)
         self._run_teacher(inputs)
         ctx = context if context is not None else self._context(inputs, targets)
 
@@ -298,6 +305,17 @@ class Distiller(nn.Module):
         for cap in self._captures():  # the losses hold what they need; drop the features now
             cap.clear()
         return result
+
+    def teacher_levels(self, inputs: Sequence[Any], spec: str) -> "OrderedDict[str, Tensor]":
+        """The frozen teacher's captured levels of ``spec`` (one of the pairs' teacher specs) on ``inputs``:
+        run under inference mode and only as far as the captures need, returned as ordinary tensors."""
+        if not self._built:
+            self.setup(*inputs)
+        self._run_teacher(inputs)
+        try:
+            return OrderedDict((k, v.clone()) for k, v in self._t_cap.levels(spec).items())
+        finally:
+            self._t_cap.clear()
 
     def kd_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Sum each KD term over levels: ``{"loss_channel": ..., "loss_spatial": ...}`` (for logs)."""

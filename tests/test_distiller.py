@@ -179,3 +179,22 @@ def test_hooks_record_only_inside_the_distiller():
             d.teacher(x)
     assert d._s_cap.call_counts() == {} and d._t_cap.call_counts() == {}
     assert torch.isfinite(d(x, targets=torch.zeros(2))["loss"])
+
+
+def test_teacher_levels_public_and_plain_tensors():
+    d, x = make()
+    calls = d.teacher.post_calls
+    lv = d.teacher_levels((x,), "neck")
+    assert list(lv) == ["neck:p3", "neck:p4"] and lv["neck:p3"].shape == (2, 8, 8, 8)
+    assert not lv["neck:p3"].is_inference() and d.teacher.post_calls == calls  # stopped after the captures
+    assert d._t_cap.call_counts() == {}
+
+
+def test_task_losses_shared_helper():
+    from densekd.distiller import task_losses
+
+    m = TinySegmenter()
+    x, y = torch.rand(1, 3, 8, 8), torch.randint(0, 3, (1, 8, 8))
+    assert set(task_losses(m, "m", lambda o, t: F.cross_entropy(o, t), (x,), y)) == {"loss_task_main"}
+    with pytest.raises(TypeError, match=r"^m did not return a dict of scalar losses; pass task_loss="):
+        task_losses(m, "m", None, (x,), None)

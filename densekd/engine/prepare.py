@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import _select, parse_spec, resolve_module
+from ..distiller import task_losses
 from ..errors import ConfigError
 
 
@@ -51,15 +52,7 @@ def default_teacher_task_loss(task: Any, teacher: nn.Module, inputs: tuple[Any, 
     """The teacher's task loss (a scalar with grad) on one batch, as the engine computes the student's."""
     task_loss = task.task_loss()
     with loss_mode(teacher):
-        if task_loss is None:
-            out = teacher(*inputs, targets)
-            if not isinstance(out, Mapping):
-                raise TypeError(f"{type(teacher).__name__} did not return a dict of losses given targets")
-        else:
-            out = task_loss(teacher(*inputs), targets)
-    if isinstance(out, Mapping):
-        return sum(out.values())  # type: ignore[return-value]
-    return out
+        return sum(task_losses(teacher, type(teacher).__name__, task_loss, inputs, targets).values())  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -112,10 +105,8 @@ class _TeacherLevelFeats:
     def __iter__(self) -> Iterator[tuple[Tensor, tuple[tuple[Any, ...], Any]]]:
         pair = self.d.pairs[self.i]
         for inputs, targets in self.batches():
-            self.d._run_teacher(inputs)
-            feats = list(self.d._t_cap.levels(pair.teacher_spec).values())
-            self.d._t_cap.clear()
-            yield feats[self.level].clone(), (inputs, targets)  # clone: out of inference mode
+            feats = list(self.d.teacher_levels(inputs, pair.teacher_spec).values())
+            yield feats[self.level], (inputs, targets)
 
 
 def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[tuple[tuple[Any, ...], Any]]],
@@ -145,8 +136,7 @@ def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[
             def head_loss_fn(masked: Tensor, target: Any, _spec=pair.teacher_spec, _j=j) -> Tensor:
                 inputs, targets = target
                 with replace_level(distiller.teacher, _spec, _j, masked):
-                    loss = teacher_loss(distiller.teacher, inputs, targets)
-                distiller._t_cap.clear()
+                    loss = teacher_loss(distiller.teacher, inputs, targets)  # captures record only in the Distiller
                 if not isinstance(loss, Tensor) or not loss.requires_grad:
                     raise ConfigError(
                         f"distill: preparing {type(mod).__name__} at {key!r}: the teacher's task loss does not "

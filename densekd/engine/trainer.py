@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..config import Config, load_config, to_dict
-from ..distiller import Distiller, Pair
+from ..distiller import Distiller, Pair, task_losses
 from ..errors import ConfigError, DenseKDError
 from ..tasks import get_task
 from . import checkpoint as ckpt
@@ -59,14 +59,7 @@ class StudentOnly(nn.Module):
         self.max_iterations: int | None = None
 
     def forward(self, *inputs: Any, targets: Any = None, context: Any = None) -> dict[str, Tensor]:
-        if self.task_loss is None:
-            out = self.student(*inputs, targets)
-            if not isinstance(out, Mapping):
-                raise TypeError(f"{type(self.student).__name__} did not return a dict of losses given targets")
-            task = dict(out)
-        else:
-            t = self.task_loss(self.student(*inputs), targets)
-            task = dict(t) if isinstance(t, Mapping) else {"loss_task_main": t}
+        task = task_losses(self.student, type(self.student).__name__, self.task_loss, inputs, targets)
         loss = sum(task.values())
         return {**task, "loss_task": loss, "loss": loss}
 
