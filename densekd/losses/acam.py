@@ -9,10 +9,19 @@ Per distilled level::
     F_fuse = softmax(Q Kᵀ / √(C/2)) V                     (STCA-FF; Q from F_T, K, V from F̂_S)
     M_s = σ(S_s Z),  M_c = σ(S_c ⊙ v)                      (ASCM; Z = flatten(F_fuse), v = mean_hw F_fuse)
     L = α (L_c + L_s) + λ (Dice(M_s) + Dice(M_c))          (Losses)
+
+How it is computed (methods.md, STCA-FF: "must not materialise A"). ASCM reads F_fuse only through two
+linear maps, S_s Z and mean_hw Z, so training never forms F_fuse: both maps are moved inside the attention
+(``STCAFF.project``) and a blockwise kernel (``_ProjectedAttention``, flash-style: P built a few query rows
+at a time, recomputed in backward from the row log-sum-exp) returns exactly what ASCM needs. The values are
+the explicit formula's (tests: against softmax(QKᵀ)V, gradcheck, every parameter's gradient); F_fuse itself
+is computed with ``scaled_dot_product_attention`` only when ``last_masks["fused"]`` is read, or when
+``z_norm="spatial"`` needs all of it.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +81,69 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
 
 
+#: elements of one [B, rows, N] block of P in :class:`_ProjectedAttention` (8 MiB in fp32)
+ATTENTION_BLOCK_ELEMENTS = 2**21
+
+
+class _ProjectedAttention(torch.autograd.Function):
+    """What ASCM reads of STCA-FF, without forming F_fuse: y = Ṽ Pᵀ and cs = Pᵀ1, P = softmax(qᵀk · scale).
+
+    q, k: [B, d, N] (channels first, as the 1×1 convs give them); vt: [B, M, N] = S_s V, i.e. V projected on
+    the M spatial units before the attention. Returns y [B, M, N] = S_s Z (the spatial-mask logits) and
+    cs [B, N] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query rows at a
+    time and recomputed in backward from the saved row log-sum-exp (as flash attention does): memory beyond
+    q and k is O(rows·N), never N×N. Computed in fp32 (methods.md, Losses: fp32 under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, vt: Tensor, scale: float, rows: int):  # type: ignore[override]
+        dtypes = (q.dtype, k.dtype, vt.dtype)
+        ct = torch.promote_types(torch.promote_types(q.dtype, vt.dtype), torch.float32)  # fp32, or fp64 if given
+        with torch.autocast(q.device.type, enabled=False):
+            q, k, vt = q.to(ct), k.to(ct), vt.to(ct)
+            b, _, n = q.shape
+            y = q.new_empty(b, vt.shape[1], n)
+            cs = q.new_zeros(b, n)
+            lse = q.new_empty(b, n)
+            for i0 in range(0, n, rows):
+                i1 = min(i0 + rows, n)
+                s = torch.bmm(q[:, :, i0:i1].transpose(1, 2), k).mul_(scale)  # logits of rows i0..i1: [B, r, N]
+                mx = s.amax(dim=2, keepdim=True)
+                p = s.sub_(mx).exp_()
+                z = p.sum(dim=2, keepdim=True)
+                p.div_(z)  # rows of P
+                lse[:, i0:i1] = (mx + z.log()).squeeze(2)
+                y[:, :, i0:i1] = torch.bmm(vt, p.transpose(1, 2))
+                cs += p.sum(dim=1)
+        ctx.save_for_backward(q, k, vt, lse, y)
+        ctx.scale, ctx.rows, ctx.dtypes = scale, rows, dtypes
+        return y, cs
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, gcs: Tensor | None):  # type: ignore[override]
+        q, k, vt, lse, y = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        n = q.shape[2]
+        with torch.autocast(q.device.type, enabled=False):
+            gy = torch.zeros_like(y) if gy is None else gy.to(y.dtype)
+            gcs = None if gcs is None else gcs.to(y.dtype)
+            dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
+            for i0 in range(0, n, rows):
+                i1 = min(i0 + rows, n)
+                qb, gyb = q[:, :, i0:i1], gy[:, :, i0:i1]
+                p = torch.bmm(qb.transpose(1, 2), k).mul_(scale).sub_(lse[:, i0:i1].unsqueeze(2)).exp_()  # P rows
+                dvt.baddbmm_(gyb, p)  # ∂/∂Ṽ = gy P
+                dp = torch.bmm(gyb.transpose(1, 2), vt)  # ∂/∂P_ij = gy_i · Ṽ_j (+ gcs_j)
+                delta = (gyb * y[:, :, i0:i1]).sum(dim=1)  # Σ_j P_ij ∂/∂P_ij: [B, r]
+                if gcs is not None:
+                    dp += gcs.unsqueeze(1)
+                    delta += torch.bmm(p, gcs.unsqueeze(2)).squeeze(2)
+                ds = p.mul_(dp.sub_(delta.unsqueeze(2))).mul_(scale)  # softmax backward, times the logit scale
+                dq[:, :, i0:i1] = torch.bmm(k, ds.transpose(1, 2))
+                dk.baddbmm_(qb, ds)
+        return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
+
+
 class STCAFF(nn.Module):
     """Student–teacher cross-attention feature fusion (methods.md, STCA-FF).
 
@@ -99,6 +171,64 @@ class STCAFF(nn.Module):
         fused = cross_attention(q, k, v, channels_first=True)  # A V; A = softmax(QKᵀ/√(C/2)) never materialised
         return fused.view(b, c, h, w)
 
+    def project(self, teacher: Tensor, student_aligned: Tensor, hw: tuple[int, int], spatial_units: Tensor | None,
+                channel_mean: bool) -> tuple[Tensor | None, Tensor | None, Callable[[], Tensor]]:
+        """ASCM's two reads of F_fuse, computed without F_fuse, from F_T and F̂_S flattened to [B, C, HW]:
+        (S_s Z [B, M, HW] or None, mean_hw F_fuse [B, C] or None, a function that returns F_fuse itself
+        [B, C, H, W] when called).
+
+        Both reads are linear in F_fuse = P V, so they move inside the attention (associativity):
+        S_s Z = (S_s W_v) X Pᵀ + (S_s b_v) 1ᵀ Pᵀ and mean_hw F_fuse = W_v X (Pᵀ1) / HW + b_v (rows of P sum
+        to 1), with X the key/value source [B, C, HW]. Exact (tested against the explicit formula); only the
+        M projected rows of V enter the attention, so forward + backward do 4 products of size N×N×C/2 (SDPA
+        on two V heads: 14) and neither V nor F_fuse is kept for backward (measured: benchmarks/acam_loss.py).
+        """
+        q_src, x = (teacher, student_aligned) if self.query == "teacher" else (student_aligned, teacher)
+        b, c, n = x.shape
+        q = pointwise(self.q, q_src)  # Q: [B, C/2, HW]
+        k = pointwise(self.k, x)  # K: [B, C/2, HW]
+        wv, bv = self.v.weight.flatten(1).to(x.dtype), self.v.bias.to(x.dtype)  # V = W_v X + b_v, never formed
+        units = spatial_units.to(x.dtype) if spatial_units is not None else x.new_zeros(0, c)
+        vt = _affine(x, units @ wv, units @ bv)  # S_s V: [B, M, HW]
+        rows = max(1, min(n, ATTENTION_BLOCK_ELEMENTS // max(b * n, 1)))
+        y, cs = _ProjectedAttention.apply(q, k, vt, 1.0 / math.sqrt(q.shape[1]), rows)
+        mean = None
+        if channel_mean:  # mean_hw (P V) = (1/HW) Σ_j cs_j V_j = W_v (X cs / HW) + b_v, since Σ_j cs_j = HW
+            xc = torch.bmm(x, cs.to(x.dtype).unsqueeze(2)).squeeze(2) / n
+            mean = F.linear(xc, wv, bv)
+        qd, kd, xd = q.detach(), k.detach(), x.detach()
+        wvd, bvd = wv.detach().clone(), bv.detach().clone()  # the weights as they were at this forward
+
+        def fused() -> Tensor:
+            with torch.no_grad():
+                v = _affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
+                return cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
+
+        return (y if spatial_units is not None else None), mean, fused
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """weight · x + bias for x [B, C_in, N], weight [C_out, C_in]: [B, C_out, N] in one batched matmul.
+
+    Measured at COCO P3 on CPU: baddbmm on expanded (uncopied) weights reads x in place and its backward
+    allocates only the gradient, where ``conv2d`` 1×1 allocates two more feature-sized buffers in backward
+    and ``matmul`` of [C_out, C_in] with [B, C_in, N] keeps a transposed copy of x.
+    """
+    b, _, n = x.shape
+    w = weight.to(x.dtype).expand(b, -1, -1)
+    if bias is None:
+        return torch.bmm(w, x)
+    return torch.baddbmm(bias.to(x.dtype).view(1, -1, 1).expand(b, -1, n), w, x)
+
+
+def pointwise(layer: nn.Module, x: Tensor) -> Tensor:
+    """A 1×1 ``nn.Conv2d`` (or ``nn.Identity``) applied to x [B, C_in, N] as a batched matmul: [B, C_out, N]."""
+    if isinstance(layer, nn.Identity):
+        return x
+    if not (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1):
+        raise TypeError(f"pointwise expects a 1×1 nn.Conv2d or nn.Identity, got {layer}")
+    return _affine(x, layer.weight.flatten(1), layer.bias)
+
 
 class ASCM(nn.Module):
     """Adaptive spatial-channel masking (methods.md, ASCM).
@@ -125,21 +255,54 @@ class ASCM(nn.Module):
 
     def forward(self, fused: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Returns (channel masks [B, M, C] or None, spatial masks [B, M, HW] or None)."""
-        m_c = m_s = None
+        logits = mean = None
         if self.spatial_units is not None:
             z = fused.flatten(2)  # Z: [B, C, HW]
             if self.z_norm == "spatial":  # not in methods.md: each channel standardised over space, so that
                 # S_s Z varies over positions instead of saturating σ on Z's spatial mean (measured on the demo)
                 z = (z - z.mean(dim=2, keepdim=True)) / (z.std(dim=2, keepdim=True) + 1e-5)
-            m_s = torch.sigmoid(torch.einsum("mc,bcn->bmn", self.spatial_units.to(z.dtype), z))
+            logits = torch.einsum("mc,bcn->bmn", self.spatial_units.to(z.dtype), z)  # S_s Z
         if self.channel_units is not None:
-            v = fused.mean(dim=(2, 3))  # v: [B, C]
+            mean = fused.mean(dim=(2, 3))  # v: [B, C]
+        return self.masks_from(logits, mean)
+
+    def masks_from(self, spatial_logits: Tensor | None, channel_mean: Tensor | None
+                   ) -> tuple[Tensor | None, Tensor | None]:
+        """(M_c, M_s) from ASCM's two reads of F_fuse: S_s Z [B, M, HW] and v = mean_hw F_fuse [B, C]."""
+        m_c = m_s = None
+        if self.spatial_units is not None and spatial_logits is not None:
+            m_s = torch.sigmoid(spatial_logits)  # σ(S_s Z): sigmoid after the product
+        if self.channel_units is not None and channel_mean is not None:
+            v = channel_mean
             units = self.channel_units.to(v.dtype)
             if self.channel_mode == "vector":
                 m_c = torch.sigmoid(units.unsqueeze(0) * v.unsqueeze(1))  # σ(S_c ⊙ v): [B, M, C]
             else:
                 m_c = torch.sigmoid(units.view(1, -1, 1) * v.unsqueeze(1))  # σ(s_m v_c): [B, M, C]
         return m_c, m_s
+
+
+class MaskRecord(Mapping):
+    """``last_masks`` of a forward: a read-only mapping of detached tensors. An entry given as a function
+    (ACAM-KD's ``"fused"``, which training never forms) is computed on first access and then kept."""
+
+    def __init__(self, items: dict[str, Tensor | Callable[[], Tensor]] | None = None) -> None:
+        self._items = dict(items or {})
+
+    def __getitem__(self, key: str) -> Tensor:
+        value = self._items[key]
+        if not isinstance(value, Tensor):
+            value = self._items[key] = value()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"MaskRecord({', '.join(self._items)})"
 
 
 def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
@@ -151,7 +314,7 @@ def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
     b, m, _ = masks.shape
     if m < 2:
         return masks.new_zeros(())
-    x = masks.float()
+    x = _at_least_fp32(masks)
     gram = torch.bmm(x, x.transpose(1, 2))  # [B, M, M]: Σ_n X_in X_jn
     sq = torch.diagonal(gram, dim1=1, dim2=2)  # [B, M]: Σ_n X_in²
     d = 2 * gram / (sq.unsqueeze(2) + sq.unsqueeze(1) + eps)
@@ -179,6 +342,38 @@ def reverse_grad(x: Tensor) -> Tensor:
 def _mask_norm(m: Tensor, norm: str) -> Tensor:
     """Σ over the mask's last dimension of M ("sum", MasKD) or of M² ("square", scale-invariant)."""
     return (m * m).sum(dim=-1) if norm == "square" else m.sum(dim=-1)
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """fp16/bf16 → fp32 (methods.md: losses in fp32 under autocast); fp32 and fp64 unchanged."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class _SquaredErrorSums(torch.autograd.Function):
+    """(Σ_n D², Σ_c D²) of D = F_T − F̂_S given as [B, C, N]: [B, C] and [B, N], in at least fp32.
+
+    Saves only its inputs (alive anyway) and recomputes D in backward, so D is not kept from forward to
+    backward (one feature-sized buffer less at the peak; see benchmarks/acam_loss.py).
+    """
+
+    @staticmethod
+    def forward(ctx, teacher: Tensor, student: Tensor):  # type: ignore[override]
+        ctx.save_for_backward(teacher, student)
+        sq = (_at_least_fp32(teacher) - _at_least_fp32(student)).square_()
+        return sq.sum(dim=2), sq.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, g_c: Tensor | None, g_n: Tensor | None):  # type: ignore[override]
+        teacher, student = ctx.saved_tensors
+        d = _at_least_fp32(teacher) - _at_least_fp32(student)
+        grad = torch.zeros_like(d) if g_c is None else d * g_c.to(d.dtype).unsqueeze(2)
+        if g_n is not None:
+            grad.addcmul_(d, g_n.to(d.dtype).unsqueeze(1))
+        del d
+        grad = grad.mul_(2.0)  # ∂(D²)/∂F_T = 2D; ∂/∂F̂_S = −2D
+        g_t = grad.to(teacher.dtype, copy=True) if ctx.needs_input_grad[0] else None
+        g_s = grad.neg_().to(student.dtype) if ctx.needs_input_grad[1] else None
+        return g_t, g_s
 
 
 def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12, norm: str = "sum") -> Tensor:
@@ -210,7 +405,7 @@ def mask_statistics(masks: Tensor, eps: float = 1e-12) -> dict[str, float]:
     mask normalised to a distribution over its N positions, divided by log N (1 = uniform, 0 = one spike),
     averaged over b and m.
     """
-    x = masks.detach().float()
+    x = _at_least_fp32(masks.detach())
     n = x.shape[-1]
     p = x / (x.sum(dim=-1, keepdim=True) + eps)
     ent = -(p * (p + eps).log()).sum(dim=-1) / max(math.log(n), eps)
@@ -291,47 +486,57 @@ class ACAMKD(DistillLoss):
         self.fusion = STCAFF(c, query=query) if fusion == "cross_attention" else None
         self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
                          spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
-        self.last_masks: dict[str, Tensor] = {}
+        self.last_masks: Mapping[str, Tensor] = MaskRecord()
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
                 ) -> dict[str, Tensor]:
         self.check_pair(student_feat, teacher_feat)
         teacher_feat = teacher_feat.detach()
-        s_hat = self.align(student_feat)
         b, c, h, w = teacher_feat.shape
+        # F̂_S as [B, C, HW]; every use below reads this one tensor, so its gradients accumulate in one buffer
+        s_hat = pointwise(self.align, student_feat.flatten(2))
+        t_flat = teacher_feat.flatten(2)
         # methods.md, Ablation baselines: fusion="teacher" feeds ASCM with F_T (adaptive teacher mask).
         # mask_objective != "descent": the mask path reads a detached F̂_S (the student learns from D only)
         s_for_masks = s_hat if self.mask_objective == "descent" else s_hat.detach()
-        fused = self.fusion(teacher_feat, s_for_masks) if self.fusion is not None else teacher_feat
-        m_c, m_s = self.ascm(fused)
+        self.last_masks = MaskRecord()  # the previous forward's record (and what it holds) is let go first
+        fused: Tensor | Callable[[], Tensor]
+        if self.fusion is not None and self.ascm.z_norm == "none":
+            # STCA-FF + ASCM without forming F_fuse (see STCAFF.project); the same values as the explicit path
+            logits, mean, fused = self.fusion.project(t_flat, s_for_masks, (h, w), self.ascm.spatial_units,
+                                                      self.ascm.channel_units is not None)
+            m_c, m_s = self.ascm.masks_from(logits, mean)
+        else:  # fusion="teacher", or z_norm="spatial" (needs all of F_fuse)
+            fused = (self.fusion(teacher_feat, s_for_masks.view(b, c, h, w)) if self.fusion is not None
+                     else teacher_feat)
+            m_c, m_s = self.ascm(fused)
+            fused = fused.detach()
         # what L_c / L_s see of the masks (Dice always sees m_c, m_s themselves)
         to_loss = {"descent": lambda m: m, "adversarial": reverse_grad,
                    "detached": Tensor.detach}[self.mask_objective]
 
-        diff = (teacher_feat - s_hat).float()  # D = F_T − F̂_S, losses in fp32 under autocast
-        sq = diff.square()
-        sq_c, sq_n = sq.sum(dim=(2, 3)), sq.sum(dim=1).flatten(1)  # Σ_hw D² [B, C], Σ_c D² [B, HW]
-        del sq, diff  # only their sums are needed from here on
+        # D = F_T − F̂_S; the losses need only Σ_hw D² [B, C] and Σ_c D² [B, HW] (in fp32 under autocast)
+        sq_c, sq_n = _SquaredErrorSums.apply(t_flat, s_hat)
         out: dict[str, Tensor] = {}
         div = sq_c.new_zeros(())
         if m_c is not None:
-            out["loss_channel"] = self.alpha * channel_loss(sq_c, to_loss(m_c.float()), h * w, norm=self.mask_norm)
+            out["loss_channel"] = self.alpha * channel_loss(sq_c, to_loss(_at_least_fp32(m_c)), h * w, norm=self.mask_norm)
             if self.diversity == "both":
                 div = div + dice_diversity(m_c)
         if m_s is not None:
-            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, to_loss(m_s.float()), c, norm=self.mask_norm)
+            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, to_loss(_at_least_fp32(m_s)), c, norm=self.mask_norm)
             if self.diversity in ("both", "spatial"):
                 div = div + dice_diversity(m_s)
         if self.diversity != "none":
             out["loss_div"] = self.lambda_div * div
 
         if self.keep_masks:
-            kept: dict[str, Tensor] = {"fused": fused.detach()}
+            kept: dict[str, Tensor | Callable[[], Tensor]] = {"fused": fused}  # a function: F_fuse on first access
             if m_c is not None:
                 kept["channel"] = m_c.detach()
             if m_s is not None:
                 kept["spatial"] = m_s.detach().view(b, -1, h, w)
-            self.last_masks = kept
+            self.last_masks = MaskRecord(kept)
         return out
 
     def mask_statistics(self) -> dict[str, float]:
