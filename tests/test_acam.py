@@ -336,3 +336,12 @@ def test_pointwise_equals_the_conv_and_refuses_other_layers():
     assert pointwise(torch.nn.Identity(), x3) is x3
     with pytest.raises(TypeError, match="1×1 nn.Conv2d"):
         pointwise(torch.nn.Conv2d(5, 3, kernel_size=3), x.flatten(2))
+
+
+def test_block_rows_follow_the_device_budget():
+    from densekd.losses.acam import _block_rows
+
+    assert _block_rows(2, 16800, torch.device("cpu")) == 2**21 // (2 * 16800)  # 62 rows of P3 per block on CPU
+    assert _block_rows(2, 16800, torch.device("cuda")) == 2**24 // (2 * 16800)
+    assert _block_rows(2, 20, torch.device("cpu")) == 20  # a small map is one block
+    assert _block_rows(10**6, 10**4, torch.device("cpu")) == 1  # never zero rows

@@ -81,8 +81,16 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
 
 
-#: elements of one [B, rows, N] block of P in :class:`_ProjectedAttention` (8 MiB in fp32)
+#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU (measured at
+#: COCO P3: as fast as 16 MiB blocks, at half their memory); 64 MiB on other devices, where fewer and larger
+#: products keep kernel launches few (about 34 blocks at P3; not measured: no GPU was available here).
 ATTENTION_BLOCK_ELEMENTS = 2**21
+ATTENTION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
+
+
+def _block_rows(batch: int, n: int, device: torch.device) -> int:
+    budget = ATTENTION_BLOCK_ELEMENTS if device.type == "cpu" else ATTENTION_BLOCK_ELEMENTS_ACCELERATOR
+    return max(1, min(n, budget // max(batch * n, 1)))
 
 
 class _ProjectedAttention(torch.autograd.Function):
@@ -190,7 +198,7 @@ class STCAFF(nn.Module):
         wv, bv = self.v.weight.flatten(1).to(x.dtype), self.v.bias.to(x.dtype)  # V = W_v X + b_v, never formed
         units = spatial_units.to(x.dtype) if spatial_units is not None else x.new_zeros(0, c)
         vt = _affine(x, units @ wv, units @ bv)  # S_s V: [B, M, HW]
-        rows = max(1, min(n, ATTENTION_BLOCK_ELEMENTS // max(b * n, 1)))
+        rows = _block_rows(b, n, x.device)
         y, cs = _ProjectedAttention.apply(q, k, vt, 1.0 / math.sqrt(q.shape[1]), rows)
         mean = None
         if channel_mean:  # mean_hw (P V) = (1/HW) Σ_j cs_j V_j = W_v (X cs / HW) + b_v, since Σ_j cs_j = HW
