@@ -345,3 +345,11 @@ def test_block_rows_follow_the_device_budget():
     assert _block_rows(2, 16800, torch.device("cuda")) == 2**24 // (2 * 16800)
     assert _block_rows(2, 20, torch.device("cpu")) == 20  # a small map is one block
     assert _block_rows(10**6, 10**4, torch.device("cpu")) == 1  # never zero rows
+
+
+def test_second_derivative_is_refused_clearly():
+    mod = build_loss("acam_kd", student_channels=4, teacher_channels=4, num_masks=2)
+    fs, ft = torch.randn(1, 4, 3, 3, requires_grad=True), torch.randn(1, 4, 3, 3)
+    (g,) = torch.autograd.grad(sum(mod(fs, ft).values()), fs, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()

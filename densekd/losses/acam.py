@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
@@ -128,6 +129,7 @@ class _ProjectedAttention(torch.autograd.Function):
         return y, cs
 
     @staticmethod
+    @once_differentiable  # a second derivative would need its own kernel: refused with a clear error
     def backward(ctx, gy: Tensor | None, gcs: Tensor | None):  # type: ignore[override]
         q, k, vt, lse, y = ctx.saved_tensors
         scale, rows = ctx.scale, ctx.rows
@@ -371,6 +373,7 @@ class _SquaredErrorSums(torch.autograd.Function):
         return sq.sum(dim=2), sq.sum(dim=1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_c: Tensor | None, g_n: Tensor | None):  # type: ignore[override]
         teacher, student = ctx.saved_tensors
         d = _at_least_fp32(teacher) - _at_least_fp32(student)
