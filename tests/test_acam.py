@@ -353,3 +353,19 @@ def test_second_derivative_is_refused_clearly():
     (g,) = torch.autograd.grad(sum(mod(fs, ft).values()), fs, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()
+
+
+def test_channels_last_and_strided_inputs_give_the_same_loss_and_gradient():
+    mod = make()
+    fs, ft = feats(h=6, w=5)
+    ref_fs = fs.clone().requires_grad_(True)
+    ref = mod(ref_fs, ft)
+    sum(ref.values()).backward()
+    cl_fs = fs.clone().to(memory_format=torch.channels_last).requires_grad_(True)
+    wide_t = ft.repeat_interleave(2, dim=3)[..., ::2]  # a strided view holding the teacher's values
+    assert not wide_t.is_contiguous() and torch.equal(wide_t, ft)
+    got = mod(cl_fs, wide_t)
+    sum(got.values()).backward()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key])
+    torch.testing.assert_close(cl_fs.grad, ref_fs.grad)
