@@ -369,3 +369,72 @@ def test_channels_last_and_strided_inputs_give_the_same_loss_and_gradient():
     for key in ref:
         torch.testing.assert_close(got[key], ref[key])
     torch.testing.assert_close(cl_fs.grad, ref_fs.grad)
+
+
+def test_fp16_autocast_channel_mean_does_not_overflow():
+    """Σ_hw F̂_S passes fp16's 65,504 at P3-like sizes; the channel mean is formed as a weighted mean instead."""
+    torch.manual_seed(0)
+    mod = build_loss("acam_kd", student_channels=4, teacher_channels=4, num_masks=2, align="identity")
+    fs = (torch.randn(1, 4, 128, 128) + 5.0).requires_grad_(True)  # Σ over 16,384 positions ≈ 82,000
+    ft = fs.detach() + 0.1 * torch.randn(1, 4, 128, 128)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = mod(fs, ft)
+    sum(out.values()).backward()
+    assert all(torch.isfinite(v) for v in out.values())
+    assert torch.isfinite(mod.last_masks["channel"]).all() and torch.isfinite(fs.grad).all()
+
+
+@pytest.mark.parametrize("kw", [{}, {"fusion": "teacher"}])
+def test_teacher_map_made_under_inference_mode(kw):
+    mod = build_loss("acam_kd", student_channels=4, teacher_channels=4, num_masks=2, **kw)
+    with torch.inference_mode():
+        ft = torch.randn(2, 4, 5, 5)
+    fs = torch.randn(2, 4, 5, 5, requires_grad=True)
+    sum(mod(fs, ft).values()).backward()
+    assert fs.grad is not None and torch.isfinite(fs.grad).all()
+
+
+def test_module_pickles_after_a_forward_without_its_masks():
+    import io
+
+    mod = make()
+    fs, ft = feats()
+    mod(fs, ft)
+    buf = io.BytesIO()
+    torch.save(mod, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    assert len(again.last_masks) == 0 and len(mod.last_masks) == 3  # the live module keeps its record
+    for a, b in zip(mod.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fused_refuses_a_feature_map_changed_in_place_after_the_forward():
+    mod = make(align="identity", student_channels=8)
+    fs, ft = feats(cs=8)
+    mod(fs, ft)
+    fs.mul_(2.0)  # the student map F̂_S = F_S that the record would read
+    with pytest.raises(RuntimeError, match="modified in place after the forward"):
+        mod.last_masks["fused"]
+
+
+@pytest.mark.parametrize("shape", [dict(b=1, h=1, w=1), dict(b=1, h=7, w=3), dict(b=3, h=2, w=5)])
+@pytest.mark.parametrize("kw", [dict(num_masks=1), dict(teacher_channels=7, student_channels=5),
+                                dict(fusion="teacher"), dict(align="identity", student_channels=8)])
+def test_odd_shapes_match_the_naive_formula_with_gradients(shape, kw, monkeypatch):
+    monkeypatch.setattr(acam_module, "ATTENTION_BLOCK_ELEMENTS", 2)  # as few rows per block as possible
+    mod = make(**kw)
+    fs, ft = feats(cs=mod.student_channels, ct=mod.teacher_channels, **shape)
+    fs.requires_grad_(True)
+    got = mod(fs, ft)
+    sum(got.values()).backward()
+    grads = {n: p.grad.clone() for n, p in mod.named_parameters()} | {"fs": fs.grad.clone()}
+    mod.zero_grad()
+    fs.grad = None
+    ref = naive_reference(mod, fs, ft)
+    for key in ref:
+        torch.testing.assert_close(got[key], torch.as_tensor(ref[key], dtype=got[key].dtype), rtol=1e-7, atol=1e-10)
+    sum(ref.values()).backward()
+    for n, p in mod.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-6, atol=1e-9, msg=n)
+    torch.testing.assert_close(grads["fs"], fs.grad, rtol=1e-6, atol=1e-9)

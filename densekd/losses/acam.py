@@ -204,12 +204,17 @@ class STCAFF(nn.Module):
         y, cs = _ProjectedAttention.apply(q, k, vt, 1.0 / math.sqrt(q.shape[1]), rows)
         mean = None
         if channel_mean:  # mean_hw (P V) = (1/HW) Σ_j cs_j V_j = W_v (X cs / HW) + b_v, since Σ_j cs_j = HW
-            xc = torch.bmm(x, cs.to(x.dtype).unsqueeze(2)).squeeze(2) / n
+            # weights cs / HW sum to 1: a weighted mean of X, so fp16 cannot overflow (a sum over HW could)
+            xc = torch.bmm(x, (cs / n).to(x.dtype).unsqueeze(2)).squeeze(2)
             mean = F.linear(xc, wv, bv)
         qd, kd, xd = q.detach(), k.detach(), x.detach()
         wvd, bvd = wv.detach().clone(), bv.detach().clone()  # the weights as they were at this forward
+        version = xd._version  # X may be the caller's own map (align="identity", or query="student")
 
         def fused() -> Tensor:
+            if xd._version != version:
+                raise RuntimeError("acam_kd: last_masks['fused'] cannot be computed: the feature map it reads was "
+                                   "modified in place after the forward; read it before changing the features")
             with torch.no_grad():
                 v = _affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
                 return cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
@@ -294,7 +299,8 @@ class ASCM(nn.Module):
 
 class MaskRecord(Mapping):
     """``last_masks`` of a forward: a read-only mapping of detached tensors. An entry given as a function
-    (ACAM-KD's ``"fused"``, which training never forms) is computed on first access and then kept."""
+    (ACAM-KD's ``"fused"``, which training never forms) is computed on first access and then kept; until then
+    the record holds that forward's Q, K and key/value map. Not pickled with its module (see ACAMKD)."""
 
     def __init__(self, items: dict[str, Tensor | Callable[[], Tensor]] | None = None) -> None:
         self._items = dict(items or {})
@@ -438,7 +444,9 @@ class ACAMKD(DistillLoss):
             mask of paper Table 10; no STCA-FF module is built).
         diversity: ``"both"`` (Decision: Dice(M_s) + Dice(M_c)), ``"spatial"`` or ``"none"``.
         align: ``"conv1x1"`` or ``"identity"`` (equal channels only).
-        keep_masks: store detached ``last_masks`` after each forward (for plots and logs).
+        keep_masks: store detached ``last_masks`` after each forward (for plots and logs). ``"fused"`` is
+            computed when first read; until the next forward the record holds this forward's Q, K and
+            key/value map (about two feature maps per level). ``False`` keeps nothing.
         mask_objective: how L_c + L_s trains the mask modules (STCA-FF and ASCM; align is always trained
             by L). ``"descent"`` (default, methods.md "Optimisation of the mask modules" Decision): the masks
             are part of the graph of L and descend it like the student — measured to collapse every mask
@@ -499,10 +507,18 @@ class ACAMKD(DistillLoss):
                          spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
         self.last_masks: Mapping[str, Tensor] = MaskRecord()
 
+    def __getstate__(self) -> dict:
+        # last_masks is a per-forward diagnostic (it may hold a pending computation): never pickled or saved
+        state = dict(super().__getstate__())
+        state["last_masks"] = MaskRecord()
+        return state
+
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
                 ) -> dict[str, Tensor]:
         self.check_pair(student_feat, teacher_feat)
         teacher_feat = teacher_feat.detach()
+        if teacher_feat.is_inference():  # a map made under torch.inference_mode cannot be saved for backward
+            teacher_feat = teacher_feat.clone()
         b, c, h, w = teacher_feat.shape
         # F̂_S as [B, C, HW]; every use below reads this one tensor, so its gradients accumulate in one buffer
         s_hat = pointwise(self.align, student_feat.flatten(2))
