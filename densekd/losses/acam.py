@@ -57,8 +57,7 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     q, k and v have the same last dimension. With d_v = h·d_qk (the paper's C vs C/2: h = 2) V is split
     into h heads of width d_qk that share Q and K (``expand``: a view, no copy) in one SDPA call. Any other
     ratio falls back to zero-padding Q and K up to d_v, which leaves every dot product unchanged. The scale
-    stays 1/√d_qk. (Measured at COCO P3 on CPU: one call on expanded heads peaked lower than one call per
-    head on slices or splits of V.)
+    stays 1/√d_qk.
     """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = 1.0 / math.sqrt(d_qk)
@@ -82,9 +81,11 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
 
 
-#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU (measured at
-#: COCO P3: as fast as 16 MiB blocks, at half their memory); 64 MiB on other devices, where fewer and larger
-#: products keep kernel launches few (about 34 blocks at P3; not measured: no GPU was available here).
+#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
+#: COCO P3 (``python benchmarks/acam_memory_trace.py blocks --elements 20 21 22 23 --repeats 3``): 2^20 / 2^21 /
+#: 2^22 / 2^23 took 10.3 / 8.2 / 7.7 / 8.4 s and peaked at 4.6 / 5.1 / 6.1 / 8.0 feature maps. 64 MiB on other
+#: devices, where fewer and larger products keep kernel launches few (34 blocks at P3; a choice, not measured:
+#: no GPU was available here).
 ATTENTION_BLOCK_ELEMENTS = 2**21
 ATTENTION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
 
@@ -182,10 +183,11 @@ class STCAFF(nn.Module):
         return fused.view(b, c, h, w)
 
     def project(self, teacher: Tensor, student_aligned: Tensor, hw: tuple[int, int], spatial_units: Tensor | None,
-                channel_mean: bool) -> tuple[Tensor | None, Tensor | None, Callable[[], Tensor]]:
+                channel_mean: bool, keep_fused: bool = True
+                ) -> tuple[Tensor | None, Tensor | None, Callable[[], Tensor] | None]:
         """ASCM's two reads of F_fuse, computed without F_fuse, from F_T and F̂_S flattened to [B, C, HW]:
-        (S_s Z [B, M, HW] or None, mean_hw F_fuse [B, C] or None, a function that returns F_fuse itself
-        [B, C, H, W] when called).
+        (S_s Z [B, M, HW] or None, mean_hw F_fuse [B, C] or None, and with ``keep_fused`` a function that
+        returns F_fuse itself [B, C, H, W] when called, else None).
 
         Both reads are linear in F_fuse = P V, so they move inside the attention (associativity):
         S_s Z = (S_s W_v) X Pᵀ + (S_s b_v) 1ᵀ Pᵀ and mean_hw F_fuse = W_v X (Pᵀ1) / HW + b_v (rows of P sum
@@ -207,6 +209,9 @@ class STCAFF(nn.Module):
             # weights cs / HW sum to 1: a weighted mean of X, so fp16 cannot overflow (a sum over HW could)
             xc = torch.bmm(x, (cs / n).to(x.dtype).unsqueeze(2)).squeeze(2)
             mean = F.linear(xc, wv, bv)
+        spatial = y if spatial_units is not None else None
+        if not keep_fused:
+            return spatial, mean, None
         qd, kd, xd = q.detach(), k.detach(), x.detach()
         wvd, bvd = wv.detach().clone(), bv.detach().clone()  # the weights as they were at this forward
         version = xd._version  # X may be the caller's own map (align="identity", or query="student")
@@ -219,15 +224,16 @@ class STCAFF(nn.Module):
                 v = _affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
                 return cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
 
-        return (y if spatial_units is not None else None), mean, fused
+        return spatial, mean, fused
 
 
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """weight · x + bias for x [B, C_in, N], weight [C_out, C_in]: [B, C_out, N] in one batched matmul.
 
-    Measured at COCO P3 on CPU: baddbmm on expanded (uncopied) weights reads x in place and its backward
-    allocates only the gradient, where ``conv2d`` 1×1 allocates two more feature-sized buffers in backward
-    and ``matmul`` of [C_out, C_in] with [B, C_in, N] keeps a transposed copy of x.
+    Measured at COCO P3 on CPU (``python benchmarks/acam_memory_trace.py maps`` and ``nodes [--conv-maps]``):
+    ``matmul`` of [C_out, C_in] with [B, C_in, N] keeps a transposed copy of x (5.0 feature maps at its peak
+    against 4.0 for this form and for ``conv2d``); in the whole ACAM-KD step, ``conv2d`` 1×1 maps raise the
+    peak from 5.08 to 5.52 feature maps (its backward is the step's peak).
     """
     b, _, n = x.shape
     w = weight.to(x.dtype).expand(b, -1, -1)
@@ -517,8 +523,6 @@ class ACAMKD(DistillLoss):
                 ) -> dict[str, Tensor]:
         self.check_pair(student_feat, teacher_feat)
         teacher_feat = teacher_feat.detach()
-        if teacher_feat.is_inference():  # a map made under torch.inference_mode cannot be saved for backward
-            teacher_feat = teacher_feat.clone()
         b, c, h, w = teacher_feat.shape
         # F̂_S as [B, C, HW]; every use below reads this one tensor, so its gradients accumulate in one buffer
         s_hat = pointwise(self.align, student_feat.flatten(2))
@@ -527,11 +531,11 @@ class ACAMKD(DistillLoss):
         # mask_objective != "descent": the mask path reads a detached F̂_S (the student learns from D only)
         s_for_masks = s_hat if self.mask_objective == "descent" else s_hat.detach()
         self.last_masks = MaskRecord()  # the previous forward's record (and what it holds) is let go first
-        fused: Tensor | Callable[[], Tensor]
+        fused: Tensor | Callable[[], Tensor] | None  # None only when nothing is kept
         if self.fusion is not None and self.ascm.z_norm == "none":
             # STCA-FF + ASCM without forming F_fuse (see STCAFF.project); the same values as the explicit path
             logits, mean, fused = self.fusion.project(t_flat, s_for_masks, (h, w), self.ascm.spatial_units,
-                                                      self.ascm.channel_units is not None)
+                                                      self.ascm.channel_units is not None, self.keep_masks)
             m_c, m_s = self.ascm.masks_from(logits, mean)
         else:  # fusion="teacher", or z_norm="spatial" (needs all of F_fuse)
             fused = (self.fusion(teacher_feat, s_for_masks.view(b, c, h, w)) if self.fusion is not None
@@ -558,6 +562,7 @@ class ACAMKD(DistillLoss):
             out["loss_div"] = self.lambda_div * div
 
         if self.keep_masks:
+            assert fused is not None
             kept: dict[str, Tensor | Callable[[], Tensor]] = {"fused": fused}  # a function: F_fuse on first access
             if m_c is not None:
                 kept["channel"] = m_c.detach()

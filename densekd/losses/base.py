@@ -73,6 +73,20 @@ class DistillContext:
         return self.boxes * scale
 
 
+def _teacher_out_of_inference_mode(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Every loss's forward pre-hook: a teacher map made under ``torch.inference_mode`` (how a frozen teacher
+    is best run) cannot be saved for backward, so it is cloned into a normal tensor first. The Distiller
+    already hands over clones; this covers losses called directly."""
+    if torch.is_inference_mode_enabled():
+        return None
+    if len(args) > 1 and isinstance(args[1], Tensor) and args[1].is_inference():
+        return (args[0], args[1].clone(), *args[2:]), kwargs
+    t = kwargs.get("teacher_feat")
+    if isinstance(t, Tensor) and t.is_inference():
+        return args, {**kwargs, "teacher_feat": t.clone()}
+    return None
+
+
 class DistillLoss(nn.Module):
     """Base class: holds the channel counts and builds the student→teacher aligner.
 
@@ -89,6 +103,7 @@ class DistillLoss(nn.Module):
             )
         self.student_channels = int(student_channels)
         self.teacher_channels = int(teacher_channels)
+        self.register_forward_pre_hook(_teacher_out_of_inference_mode, with_kwargs=True)
         if align == "conv1x1":
             self.align: nn.Module = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
         elif align == "identity":
