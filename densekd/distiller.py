@@ -107,6 +107,8 @@ class Distiller(nn.Module):
         context_module: name of a student module whose output is ``(ImageList, targets)`` (torchvision's
             ``transform``), used to get boxes in the network's own input coordinates. Found automatically
             for torchvision detectors.
+        ignore_index: the label of unlabelled pixels in segmentation targets, handed to the losses as
+            ``context.ignore_index`` (the engine passes the task's ``data.ignore_index``).
     """
 
     def __init__(
@@ -117,8 +119,10 @@ class Distiller(nn.Module):
         task_loss: Callable[[Any, Any], Tensor | Mapping[str, Tensor]] | None = None,
         example_inputs: Sequence[Any] | None = None,
         context_module: str | None = None,
+        ignore_index: int = 255,
     ) -> None:
         super().__init__()
+        self.ignore_index = int(ignore_index)
         if not pairs:
             raise ConfigError("Distiller needs at least one distillation pair")
         self.student = student
@@ -257,6 +261,7 @@ class Distiller(nn.Module):
                 ctx.image_size = size
         elif isinstance(targets, Tensor):
             ctx.masks = targets
+            ctx.ignore_index = self.ignore_index
             ctx.image_size = tuple(targets.shape[-2:])
         elif isinstance(targets, Sequence) and targets and isinstance(targets[0], Mapping) and "boxes" in targets[0]:
             x = inputs[0]

@@ -197,7 +197,7 @@ def test_cli_unknown_method_exits_2(tmp_path, capsys):
 # --------------------------------------------------------------------------- every method, both tasks
 def test_every_registered_method_runs_on_both_tasks_or_fails_clearly():
     """One Distiller step per method with the task's default pairs; the documented exceptions fail with one
-    ConfigError line (fgd: detection only; hinton_kd: segmentation only)."""
+    ConfigError line (fgd: detection only; hinton_kd, cirkd: segmentation only)."""
     import warnings as w
 
     from densekd import Distiller, available_losses
@@ -221,9 +221,10 @@ def test_every_registered_method_runs_on_both_tasks_or_fails_clearly():
     boxes = [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1])} for _ in range(2)]
     x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
     expected_fail = {("fgd", "segmentation"): "needs ground-truth boxes",
-                     ("hinton_kd", "detection"): "runs on segmentation only"}
+                     ("hinton_kd", "detection"): "runs on segmentation only",
+                     ("cirkd", "detection"): "runs on segmentation only"}
     methods = [m for m in available_losses() if not m.startswith("test_")]
-    assert {"acam_kd", "samkd", "maskd", "fgd", "hinton_kd"} <= set(methods)
+    assert {"acam_kd", "samkd", "maskd", "fgd", "hinton_kd", "cirkd"} <= set(methods)
     for m in methods:
         for task, mc, s, t, inp, tgt in [(det, dm, ds, dt, (imgs,), boxes), (seg, sm, ss, st, (x,), y)]:
             if (m, task.name) in expected_fail:

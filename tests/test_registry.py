@@ -48,7 +48,8 @@ def test_every_loss_takes_a_teacher_map_made_under_inference_mode(name, as_kwarg
     from densekd import DistillContext
 
     torch.manual_seed(0)
-    mod = build_loss(name, student_channels=4, teacher_channels=4)
+    extra = {"cirkd": {"num_classes": 3, "pixel_memory_size": 32, "region_memory_size": 4}}  # one queue per class
+    mod = build_loss(name, student_channels=4, teacher_channels=4, **extra.get(name, {}))
     if getattr(mod, "needs_preparation", False):
         mod.tokens_fitted.fill_(True)  # MasKD: skip its stage-1 warning; the masks need no fitting here
     with torch.inference_mode():
@@ -56,6 +57,7 @@ def test_every_loss_takes_a_teacher_map_made_under_inference_mode(name, as_kwarg
     fs = torch.randn(2, 4, 6, 6, requires_grad=True)
     ctx = DistillContext(boxes=torch.tensor([[[0.0, 0.0, 3.0, 3.0]]] * 2), box_valid=torch.ones(2, 1, dtype=torch.bool),
                          labels=torch.zeros(2, 1, dtype=torch.long), image_size=(6, 6),
+                         masks=torch.randint(0, 3, (2, 6, 6)),
                          aux={"logits": (torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(2, 3, 6, 6))})
     out = mod(fs, teacher_feat=ft, context=ctx) if as_kwarg else mod(fs, ft, ctx)
     sum(out.values()).backward()

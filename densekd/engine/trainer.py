@@ -154,7 +154,8 @@ class Trainer:
             inputs, _ = self.task.model_inputs(example)
             try:
                 self.model: nn.Module = Distiller(student, teacher, build_pairs(cfg, self.task),
-                                                  task_loss=self.task.task_loss(), example_inputs=inputs)
+                                                  task_loss=self.task.task_loss(), example_inputs=inputs,
+                                                  ignore_index=getattr(self.task, "ignore_index", 255))
             except TypeError as e:  # build_loss(...) with a keyword the method does not take
                 if str(e).startswith("build_loss("):
                     raise ConfigError(f"distill.kwargs: {e}") from None

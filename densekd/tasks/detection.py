@@ -80,8 +80,12 @@ class DetectionDataConfig:
         det._check_choice(self.label_map, ("contiguous", "category_id"), f"{prefix}.label_map")
 
 
-#: registered methods that cannot run on detection
-SEGMENTATION_ONLY = ("hinton_kd",)
+#: registered methods that cannot run on detection, with the reason given in the error
+SEGMENTATION_ONLY = {
+    "hinton_kd": "distils softmax class scores per pixel; the detection heads here score anchors with sigmoids",
+    "cirkd": "relates pixel embeddings by their ground-truth classes (per-class memory bank, region pooling) "
+             "and distils per-pixel class logits, which detection data and heads do not give",
+}
 
 
 class DetectionTask:
@@ -119,10 +123,10 @@ class DetectionTask:
         ``samkd`` (with its logit term, the default) also gets ``aux={"logits": ...}``: the per-level
         classification logits of RetinaNet / FCOS (``head.classification_head.cls_logits``, one call per
         level, [B, A·K, H, W]); Faster R-CNN has no dense class logits → SFD only needs
-        ``distill.kwargs.use_logits: false``. ``hinton_kd`` (softmax class scores) is segmentation-only."""
+        ``distill.kwargs.use_logits: false``. ``hinton_kd`` (softmax class scores) and ``cirkd`` (class-wise
+        pixel relations) are segmentation-only."""
         if method in SEGMENTATION_ONLY:
-            raise ConfigError(f"distill.method: {method} distils softmax class scores per pixel; the detection "
-                              f"heads here score anchors with sigmoids — it runs on segmentation only")
+            raise ConfigError(f"distill.method: {method} {SEGMENTATION_ONLY[method]} — it runs on segmentation only")
         aux: dict[str, tuple[str, str]] = {}
         if method == "samkd" and method_kwargs.get("use_logits", True):
             archs = {model_cfg.student.arch} | ({model_cfg.teacher.arch} if model_cfg.teacher else set())

@@ -15,7 +15,8 @@ YAML sections (validated by :class:`SegModelConfig` and :class:`SegDataConfig`):
 Distillation points (``default_pairs``): the logits before upsampling (module ``classifier``), and with
 ``distill_decoder: true`` the decoder feature (module ``decoder``). For ``acam_kd`` the number of masks M is
 the number of classes (methods.md, ACAM-KD "ASCM": M = number of classes for segmentation) unless the
-method's kwargs set ``num_masks``.
+method's kwargs set ``num_masks``. ``cirkd`` distils the embedding before the classifier (``decoder``) with
+the logits (``classifier``) alongside.
 """
 from __future__ import annotations
 
@@ -137,6 +138,15 @@ class SegDataConfig:
 # --------------------------------------------------------------------------- helpers
 #: registered methods that cannot run on segmentation (they need GT boxes)
 NEEDS_BOXES = ("fgd",)
+#: methods distilled on the embedding (the last feature before the classifier) with the logits as ``aux``
+EMBEDDING_AND_LOGITS = ("cirkd",)
+
+
+def _embedding_module(arch: str) -> str:
+    """The last feature before the 1×1 classifier: ``decoder`` (DeepLabV3 ASPP / PSPNet PPM + 3×3 conv–BN–ReLU,
+    CIRKD's ``x_feat_after_aspp``), ``head`` for TinySegNet (its 3×3 conv–BN–ReLU before the classifier)."""
+    return "head" if arch == "tiny" else "decoder"
+
 
 
 def _accepts(method: str, name: str) -> bool:
@@ -274,13 +284,20 @@ class SegmentationTask:
 
     def default_pairs(self, model_cfg: SegModelConfig, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
         """Logits before upsampling (``classifier``); with ``model.distill_decoder`` also ``decoder``.
-        methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes)."""
+        methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes).
+        ``cirkd``: one pair on the embedding (``decoder``; ``head`` for arch tiny) with the logits as
+        ``aux["logits"]`` and ``num_classes`` from the student."""
         kwargs = dict(method_kwargs)
         if method in NEEDS_BOXES:
             raise ConfigError(f"distill.method: {method} needs ground-truth boxes, which segmentation data has "
                               f"not; it runs on detection only")
         if _accepts(method, "num_masks"):  # acam_kd, its variants, maskd: M = number of classes
             kwargs.setdefault("num_masks", model_cfg.student.num_classes)
+        if method in EMBEDDING_AND_LOGITS:  # cirkd: one pair, embedding + logits (distill_decoder is moot)
+            kwargs.setdefault("num_classes", model_cfg.student.num_classes)
+            teacher = model_cfg.teacher or model_cfg.student
+            return [Pair(_embedding_module(model_cfg.student.arch), _embedding_module(teacher.arch), loss=method,
+                         kwargs=kwargs, aux={"logits": ("classifier", "classifier")})]
         logits_aux = {"logits": ("classifier", "classifier")} if method == "samkd" else {}
         pairs = [Pair("classifier", loss=method, kwargs=dict(kwargs), aux=dict(logits_aux))]
         if model_cfg.distill_decoder:
