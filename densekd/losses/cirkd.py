@@ -142,10 +142,10 @@ def minibatch_pixel_relation_loss(student_feat: Tensor, teacher_feat: Tensor, ta
     t = F.normalize(teacher_feat.detach().float().flatten(2), dim=1)  # [B, C_t, A]
     a = s.shape[2]
     total = s.new_zeros(())
-    for i in range(b):
-        s_ij = torch.einsum("ca,bcq->baq", s[i], s) / tau  # eq. (2): S_S^{ij}, all j at once  [B, A, A]
+    for i in range(b):  # 1/τ scales the anchor image's [C, A] map, not the [B, A, A] products
+        s_ij = torch.einsum("ca,bcq->baq", s[i] / tau, s)  # eq. (2): S_S^{ij}/τ, all j at once  [B, A, A]
         with torch.no_grad():
-            t_ij = torch.einsum("ca,bcq->baq", t[i], t) / tau
+            t_ij = torch.einsum("ca,bcq->baq", t[i] / tau, t)
         total = total + _kl_rows(t_ij, s_ij).sum() / a  # eq. (3): batchmean over the A rows, per pair
     return total / (b * b)
 
@@ -335,9 +335,10 @@ class CIRKD(DistillLoss):
     def _memory_relation(self, s_anchor: Tensor, t_anchor: Tensor, contrast: Tensor) -> Tensor:
         """Eq. (6)/(7): KL of the anchors' softmax similarity to the contrast set, batchmean, × T_c²."""
         tc, tau = self.contrast_kd_temperature, self.contrast_temperature
-        t_logits = t_anchor @ contrast.t() / tau
-        s_logits = s_anchor @ contrast.t() / tau
-        return _kl_rows(t_logits / tc, s_logits / tc).mean() * tc**2
+        scale = 1.0 / (tau * tc)  # on the [N, C] anchors, not on the [N, |V|] logits
+        t_logits = (t_anchor * scale) @ contrast.t()
+        s_logits = (s_anchor * scale) @ contrast.t()
+        return _kl_rows(t_logits, s_logits).mean() * tc**2
 
     # ------------------------------------------------------------------ forward
     def _labels_at(self, context: DistillContext | None, b: int, hw: tuple[int, int]) -> Tensor:
