@@ -4,7 +4,9 @@
         --methods baseline fitnet acam_kd --seeds 3 --out runs/compare/digits
 
 ``key=value`` overrides (applied to every run) go right after CONFIG or at the end of ``--methods``
-(argparse takes no positionals after other options such as ``--out``).
+(argparse takes no positionals after other options such as ``--out``). A config may carry its own plan in a
+``compare:`` section (methods, seeds, per-method ``set`` and ``kwargs``), so ``densekd compare CONFIG`` runs the
+whole table (configs/compare/digits_methods.yaml).
 
 Each run is ``densekd.train(CONFIG, overrides + [distill.method=<m>, seed=<s>, output_dir=<out>/<m>/seed<s>])``;
 the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill=null``). When the method
@@ -443,9 +445,11 @@ def write_outputs(rows: Sequence[MethodStats], out: str, metrics: Sequence[str],
 def add_subparser(sub) -> None:
     p = sub.add_parser("compare", help="train every method × seed and tabulate mean ± std")
     p.add_argument("config", help="YAML config (its distill section gives the teacher/pairs; method is replaced)")
-    p.add_argument("--methods", nargs="+", required=True,
-                   help=f"registered loss names, or {' / '.join(BASELINE_NAMES)} for the plain student")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"registered loss names, or {' / '.join(BASELINE_NAMES)} for the plain student "
+                        "(default: the config's compare.methods)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1); default: the config's "
+                                                           "compare.seeds, else 3")
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/compare)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric columns (default: all scalar metrics)")
     p.add_argument("--kwargs", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
@@ -464,16 +468,39 @@ def split_methods(methods: Sequence[str], overrides: Sequence[str]) -> tuple[lis
     return [m for m in methods if "=" not in m], list(overrides) + [m for m in methods if "=" in m]
 
 
+def plan_from_config(config: str | Mapping[str, Any], overrides: Sequence[str] = ()) -> Any:
+    """The config's ``compare:`` section (:class:`densekd.config.CompareConfig`), or None."""
+    from .config import CompareConfig, from_dict
+
+    section = _raw_config(config, overrides).get("compare")
+    return None if section is None else from_dict(CompareConfig, section, "compare")
+
+
 def _run_cli(args) -> int:
-    args.methods, args.overrides = split_methods(args.methods, args.overrides)
+    methods, args.overrides = split_methods(args.methods or [], args.overrides)
     # argparse puts overrides that follow --set into its list: a plain KEY=VALUE has no METHOD: before the key
     plain = [x for x in args.method_set if ":" not in x.split("=", 1)[0]]
     args.method_set = [x for x in args.method_set if x not in plain]
     args.overrides = list(args.overrides) + plain
+    if methods:
+        check_methods(methods)  # before reading the config: a misspelt method is the first thing to say
+    plan = plan_from_config(args.config, args.overrides)
+    args.methods = methods or (list(plan.methods) if plan is not None else [])
+    if not args.methods:
+        raise ConfigError("--methods: expected at least one method name (or a compare.methods list in the config)")
+    if args.seeds is None:
+        args.seeds = plan.seeds if plan is not None else 3
     if args.seeds < 1:
         raise ConfigError(f"--seeds: expected a positive count, got {args.seeds}")
     kwargs = parse_method_kwargs(args.kwargs, args.methods)
     method_set = parse_method_set(args.method_set, args.methods)
+    if plan is not None:  # the config's plan first, the command line's additions after (so they win)
+        for m, ov in plan.set.items():
+            if m in args.methods:
+                method_set[m] = list(ov) + method_set.get(m, [])
+        for m, kw in plan.kwargs.items():
+            if m in args.methods:
+                kwargs[m] = {**kw, **kwargs.get(m, {})}
     rows, results = compare_runs(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
                                  method_kwargs=kwargs, method_set=method_set)
     metrics = list(rows[0].stats) if rows else []

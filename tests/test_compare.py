@@ -236,6 +236,34 @@ def test_segmentation_compare_via_cli(toy_seg, tmp_path, capsys):
     assert cfg["distill"]["kwargs"] == {"scales": [1, 2]}  # --kwargs reach their method only
 
 
+def test_compare_plan_in_the_config(toy_seg, tmp_path, capsys):
+    """A config's compare: section is the whole plan; the command line replaces methods/seeds and adds --set."""
+    import yaml
+
+    conf = seg_config(toy_seg, tmp_path / "o")
+    conf["compare"] = {"methods": ["baseline", "hinton_kd"], "seeds": 1,
+                       "set": {"hinton_kd": ["distill.weight=0.25", "train.max_iters=2"]}}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "cmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random teacher
+        assert main(["compare", str(path), "train.max_iters=1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| baseline | 1 |" in printed and "| hinton_kd | 1 |" in printed and "mIoU gain (paired)" in printed
+    hk = yaml.safe_load(open(out / "hinton_kd" / "seed0" / "config.yaml"))
+    assert hk["distill"]["weight"] == 0.25 and hk["train"]["max_iters"] == 2  # a method's own setting wins
+    assert yaml.safe_load(open(out / "baseline" / "seed0" / "config.yaml"))["train"]["max_iters"] == 1
+    conf["compare"] = {"methods": ["baseline"], "set": {"mgd": ["distill.weight=1"]}}
+    path.write_text(yaml.safe_dump(conf))
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    assert "compare.set: ['mgd'] are not among compare.methods ['baseline']" in capsys.readouterr().err
+    del conf["compare"]
+    path.write_text(yaml.safe_dump(conf))
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    assert "--methods: expected at least one method name (or a compare.methods list" in capsys.readouterr().err
+
+
 def test_cli_unknown_method_exits_2(tmp_path, capsys):
     rc = main(["compare", "nonexistent.yaml", "--methods", "nope"])
     assert rc == 2
