@@ -61,11 +61,12 @@ def coco_to_yolo(annotations: str | os.PathLike[str], image_dir: str | os.PathLi
 
 
 def write_data_yaml(out_root: str | os.PathLike[str], names: Mapping[int, str], splits: list[str]) -> Path:
-    """``out_root/data.yaml`` with an absolute ``path`` (so it works from any working directory)."""
+    """``out_root/data.yaml`` with absolute paths, so it works from any working directory (Ultralytics resolves
+    only ``train``/``val``/``test`` against ``path``; other splits, such as ``dev``, against the working directory)."""
     out_root = Path(out_root).resolve()
     data: dict[str, Any] = {"path": str(out_root)}
     for s in splits:
-        data[s] = f"images/{s}"
+        data[s] = str(out_root / "images" / s)
     data["names"] = {int(k): str(v) for k, v in names.items()}
     path = out_root / "data.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

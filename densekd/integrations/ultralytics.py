@@ -182,8 +182,8 @@ def _check_data(data: Any, split: str) -> str:
     for key in ("train", split):
         entries = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
         for e in entries:
-            q = Path(str(e))
-            q = q if q.is_absolute() else root / q
+            q = Path(str(e))  # Ultralytics resolves train/val/test/minival against `path`, other keys against cwd
+            q = q if q.is_absolute() or key not in ("train", "val", "test", "minival") else root / q
             if not q.exists():
                 raise ConfigError(f"data '{s}': {key} images '{q}' not found (densekd does not download datasets)")
     return s
@@ -671,6 +671,14 @@ def _check_train_args(args: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _add_callbacks(trainer: Any, callbacks: Mapping[str, Sequence[Callable[[Any], None]]] | None) -> None:
+    for event, fns in (callbacks or {}).items():
+        if event not in trainer.callbacks:
+            raise ConfigError(f"callbacks: unknown Ultralytics event {event!r}; events: {', '.join(trainer.callbacks)}")
+        for fn in fns:
+            trainer.add_callback(event, fn)
+
+
 def read_kd_entry(path: str | Path) -> dict[str, Any]:
     """The ``"densekd"`` entry of a checkpoint written by :class:`DistillationTrainer` (one line if absent)."""
     p = _local_file(path, "resume")
@@ -685,14 +693,15 @@ def read_kd_entry(path: str | Path) -> dict[str, Any]:
 def distill_yolo(student: str | Path | None = None, teacher: Any = None, data: str | Path | None = None,
                  method: str = "acam_kd", pairs: Sequence[Any] | None = None, weight: float = 1.0,
                  method_kwargs: Mapping[str, Any] | None = None, resume: str | Path | None = None,
-                 check: bool = True, **train_args: Any) -> DistillationTrainer:
+                 check: bool = True, callbacks: Mapping[str, Sequence[Callable[[Any], None]]] | None = None,
+                 **train_args: Any) -> DistillationTrainer:
     """Distil ``student`` (a model YAML such as ``"yolov8n.yaml"``, or a ``.pt`` to fine-tune) from ``teacher``
     (a trained detection ``.pt``) on ``data`` (an Ultralytics data YAML) with densekd's ``method``.
 
     ``train_args`` are Ultralytics' train arguments (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``, ...).
     ``resume="…/weights/last.pt"`` continues an interrupted run: teacher, method and pairs come from the
-    checkpoint (``teacher=`` overrides the path if it moved). Returns the finished trainer (``.best``,
-    ``.last``, ``.metrics``, ``.kd_check``).
+    checkpoint (``teacher=`` overrides the path if it moved). ``callbacks``: ``{event: [fn(trainer), ...]}`` added
+    to Ultralytics' callbacks. Returns the finished trainer (``.best``, ``.last``, ``.metrics``, ``.kd_check``).
     """
     if "distill_model" in train_args:
         raise ConfigError("distill_model= is Ultralytics' own distillation; pass the teacher as teacher=")
@@ -723,11 +732,14 @@ def distill_yolo(student: str | Path | None = None, teacher: Any = None, data: s
             overrides = {**args, "model": _check_student(student),
                          "data": _check_data(data, args.get("split") or "val")}
         trainer = DistillationTrainer(overrides=overrides, kd=kd)
+        _add_callbacks(trainer, callbacks)
         trainer.train()
     return trainer
 
 
-def train_yolo(model: str | Path, data: str | Path, **train_args: Any) -> OfflineDetectionTrainer:
+def train_yolo(model: str | Path, data: str | Path,
+               callbacks: Mapping[str, Sequence[Callable[[Any], None]]] | None = None,
+               **train_args: Any) -> OfflineDetectionTrainer:
     """Plain Ultralytics detection training (teachers, baselines, or Ultralytics' own ``distill_model=``), with
     the same offline guarantees as :func:`distill_yolo`. Returns the finished trainer."""
     args = _check_train_args(train_args)
@@ -737,5 +749,6 @@ def train_yolo(model: str | Path, data: str | Path, **train_args: Any) -> Offlin
             load_yolo(args["distill_model"], "distill_model")
             overrides["distill_model"] = str(_local_file(args["distill_model"], "distill_model"))
         trainer = OfflineDetectionTrainer(overrides=overrides)
+        _add_callbacks(trainer, callbacks)
         trainer.train()
     return trainer
