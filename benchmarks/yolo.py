@@ -30,9 +30,11 @@ DATA = ROOT / "data"
 TEACHER = ROOT / "teacher" / "weights" / "best.pt"
 
 #: the one schedule every student run uses (chosen on dev, see yolo.md)
-SCHEDULE = dict(epochs=12, imgsz=64, batch=16, nbs=16, optimizer="AdamW", lr0=0.002, warmup_epochs=1,
-                close_mosaic=3, workers=0, val=False, plots=False, verbose=False, exist_ok=True, deterministic=True)
-TEACHER_SCHEDULE = dict(SCHEDULE, epochs=20)
+SCHEDULE = dict(epochs=10, fraction=0.5, imgsz=64, batch=16, nbs=16, optimizer="AdamW", lr0=0.002,
+                warmup_epochs=1, close_mosaic=3, workers=0, val=False, plots=False, verbose=False, exist_ok=True,
+                deterministic=True)
+#: the teacher: YOLOv8s on the whole train split (students see its first half: fraction=0.5)
+TEACHER_SCHEDULE = dict(SCHEDULE, epochs=20, fraction=1.0)
 DATA_SIZES = dict(n_train=256, n_dev=128, n_val=128)
 
 

@@ -118,11 +118,9 @@ def load_yolo(x: Any, role: str) -> nn.Module:
             model = load_checkpoint(path)[0]
         except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
             raise ConfigError(f"{role} '{x}' is not a readable Ultralytics checkpoint: {str(e).splitlines()[0]}") from None
-    elif isinstance(getattr(x, "model", None), nn.Module) and not isinstance(x, nn.Sequential) and \
-            not isinstance(getattr(x, "model"), nn.Sequential):  # ultralytics.YOLO
-        model = x.model
     elif isinstance(x, nn.Module):
-        model = x
+        inner = getattr(x, "model", None)  # ultralytics.YOLO holds its DetectionModel in .model; a model, its layers
+        model = inner if isinstance(inner, nn.Module) and not isinstance(inner, nn.Sequential) else x
     else:
         raise ConfigError(f"{role} must be a .pt path, a YOLO object or a DetectionModel, got {type(x).__name__}")
     _check_detector(model, role, x)
