@@ -123,27 +123,67 @@ def cmd_ratios(a: argparse.Namespace) -> None:
     import torch
 
     from densekd.integrations import _ultralytics_offline as offline
-    from densekd.integrations.ultralytics import (DistillationTrainer, OfflineDetectionTrainer, YOLOKDConfig,
-                                                  first_batch, kd_task_ratio_check)
+    from densekd.integrations.ultralytics import first_batch, kd_task_ratio_check
 
     for method in a.methods:
-        over = {**SCHEDULE, "model": a.student, "data": str(DATA / "data.yaml"), "split": "dev", "seed": 0,
-                "project": str((ROOT / "ratios").resolve()), "name": method}
         with offline.offline():
+            tr = _trainer(method, a.student)
             if method == "ultralytics":
-                tr = OfflineDetectionTrainer(overrides={**over, "distill_model": str(TEACHER)})
-                tr._setup_train()
                 with torch.no_grad():
                     _, items = tr.model(first_batch(tr))
                 kd = float(items.pop("dis_loss"))
                 task = float(sum(float(v) for v in items.values()))
                 r = {"task_loss": task, "kd_loss": kd, "kd_task_ratio": kd / task, "weight": tr.args.dis}
             else:
-                tr = DistillationTrainer(overrides=over, kd=YOLOKDConfig(teacher=str(TEACHER), method=method,
-                                                                         check=False))
-                tr._setup_train()
                 r = {**kd_task_ratio_check(tr), "weight": 1.0}
         print(json.dumps({"method": method, **r}))
+
+
+def _trainer(method: str, student: str):
+    """A set-up trainer (model, optimizer, loaders) for ``method`` on the benchmark's data and schedule."""
+    from densekd.integrations.ultralytics import (DistillationTrainer, OfflineDetectionTrainer, YOLOKDConfig)
+
+    over = {**SCHEDULE, "model": student, "data": str(DATA / "data.yaml"), "split": "dev", "seed": 0,
+            "project": str((ROOT / "setup").resolve()), "name": method}
+    if method == "plain":
+        tr = OfflineDetectionTrainer(overrides=over)
+    elif method == "ultralytics":
+        tr = OfflineDetectionTrainer(overrides={**over, "distill_model": str(TEACHER)})
+    else:
+        tr = DistillationTrainer(overrides=over, kd=YOLOKDConfig(teacher=str(TEACHER), method=method, check=False))
+    tr._setup_train()
+    return tr
+
+
+def cmd_speed(a: argparse.Namespace) -> None:
+    """Seconds per training step (forward, backward, optimizer step) of every method in ONE process, on one fixed
+    batch, methods interleaved round by round; median per method and its ratio to plain."""
+    import torch
+
+    from densekd.integrations import _ultralytics_offline as offline
+    from densekd.integrations.ultralytics import first_batch
+
+    with offline.offline():
+        trainers = {m: _trainer(m, a.student) for m in a.methods}
+        batches = {m: first_batch(tr) for m, tr in trainers.items()}
+        times: dict[str, list[float]] = {m: [] for m in a.methods}
+        for r in range(a.warmup + a.rounds):
+            for m, tr in trainers.items():
+                t0 = time.perf_counter()
+                for _ in range(a.steps):
+                    loss, _ = tr.model(dict(batches[m]))
+                    loss.sum().backward()
+                    tr.optimizer.step()
+                    tr.optimizer.zero_grad()
+                if r >= a.warmup:
+                    times[m].append((time.perf_counter() - t0) / a.steps)
+    base = statistics.median(times["plain"]) if "plain" in times else math.nan
+    print(f"| method | s/step (median of {a.rounds} rounds × {a.steps} steps) | × plain |")
+    print("|---|---|---|")
+    for m, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {m} | {med:.4f} | {med / base:.2f}× |")
+    print(f"\nbatch {SCHEDULE['batch']} at {SCHEDULE['imgsz']} px, torch threads {torch.get_num_threads()}")
 
 
 def _fmt(xs: list[float], scale: float = 100.0) -> str:
@@ -171,7 +211,8 @@ def cmd_table(a: argparse.Namespace) -> None:
         gains = [by_seed[s]["map50_95"] - plain[s]["map50_95"] for s in seeds if s in plain]
         gain = "—" if method == "plain" or not gains else _fmt(gains)
         label = method + (f" ({', '.join(kw)})" if kw else "")
-        w = "—" if weight is None else f"{weight:g}"
+        default = {"plain": None, "ultralytics": 6.0}.get(method, 1.0)  # dis=6 / pair weight 1 when not given
+        w = "—" if method == "plain" else f"{weight if weight is not None else default:g}"
         print(f"| {label} | {w} | {len(seeds)} | {_fmt(m)} | {_fmt(m50)} | {gain} | {sp:.2f} | {sp / base_s:.2f}× |")
 
 
@@ -199,6 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     ra.add_argument("--methods", nargs="+", default=["ultralytics", "acam_kd", "mgd", "cwd", "fitnet"])
     ra.add_argument("--student", default="yolov8n.yaml")
     ra.set_defaults(func=cmd_ratios)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--methods", nargs="+", default=["plain", "ultralytics", "acam_kd", "mgd", "cwd", "fitnet"])
+    sp.add_argument("--student", default="yolov8n.yaml")
+    sp.add_argument("--steps", type=int, default=5)
+    sp.add_argument("--rounds", type=int, default=5)
+    sp.add_argument("--warmup", type=int, default=1)
+    sp.set_defaults(func=cmd_speed)
     tb = sub.add_parser("table")
     tb.add_argument("results")
     tb.add_argument("--split", default="val")
