@@ -3,10 +3,11 @@
     densekd yolo data DIR [--n-train 512 --n-val 256 --n-dev 0]          built-in digits in YOLO format
     densekd yolo train --model yolov8s.yaml --data D [epochs=100 ...]     plain training (a teacher), offline
     densekd yolo distill --student yolov8n.yaml --teacher T.pt --data D [--method acam_kd] [--weight 1]
-                         [--pairs 15 18 21 | 15:16 18:19 21:22] [--kwargs num_masks=6] [epochs=100 imgsz=640 ...]
+                         [epochs=100 imgsz=640 ...] [--pairs 15 18 21 | 15:16 18:19 21:22] [--kwargs num_masks=6]
     densekd yolo distill --resume runs/detect/train/weights/last.pt
 
-Trailing ``key=value`` words are Ultralytics train arguments (values parsed as YAML: ``amp=false``, ``imgsz=640``).
+Bare ``key=value`` words are Ultralytics train arguments (values parsed as YAML: ``amp=false``, ``imgsz=640``); put
+them before ``--pairs`` / ``--kwargs``, which take every word that follows them.
 """
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--method", default="acam_kd", help="densekd loss name (default acam_kd)")
     k.add_argument("--weight", type=float, default=1.0, help="weight of every KD pair (default 1)")
     k.add_argument("--pairs", nargs="+", metavar="S[:T]",
-                   help="layer indices or names, student[:teacher] (default: the layers the Detect head reads)")
-    k.add_argument("--kwargs", nargs="+", default=[], metavar="key=value", help="loss keyword arguments")
+                   help="layer indices or names, student[:teacher] (default: the layers the Detect head reads); "
+                        "put them after the Ultralytics key=value arguments")
+    k.add_argument("--kwargs", nargs="+", default=[], metavar="key=value",
+                   help="loss keyword arguments (put them after the Ultralytics key=value arguments)")
     k.add_argument("--resume", default=None, help="last.pt of an interrupted densekd run")
     k.add_argument("--no-check", action="store_true", help="skip the teacher-mAP and KD/task-ratio checks")
     k.add_argument("args", nargs="*", metavar="key=value", help="Ultralytics train arguments")
