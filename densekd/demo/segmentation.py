@@ -173,6 +173,13 @@ def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
             for m in cfg.methods if m in ("hinton_kd", "cwd")}
 
 
+def method_kwargs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+    """Loss kwargs of the ACAM-KD variants (``acam_kd_paper``, the ablations): acam_kd's own (M = 11 and
+    ``acam_kwargs``), so that each differs from it only in its own switch."""
+    return {m: {"num_masks": NUM_SEG_CLASSES, **cfg.acam_kwargs} for m in cfg.methods
+            if m.startswith("acam_kd_")}
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -381,7 +388,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     seeds = list(range(cfg.seeds))
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused)")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log)
+    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log, method_kwargs(cfg))
 
     # the teacher's own metric on the evaluation split, by the engine's evaluation
     from ..engine import evaluate
@@ -451,5 +458,5 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_settings", "run_demo", "student_config",
+__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs", "method_settings", "run_demo", "student_config",
            "teacher_config"]
