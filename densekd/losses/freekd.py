@@ -100,7 +100,7 @@ from .registry import register_loss
 
 try:  # the wavelet transform (a core dependency; a clear error at construction if it is missing)
     import ptwt as _ptwt
-except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+except ImportError:  # pragma: no cover - the tests set _ptwt = None instead
     _ptwt = None
 
 #: pywt warns on every call when J exceeds its "useful" level (log2 of the side); the official recipe runs
@@ -121,7 +121,8 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 
 def min_side_for(levels: int) -> int:
     """Smallest H and W a J-level transform takes here: every level must still split ≥ 2 pixels, i.e.
-    ⌈side / 2^(J−1)⌉ ≥ 2, i.e. side > 2^(J−1) (5 for J = 3: COCO's 7×11 P7 passes)."""
+    ⌈side / 2^(J−1)⌉ ≥ 2 for Haar, i.e. side > 2^(J−1) (5 for J = 3: COCO's 7×11 P7 passes). Longer
+    wavelets pad more, so the bound is a floor for them."""
     return 2 ** (levels - 1) + 1
 
 
