@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from _loss_helpers import check_grad_flow
 from densekd import Distiller, Pair, build_loss
-from densekd.losses import freekd as fk
-from densekd.losses.freekd import FreeKD, fit_freekd_prompts, wavelet_decompose, wavelet_reconstruct
+from densekd.losses.freekd import FreeKD, fit_freekd_prompts
+from densekd.ops import wavelet as wv
+from densekd.ops import wavelet_decompose, wavelet_reconstruct
 
 
 def _sig(x: float) -> float:
@@ -218,7 +219,7 @@ def test_bad_arguments_and_missing_package(monkeypatch):
             _loss(**kw)
     with pytest.raises(TypeError, match="build_loss\\('freekd'\\)"):
         build_loss("freekd", student_channels=2, teacher_channels=2, temperature=1.0)
-    monkeypatch.setattr(fk, "_ptwt", None)
+    monkeypatch.setattr(wv, "_ptwt", None)
     with pytest.raises(ImportError, match="freekd needs the 'ptwt' package .*pip install ptwt"):
         _loss()
 

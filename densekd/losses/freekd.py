@@ -40,8 +40,8 @@ The method, for one (student, teacher) feature pair [B, C, H, W] (one FPN level)
 
 (F1) wavelet decomposition (J levels, Haar, zero padding) of the teacher F_T and the aligned student
      F̂_S = align(F_S):  F ↦ (L_J, H_1, …, H_J), L_J the low band [B, C, h_J, w_J], H_j the high bands of
-     level j [B, C, 3, h_j, w_j] (3 orientations), h_j = ⌈H / 2^j⌉. The transform is ``ptwt``'s (see
-     :func:`wavelet_decompose`).
+     level j [B, C, 3, h_j, w_j] (3 orientations), h_j = ⌈H / 2^j⌉. The transform is ``ptwt``'s, wrapped in
+     :func:`densekd.ops.wavelet.wavelet_decompose`.
 (F2) frequency prompts P_0, P_1, …, P_J, each [T, C] (P_0 for the low band, P_j for level j's high band).
 (F3) pixel-wise frequency masks from the *teacher's* bands:  M_0 = σ(P_0 · L_J^T),
      M_j = σ(P_j · Σ_o H_j^T[:, :, o]) (orientations summed), each [B, T, h, w]; ``P · X`` is the product over
@@ -94,62 +94,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import at_least_fp32, min_side_for, need_ptwt, wavelet_decompose, wavelet_reconstruct
 from .acam import dice_diversity
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
-
-try:  # the wavelet transform (a core dependency; a clear error at construction if it is missing)
-    import ptwt as _ptwt
-except ImportError:  # pragma: no cover - the tests set _ptwt = None instead
-    _ptwt = None
-
-#: pywt warns on every call when J exceeds its "useful" level (log2 of the side); the official recipe runs
-#: J = 3 on COCO's 7×11 P7 anyway, and this file checks the sizes it needs itself (:meth:`FreeKD.check_size`)
-_LEVEL_WARNING = r"Level value of \d+ is too high"
-
-
-def _need_ptwt() -> Any:
-    if _ptwt is None:
-        raise ImportError("freekd needs the 'ptwt' package (PyTorch Wavelet Toolbox) for its wavelet transform: "
-                          "pip install ptwt")
-    return _ptwt
-
-
-def _at_least_fp32(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def min_side_for(levels: int) -> int:
-    """Smallest H and W a J-level transform takes here: every level must still split ≥ 2 pixels, i.e.
-    ⌈side / 2^(J−1)⌉ ≥ 2 for Haar, i.e. side > 2^(J−1) (5 for J = 3: COCO's 7×11 P7 passes). Longer
-    wavelets pad more, so the bound is a floor for them."""
-    return 2 ** (levels - 1) + 1
-
-
-def wavelet_decompose(x: Tensor, levels: int, wavelet: str = "haar") -> tuple[Tensor, list[Tensor]]:
-    """(F1): ``x`` [B, C, H, W] → (low band L_J [B, C, h_J, w_J], [H_1, …, H_J]) with H_j [B, C, 3, h_j, w_j]
-    (level 1 = finest first, orientations stacked on dim 2), zero padding. ``x`` must be fp32/fp64."""
-    ptwt = _need_ptwt()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_LEVEL_WARNING, category=UserWarning)
-        coeffs = ptwt.wavedec2(x, wavelet, level=levels, mode="zero")
-    highs = [torch.stack(tuple(d), dim=2) for d in reversed(coeffs[1:])]  # ptwt lists the coarsest level first
-    return coeffs[0], highs
-
-
-def wavelet_reconstruct(low: Tensor, highs: list[Tensor], size: tuple[int, int], wavelet: str = "haar") -> Tensor:
-    """Inverse of :func:`wavelet_decompose`, cropped to ``size`` (H, W) (the zero-padded inverse is up to one
-    pixel larger per odd level)."""
-    ptwt = _need_ptwt()
-    coeffs = (low, *[tuple(h.unbind(dim=2)) for h in reversed(highs)])
-    out = ptwt.waverec2(coeffs, wavelet)
-    return out[..., : size[0], : size[1]]
 
 
 def masked_l1(mask: Tensor, diff: Tensor) -> Tensor:
     """(F5) for one band: mean over [B, T, C, (3,) h, w] of |M_t ⊙ D| with ``mask`` [B, T, h, w] ≥ 0 and
     ``diff`` D [B, C, h, w] (low band) or [B, C, 3, h, w] (high band), without the [B, T, C, ...] product."""
-    b, t, h, w = mask.shape
+    b, t = mask.shape[:2]
     abs_d = diff.abs()
     per_pixel = abs_d.sum(dim=tuple(range(1, abs_d.dim() - 2)))  # Σ_{c(,o)} |D| → [B, h, w]
     count = t * abs_d[0].numel() * b  # B·T·C·(3·)h·w
@@ -173,7 +127,7 @@ class FreeKD(DistillLoss):
                  wavelet: str = "haar", high_weight: float = 1.0, mse_weight: float = 5.0, low_weight: float = 0.0,
                  align: str = "conv1x1", init_std: float = 0.01, fit_steps: int = 2000, fit_lr: float = 1e-3) -> None:
         super().__init__(student_channels, teacher_channels, align)
-        _need_ptwt()
+        need_ptwt()
         if int(num_prompts) < 1 or int(levels) < 1:
             raise ValueError(f"freekd: num_prompts and levels must be >= 1, got num_prompts={num_prompts}, "
                              f"levels={levels}")
@@ -225,7 +179,7 @@ class FreeKD(DistillLoss):
         """(F4): F̃_T = IDWT((Σ_t M_0,t) L_J, (Σ_t M_j,t) H_j ...) [B, C, H, W] and the masks [M_0, …, M_J]."""
         self.check_size(teacher_feat.shape, "teacher feature map")
         with torch.autocast(teacher_feat.device.type, enabled=False):
-            t = _at_least_fp32(teacher_feat)
+            t = at_least_fp32(teacher_feat)
             low, highs = wavelet_decompose(t, self.levels, self.wavelet)
             masks = [self.band_masks(0, low)] + [self.band_masks(j, h) for j, h in enumerate(highs, start=1)]
             low_hat = low * masks[0].sum(dim=1, keepdim=True)
@@ -243,7 +197,7 @@ class FreeKD(DistillLoss):
             self._warned = True
         s = self.align(student_feat)
         with torch.autocast(s.device.type, enabled=False):
-            s32, t32 = _at_least_fp32(s), _at_least_fp32(teacher_feat.detach())
+            s32, t32 = at_least_fp32(s), at_least_fp32(teacher_feat.detach())
             low_t, highs_t = wavelet_decompose(t32, self.levels, self.wavelet)  # (F1)
             low_s, highs_s = wavelet_decompose(s32, self.levels, self.wavelet)
             with torch.no_grad():  # (F3) prompts frozen, teacher bands carry no grad
