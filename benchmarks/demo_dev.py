@@ -23,21 +23,21 @@ from densekd.compare import compare_runs, paired_gains  # noqa: E402
 from densekd.demo import common  # noqa: E402
 from densekd.demo.segmentation import TEACHER_ASSET, DemoConfig, build_data, method_settings, student_config  # noqa: E402
 
-BASE = DemoConfig(eval_split="dev")
+BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)
 CANDIDATES: dict[str, tuple[str, dict, list[str]]] = {
     "acam_kd": ("acam_kd", {}, []),
     "acam_kd z_norm=spatial": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}}, []),
-    "acam_kd weight 0.3": ("acam_kd", {"feature_weight": 0.3}, []),
-    "acam_kd on head": ("acam_kd", {"feature": "head"}, []),
     "fitnet": ("fitnet", {}, []),
-    "fitnet weight 0.3": ("fitnet", {"feature_weight": 0.3}, []),
     "hinton_kd (logits)": ("hinton_kd", {}, []),
-    "acam_kd_paper": ("acam_kd_paper", {}, []),
-    "acam_kd, 600 it": ("acam_kd", {"student_iters": 600}, []),
+    "acam_kd z_norm=spatial, weight 0.3": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature_weight": 0.3}, []),
+    "acam_kd z_norm=spatial, on head": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature": "head"}, []),
+    "fitnet on head": ("fitnet", {"feature": "head"}, []),
+    "acam_kd z_norm=spatial, 600 it": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "student_iters": 600}, []),
     "fitnet, 600 it": ("fitnet", {"student_iters": 600}, []),
-    "acam_kd, 400 canvases": ("acam_kd", {"n_student": 400}, []),
+    "acam_kd z_norm=spatial, 400 canvases": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "n_student": 400}, []),
     "fitnet, 400 canvases": ("fitnet", {"n_student": 400}, []),
+    "acam_kd_paper": ("acam_kd_paper", {}, []),
 }
 
 

@@ -83,7 +83,10 @@ class DemoConfig:
     feature: str = "trunk"
     feature_weight: float = 1.0  # acam_kd, fitnet
     logits_weight: float = 1.0  # hinton_kd
-    acam_kwargs: dict[str, Any] = field(default_factory=dict)  # further acam_kd switches (methods.md)
+    # methods.md, "spatial masks must be spatial": on this post-ReLU trunk feature the default z_norm="none"
+    # leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev images, measured:
+    # benchmarks/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
+    acam_kwargs: dict[str, Any] = field(default_factory=lambda: {"z_norm": "spatial"})
 
     @staticmethod
     def quick_config(**kw: Any) -> "DemoConfig":
@@ -416,7 +419,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         f"mIoU (%) on '{cfg.eval_split}' ({split_n} canvases); students: width {cfg.student_width} "
         f"({n_params['student']:,} parameters, KD modules dropped after training), {cfg.n_student} labelled canvases, "
         f"{cfg.student_iters} iterations × batch {cfg.batch_size}; teacher: width {cfg.teacher_width} "
-        f"({n_params['teacher']:,} parameters), trained on {teacher.record.get('data', {}).get('n_train', '?')} canvases",
+        f"({n_params['teacher']:,} parameters), trained on {teacher.record.get('data', {}).get('n_train', '?')} canvases; "
+        f"ACAM-KD switches: {cfg.acam_kwargs or 'the defaults'}"
+        + (" (methods.md: without it the spatial masks are constant gates on this post-ReLU feature)"
+           if cfg.acam_kwargs.get("z_norm") == "spatial" else ""),
         table, *[v for v in verdicts if v],
         *(["KD health warnings from the runs:", *health] if health else []),
         f"total wall time {wall:.0f} s (threads: {_threads()})",
