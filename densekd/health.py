@@ -31,7 +31,7 @@ once and kept for the end-of-run summary and ``health.json``, when
 * a KD term falls below 1 % of its first value while the feature distance has not fallen to half of its own
   (collapse: distillation switched itself off; terms a loss lists in ``regularizer_terms`` do not count);
 * ACAM-KD masks' mean leaves [0.01, 0.99] or the spatial masks' smallest per-mask spatial std falls below
-  1e-3 (collapse, saturation; methods.md, "Optimisation of the mask modules");
+  1e-3 after having been above it (collapse, saturation; methods.md, "Optimisation of the mask modules");
 * the KD/task gradient-norm ratio exceeds 100 (divergence ahead).
 """
 from __future__ import annotations
@@ -486,6 +486,7 @@ class TrainingGuards:
         for info in distiller.levels:
             self.modules.setdefault(info.student, distiller.kd_losses[info.key])
         self.first: dict[str, float] = {}  # "kd/<level>" and "distance/<level>" at the first row
+        self.peaks: dict[str, float] = {}  # largest "spatial_std_min/<level>" so far
         self.fired: list[str] = []
         self.warnings: list[dict[str, Any]] = []
         self.first_lines: list[str] = []  # the iteration-1 lines (kept across a resume)
@@ -504,13 +505,14 @@ class TrainingGuards:
 
     # -- state (kept in the training checkpoint, so a resumed run keeps its first values and warnings)
     def state_dict(self) -> dict[str, Any]:
-        return {"first": dict(self.first), "fired": list(self.fired), "warnings": [dict(w) for w in self.warnings],
+        return {"first": dict(self.first), "peaks": dict(self.peaks), "fired": list(self.fired), "warnings": [dict(w) for w in self.warnings],
                 "first_lines": list(self.first_lines)}
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if not state:
             return
         self.first = dict(state.get("first", {}))
+        self.peaks = dict(state.get("peaks", {}))
         self.fired = list(state.get("fired", []))
         self.warnings = [dict(w) for w in state.get("warnings", [])]
         self.first_lines = list(state.get("first_lines", []))
@@ -659,7 +661,12 @@ class TrainingGuards:
                                       f"{MASK_MEAN_HIGH:g}, so they select nothing and the term is a plain "
                                       f"feature distance"))
         std = row.get(f"kd/{level}/masks/spatial/std_min")
-        if std is not None and std < MASK_STD_MIN:
+        # "falls below": freshly initialised masks (units ~ N(0, 0.01²)) are ≈ 0.5 everywhere, so the
+        # warning waits until the masks have been spatial (std_min ≥ 1e-3) at an earlier row
+        peak = self.peaks.get(f"spatial_std_min/{level}", 0.0)
+        if std is not None:
+            self.peaks[f"spatial_std_min/{level}"] = max(peak, std)
+        if std is not None and std < MASK_STD_MIN <= peak:
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
                 f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
                 f"{MASK_STD_MIN:g}): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "

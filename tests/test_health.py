@@ -183,7 +183,9 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
     guards.modules["encoder"].mask_norm = norm
     healthy = {"kd/encoder/masks/spatial/mean": 0.5, "kd/encoder/masks/spatial/std_min": 0.3,
                "kd/encoder/masks/channel/mean": 0.45}
-    assert guards.check(1, _row(**healthy)) == []
+    # freshly initialised masks are ≈ 0.5 everywhere: constant, but not yet a warning
+    assert guards.check(1, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 2e-4})) == []
+    assert guards.check(10, _row(**healthy)) == []
     low = guards.check(50, _row(**{**healthy, "kd/encoder/masks/spatial/mean": 0.004}))
     assert len(low) == 1 and "ACAM-KD spatial masks at encoder collapsed: mean 0.004 < 0.01" in low[0] and fragment in low[0]
     high = guards.check(60, _row(**{**healthy, "kd/encoder/masks/channel/mean": 0.995}))
@@ -248,15 +250,17 @@ def test_feature_distance():
 # --------------------------------------------------------------------------- guards: end to end
 def test_healthy_run_is_silent_and_logs_the_health_columns(toy, trained_teacher, tmp_path, capsys):
     out = tmp_path / "ok"
-    densekd.train(seg_config(toy, out, teacher=trained_teacher, max_iters=4))
+    densekd.train(seg_config(toy, out, teacher=trained_teacher, method="acam_kd", max_iters=4))
     printed = capsys.readouterr().out
     rows = _rows(out)
     assert [r["iter"] for r in rows] == ["1", "2", "4"]  # iteration 1, every log_every, the last
+    stats = [f"kd/classifier/masks/{fam}/{k}" for fam in ("spatial", "channel")
+             for k in ("mean", "dice", "entropy", "std", "std_min")]
     for col in ("kd/classifier/kd_task_ratio", "kd/classifier/distance", "kd/classifier/grad_norm",
-                "task/grad_norm", "kd/classifier/grad_ratio"):
+                "task/grad_norm", "kd/classifier/grad_ratio", *stats):
         assert all(math.isfinite(float(r[col])) for r in rows), col
-    assert float(rows[0]["kd/classifier/kd_task_ratio"]) == pytest.approx(
-        float(rows[0]["kd/classifier/loss_mse"]) / float(rows[0]["loss_task"]), rel=1e-4)
+    kd = sum(float(rows[0][f"kd/classifier/{t}"]) for t in ("loss_channel", "loss_spatial", "loss_div"))
+    assert float(rows[0]["kd/classifier/kd_task_ratio"]) == pytest.approx(kd / float(rows[0]["loss_task"]), rel=1e-4)
     h = _health(out)
     assert h["finished"] and h["warnings"] == [] and h["iteration"] == 4
     assert h["checks"][0].startswith("INFO teacher: weights from model.teacher.checkpoint")
@@ -285,6 +289,21 @@ def test_collapse_warning_end_to_end(toy, tmp_path, capsys):
     h = _health(out)
     assert [w["kind"] for w in h["warnings"]] == ["collapse"] and h["warnings"][0]["iteration"] == 2
     assert "switched itself off" in capsys.readouterr().out
+
+
+def test_acam_kd_paper_masks_collapse_warning(toy, trained_teacher, tmp_path, capsys):
+    """The literal reading of ACAM-KD (descent, Σ M norm) drives the masks to 0 (methods.md, Optimisation of
+    the mask modules): the guard says so, in the words that hold for that norm."""
+    out = tmp_path / "paper"
+    densekd.train(seg_config(toy, out, teacher=trained_teacher, method="acam_kd_paper", max_iters=40, log_every=10,
+                             optimizer={"type": "adamw", "lr": 0.01}))
+    h = _health(out)
+    first = h["warnings"][0]
+    assert first["kind"] == "mask_collapse" and first["message"].startswith(
+        f"iteration {first['iteration']}: ACAM-KD spatial masks at classifier collapsed: mean ")
+    assert "under mask_norm=sum the masked KD terms scale with the masks, so distillation is switched off" in first["message"]
+    assert float(_rows(out)[-1]["kd/classifier/masks/spatial/mean"]) < 0.01
+    assert capsys.readouterr().out.count(first["message"]) == 2  # when it fired and in the summary
 
 
 def test_guards_off(toy, tmp_path):
