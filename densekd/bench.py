@@ -19,7 +19,13 @@ loading is not timed. Reported per method:
   run at the start of ``Trainer.run``, which the benchmark does not call;
 * ``teacher fwd``: median time of the frozen teacher's forward alone (as the Distiller runs it: inference
   mode, stopped once every captured layer has run) — part of ``s/iter``;
-* ratios to ``plain``.
+* ratios to ``plain``;
+* with ``--guards [ROUNDS]`` (default 3 rounds) also ``guards on/off``: the cost of the KD health guards
+  (:mod:`densekd.health`) as a ratio measured in the same process — :func:`measure_guards` runs blocks of
+  ``train.grad_ratio_every`` full engine steps (:meth:`Trainer.train_step`, iterations N+1 … 2N, so one
+  gradient-norm measurement and N / ``log_every`` log rows with their guard work per block) with the guards on
+  and off, alternating (on/off, off/on, …), and reports total time on / total time off with the spread of the
+  per-round ratios.
 
 :func:`bench_table` (pure) builds the Markdown table from the measured rows.
 """
@@ -55,8 +61,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
     base = next((r for r in rows if r["method"] == baseline), None)
     kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
-    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) |",
-             "|---|---|---|---|---|---|"]
+    guards = any(r.get("guards_ratio") is not None for r in rows)
+    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) |"
+             + (" guards on/off |" if guards else ""),
+             "|---|---|---|---|---|---|" + ("---|" if guards else "")]
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
         cells = [
@@ -67,12 +75,21 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
             _ratio(m, base and base.get("peak_mem_bytes")),
             "—" if tf is None else f"{tf:.4f}",
         ]
+        if guards:
+            g = r.get("guards_ratio")
+            cells.append("—" if g is None else f"{g:.3f}× ({r['guards_ratio_min']:.3f}–{r['guards_ratio_max']:.3f})")
         lines.append("| " + " | ".join(cells) + " |")
     if rows:
         r0 = rows[0]
         lines += ["", f"median over {r0.get('iters')} iterations after {r0.get('warmup')} warm-up, one fixed batch; "
                       f"{'CUDA max_memory_allocated' if kind == 'cuda' else 'CPU: peak RSS during the steps minus RSS before them'}; "
                       f"device: {r0.get('device', '?')}"]
+        g = next((r for r in rows if r.get("guards_ratio") is not None), None)
+        if g is not None:
+            lines += ["", f"guards on/off: total time of {g['guards_rounds']} rounds × {g['guards_block']} engine steps "
+                          f"with the KD health guards on over the same with them off, alternating, same process "
+                          f"(grad_ratio_every={g['guards_block']}, log_every={g['guards_log_every']}); in brackets "
+                          f"the smallest and largest per-round ratio"]
     return "\n".join(lines) + "\n"
 
 
@@ -94,8 +111,46 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def measure_guards(tr: Any, inputs: Sequence[Any], targets: Any, rounds: int = 3) -> dict[str, Any]:
+    """Cost of the KD health guards in the engine's step, as a ratio (see the module docstring)."""
+    import torch
+
+    t = tr.cfg.train
+    block = t.grad_ratio_every or 100
+    cuda = tr.device.type == "cuda"
+    guards = tr.guards
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for on in ((True, False) if r % 2 == 0 else (False, True)):
+            guards.enabled = on
+            tr.iteration = block  # iterations block+1 … 2·block: one gradient-norm measurement, at the last
+            window: dict[str, float] = {}
+            n_window = 0
+            if cuda:
+                torch.cuda.synchronize(tr.device)
+            t0 = time.perf_counter()
+            for _ in range(block):
+                n = tr.iteration + 1
+                log_now = bool(t.log_every and n % t.log_every == 0)
+                names, values = tr.train_step(inputs, targets, log_now)
+                for k, v in zip(names, values):
+                    window[k] = window.get(k, 0.0) + v
+                n_window += 1
+                if log_now:  # the log row's guard work (mask statistics, ratios, checks); no file is written
+                    guards.check(tr.iteration, tr.log_row(window, n_window))
+                    window, n_window = {}, 0
+            if cuda:
+                torch.cuda.synchronize(tr.device)
+            times[on].append(time.perf_counter() - t0)
+    guards.enabled = True
+    per_round = [a / b for a, b in zip(times[True], times[False])]
+    return {"guards_ratio": sum(times[True]) / sum(times[False]), "guards_ratio_min": min(per_round),
+            "guards_ratio_max": max(per_round), "guards_rounds": rounds, "guards_block": block,
+            "guards_log_every": t.log_every, "guards_sec_on": times[True], "guards_sec_off": times[False]}
+
+
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
-            overrides: Sequence[str] = ()) -> dict[str, Any]:
+            overrides: Sequence[str] = (), guard_rounds: int = 0) -> dict[str, Any]:
     """Time ``warmup + iters`` training steps of ``method`` (``plain`` = no distillation) in *this* process."""
     import torch
 
@@ -157,7 +212,10 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                     sync()
                     tt.append(time.perf_counter() - t0)
                 teacher_fwd = statistics.median(tt)
-            return {
+            guard_cost: dict[str, Any] = {}
+            if guard_rounds > 0 and tr.guards is not None:
+                guard_cost = measure_guards(tr, inputs, targets, guard_rounds)
+            return {**guard_cost,
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
                 "iters": iters, "warmup": warmup,
@@ -172,13 +230,15 @@ _MARK = "DENSEKD_BENCH_RESULT "
 
 def _worker(argv: Sequence[str]) -> int:
     spec = json.loads(argv[0])
-    res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"])
+    res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"],
+                  spec.get("guard_rounds", 0))
     print(_MARK + json.dumps(res), flush=True)
     return 0
 
 
 def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
-                          overrides: Sequence[str] = (), timeout: float | None = None) -> dict[str, Any]:
+                          overrides: Sequence[str] = (), timeout: float | None = None,
+                          guard_rounds: int = 0) -> dict[str, Any]:
     """:func:`measure` in a fresh ``python -m densekd.bench`` process (so memory peaks do not mix)."""
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(config, (str, os.PathLike)):
@@ -189,7 +249,7 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
                 yaml.safe_dump(dict(config), f)
             config = path
         spec = {"config": os.fspath(config), "method": method, "iters": iters, "warmup": warmup,
-                "overrides": list(overrides)}
+                "overrides": list(overrides), "guard_rounds": guard_rounds}
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -207,19 +267,23 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
 
 
 def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 20, warmup: int = 5,
-          overrides: Sequence[str] = (), out: str | None = None, log=print) -> list[dict[str, Any]]:
+          overrides: Sequence[str] = (), out: str | None = None, log=print, guard_rounds: int = 0) -> list[dict[str, Any]]:
     """Measure ``plain`` and every method (each in its own subprocess); write ``bench.md`` / ``bench.json``
-    to ``out`` when given; returns the rows (``plain`` first)."""
+    to ``out`` when given; returns the rows (``plain`` first). ``guard_rounds > 0``: also the KD health
+    guards' cost for every method (:func:`measure_guards`)."""
     from .compare import BASELINE_NAMES, check_methods
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"bench: expected --iters >= 1 and --warmup >= 0, got {iters} / {warmup}")
+    if guard_rounds < 0:
+        raise ConfigError(f"bench: expected --guards ROUNDS >= 1, got {guard_rounds}")
     names = [m for m in methods if m not in BASELINE_NAMES and m != PLAIN]
     check_methods(names or ["baseline"])
     rows = []
     for m in [PLAIN, *names]:
         log(f"bench: {m} ({warmup} warm-up + {iters} iterations)")
-        rows.append(measure_in_subprocess(config, m, iters, warmup, overrides))
+        rows.append(measure_in_subprocess(config, m, iters, warmup, overrides,
+                                          guard_rounds=guard_rounds if m != PLAIN else 0))
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
@@ -237,6 +301,9 @@ def add_subparser(sub) -> None:
     p.add_argument("--iters", type=int, default=20, help="measured iterations (median), default 20")
     p.add_argument("--warmup", type=int, default=5, help="warm-up iterations, default 5")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.json")
+    p.add_argument("--guards", type=int, nargs="?", const=3, default=0, metavar="ROUNDS",
+                   help="also measure the KD health guards' cost (on/off ratio, ROUNDS alternating rounds of "
+                        "train.grad_ratio_every steps each; default 3 when given)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
     p.set_defaults(func=_run_cli)
 
@@ -245,7 +312,7 @@ def _run_cli(args) -> int:
     from .compare import split_methods
 
     methods, overrides = split_methods(args.methods, args.overrides)
-    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out)
+    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out, guard_rounds=args.guards)
     print(bench_table(rows))
     return 0
 

@@ -624,7 +624,7 @@ class TrainingGuards:
                 elif (k0 > 0 and kd < COLLAPSE_FRACTION * k0 and dist is not None and d0 is not None
                       and dist > DISTANCE_FALLEN * d0):
                     new.append(self._warn(f"collapse|{level}", iteration, "collapse", level, (
-                        f"the KD term at {level} ({names}) fell to {100 * kd / k0:.2g} % of its first value "
+                        f"the KD term at {level} ({names}) fell to {100 * kd / k0:.3g} % of its first value "
                         f"({_fmt(kd)} vs {_fmt(k0)}) while the student–teacher feature distance did not fall "
                         f"({_fmt(dist)} vs {_fmt(d0)}): distillation has switched itself off there")))
             new += self._mask_warnings(iteration, level, mod, row)
@@ -666,7 +666,9 @@ class TrainingGuards:
         peak = self.peaks.get(f"spatial_std_min/{level}", 0.0)
         if std is not None:
             self.peaks[f"spatial_std_min/{level}"] = max(peak, std)
-        if std is not None and std < MASK_STD_MIN <= peak:
+        mean = row.get(f"kd/{level}/masks/spatial/mean")
+        collapsed = mean is not None and not MASK_MEAN_LOW <= mean <= MASK_MEAN_HIGH  # said above, better
+        if std is not None and std < MASK_STD_MIN <= peak and not collapsed:
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
                 f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
                 f"{MASK_STD_MIN:g}): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "

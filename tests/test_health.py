@@ -188,6 +188,9 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
     assert guards.check(10, _row(**healthy)) == []
     low = guards.check(50, _row(**{**healthy, "kd/encoder/masks/spatial/mean": 0.004}))
     assert len(low) == 1 and "ACAM-KD spatial masks at encoder collapsed: mean 0.004 < 0.01" in low[0] and fragment in low[0]
+    # constant because collapsed: the mean warning (above) says it better than the spatial-std one
+    assert guards.check(55, _row(**{**healthy, "kd/encoder/masks/spatial/mean": 0.004,
+                                    "kd/encoder/masks/spatial/std_min": 2e-6})) == []
     high = guards.check(60, _row(**{**healthy, "kd/encoder/masks/channel/mean": 0.995}))
     assert len(high) == 1 and "channel masks at encoder saturated at 1: mean 0.995 > 0.99" in high[0]
     flat = guards.check(70, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 2e-6}))
