@@ -625,8 +625,8 @@ class TrainingGuards:
                       and dist > DISTANCE_FALLEN * d0):
                     new.append(self._warn(f"collapse|{level}", iteration, "collapse", level, (
                         f"the KD term at {level} ({names}) fell to {100 * kd / k0:.3g} % of its first value "
-                        f"({_fmt(kd)} vs {_fmt(k0)}) while the student–teacher feature distance did not fall "
-                        f"({_fmt(dist)} vs {_fmt(d0)}): distillation has switched itself off there")))
+                        f"({_fmt(kd)} vs {_fmt(k0)}) while the student–teacher feature distance has not fallen to "
+                        f"half of its own ({_fmt(dist)} vs {_fmt(d0)}): distillation has switched itself off there")))
             new += self._mask_warnings(iteration, level, mod, row)
             gr = row.get(f"kd/{level}/grad_ratio")
             if gr is not None and gr > GRAD_RATIO_DIVERGENCE:

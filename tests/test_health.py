@@ -41,6 +41,14 @@ class _Detached(DistillLoss):
         return {"loss_mse": F.mse_loss(self.align(s.detach()), t)}
 
 
+class _NanLater(DistillLoss):
+    """MSE, then NaN from the second iteration on (a run that dies after a warning)."""
+
+    def forward(self, s, t, context=None):
+        v = F.mse_loss(self.align(s), t)
+        return {"loss_mse": v * float("nan") if context is not None and context.iteration >= 1 else v}
+
+
 class _Mse(DistillLoss):
     def __init__(self, student_channels, teacher_channels, **_ignored):
         super().__init__(student_channels, teacher_channels)
@@ -49,7 +57,8 @@ class _Mse(DistillLoss):
         return {"loss_mse": F.mse_loss(self.align(s), t)}
 
 
-for _name, _cls in (("health_vanishing", _Vanishing), ("health_detached", _Detached), ("health_mse", _Mse)):
+for _name, _cls in (("health_vanishing", _Vanishing), ("health_detached", _Detached), ("health_mse", _Mse),
+                    ("health_nan", _NanLater)):
     if _name not in _LOSSES:
         register_loss(_name)(_cls)
 
@@ -162,7 +171,7 @@ def test_collapse_fires_only_when_the_distance_did_not_fall(guards):
     new = guards.check(30, _row(kd=0.005, dist=0.85))
     assert len(new) == 1 and new[0].startswith("iteration 30: the KD term at encoder (loss_mse) fell to 0.5 % of its "
                                                "first value (0.005 vs 1) while the student–teacher feature "
-                                               "distance did not fall (0.85 vs 0.9)")
+                                               "distance has not fallen to half of its own (0.85 vs 0.9)")
     assert guards.check(40, _row(kd=0.001, dist=0.85)) == []  # printed once
     assert [w["kind"] for w in guards.warnings] == ["collapse"]
 
@@ -265,6 +274,7 @@ def test_healthy_run_is_silent_and_logs_the_health_columns(toy, trained_teacher,
     kd = sum(float(rows[0][f"kd/classifier/{t}"]) for t in ("loss_channel", "loss_spatial", "loss_div"))
     assert float(rows[0]["kd/classifier/kd_task_ratio"]) == pytest.approx(kd / float(rows[0]["loss_task"]), rel=1e-4)
     h = _health(out)
+    assert h == health.read_health(str(out)) and health.read_health(str(tmp_path)) is None
     assert h["finished"] and h["warnings"] == [] and h["iteration"] == 4
     assert h["checks"][0].startswith("INFO teacher: weights from model.teacher.checkpoint")
     assert any(c.startswith("INFO pair 0: classifier [4, 3, 8, 8] (3 ch, stride 4) ← teacher classifier") for c in h["checks"])
@@ -283,6 +293,16 @@ def test_divergence_warning_at_iteration_1(toy, tmp_path, capsys):
     assert div["iteration"] == 1 and "divergence ahead; distill.weight=" in div["message"]
     assert printed.count(div["message"]) == 2  # once when it fired, once in the end-of-run summary
     assert any(c.startswith("WARN iteration 1: classifier:") and "the KD term dominates the task" in c for c in h["checks"])
+
+
+def test_a_run_that_dies_names_the_warnings_before_it(toy, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match=r"^non-finite loss at iteration 1: .*kd/classifier/loss_mse=nan.* "
+                                                 r"\(after 2 health warning\(s\); the last: iteration 1: at classifier "
+                                                 r"the KD term's gradient on the student is .* divergence ahead"):
+        densekd.train(seg_config(toy, out, method="health_nan"), ["distill.weight=1e4"])
+    h = _health(out)  # written although the run died
+    assert not h["finished"] and h["iteration"] == 1 and [w["kind"] for w in h["warnings"]] == ["start", "divergence"]
 
 
 def test_collapse_warning_end_to_end(toy, tmp_path, capsys):
@@ -388,3 +408,18 @@ def test_chance_level_segmentation():
     chance, what = health.chance_level("segmentation", [(None, masks)], 4, class_names=["bg", "a", "b", "c"])
     assert chance == pytest.approx((4 / 6) / 3) and "'bg', 66.7 % of the pixels" in what
     assert health.chance_level("detection", [], 2)[0] == 0.0
+
+
+def test_doctor_on_detection_fpn_levels(make_config, teacher_ckpt, tmp_path, capsys):
+    """Every FPN level gets its line with the stride in the detector's own resized input; a random teacher's
+    AP is at chance (≈ 0) and fails."""
+    cfg = make_config(tmp_path / "o", teacher=teacher_ckpt, method="test_mse")
+    rc, out, _ = _doctor(cfg, tmp_path, capsys, "--batches", "2")
+    assert rc == 1
+    assert "FAIL teacher: AP 0.00 on 2 validation image(s) (2 batch(es)) is at chance level: a detector that has " \
+           "learned nothing finds no box: AP ≈ 0 scores 0.00 there" in out
+    levels = [ln for ln in out.splitlines() if ln.startswith("INFO pair 0: ")]
+    assert [ln.split(" [", 1)[0] for ln in levels] == [f"INFO pair 0: backbone:{k}" for k in ("0", "1", "2", "p6", "p7")]
+    assert "(256 ch, stride 8) ← teacher backbone:0 " in levels[0] and "[2, 256, 1, 1] (256 ch, stride 64)" in levels[-1]  # 64 px: P7 is 1×1
+    assert sum(ln.startswith("INFO one batch: backbone:") for ln in out.splitlines()) == 5
+    assert "OK   gradient: nothing reaches the teacher" in out
