@@ -74,21 +74,24 @@ def test_bench_failing_method_is_one_line(make_config, tmp_path):
 
 
 def test_bench_table_guards_column():
-    rows = [dict(ROWS[0]), dict(ROWS[1], guards_ratio=1.0123, guards_ratio_min=1.001, guards_ratio_max=1.02,
-                                guards_rounds=3, guards_block=100, guards_log_every=50)]
+    rows = [dict(ROWS[0]), dict(ROWS[1], guards_overhead=0.0061, guards_grad_step=0.55, guards_log_row=0.021,
+                                guards_every=100, guards_log_every=50, guards_pairs=30)]
     lines = bench_table(rows).splitlines()
-    assert lines[0].endswith("| teacher fwd (s) | guards on/off |") and lines[1].count("---") == 7
-    assert lines[2].endswith("| — | — |") and lines[3].endswith("| 0.1250 | 1.012× (1.001–1.020) |")
-    assert lines[-1].startswith("guards on/off: total time of 3 rounds × 100 engine steps with the KD health guards on")
+    assert lines[0].endswith("| teacher fwd (s) | guards overhead |") and lines[1].count("---") == 7
+    assert lines[2].endswith("| — | — |")
+    assert lines[3].endswith("| 0.1250 | +0.61 % (gradient-norm step +55 %, log row +2.1 %) |")
+    assert lines[-1].startswith("guards overhead: (d_grad / 100 + d_log / 50) / plain step")
 
 
-def test_bench_measures_the_guards_on_off_ratio(make_config, teacher_ckpt, tmp_path):
+def test_bench_measures_the_guards_overhead(make_config, teacher_ckpt, tmp_path):
     cfg = make_config(tmp_path / "o", teacher=teacher_ckpt, method="fitnet", batch_size=1)
-    rows = bench(cfg, ["fitnet"], iters=1, warmup=0, guard_rounds=1, log=lambda _: None,
-                 overrides=["train.grad_ratio_every=2", "train.log_every=1"])
-    assert "guards_ratio" not in rows[0]  # plain: no guards
+    rows = bench(cfg, ["fitnet"], iters=1, warmup=0, guard_pairs=1, log=lambda _: None,
+                 overrides=["train.grad_ratio_every=4", "train.log_every=2"])
+    assert "guards_overhead" not in rows[0]  # plain: no guards
     g = rows[1]
-    assert g["guards_rounds"] == 1 and g["guards_block"] == 2 and g["guards_log_every"] == 1
-    assert len(g["guards_sec_on"]) == len(g["guards_sec_off"]) == 1 and g["guards_ratio"] > 0
-    with pytest.raises(ConfigError, match="bench: expected --guards ROUNDS >= 1, got -1"):
-        bench(cfg, ["fitnet"], guard_rounds=-1)
+    assert g["guards_pairs"] == 1 and g["guards_every"] == 4 and g["guards_log_every"] == 2
+    assert sorted(g["guards_times"]) == ["grad", "off", "off_log", "on_log"]
+    assert all(len(v) == 1 and v[0] > 0 for v in g["guards_times"].values())
+    assert g["guards_overhead"] == pytest.approx((g["guards_grad_step"] / 4 + g["guards_log_row"] / 2))
+    with pytest.raises(ConfigError, match="bench: expected --guards PAIRS >= 1, got -1"):
+        bench(cfg, ["fitnet"], guard_pairs=-1)
