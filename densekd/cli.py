@@ -92,6 +92,10 @@ from .bench import add_subparser as _add_bench  # noqa: E402
 
 COMMANDS.append(("bench", _add_bench))
 
+from .integrations.yolo_cli import add_subparser as _add_yolo  # noqa: E402
+
+COMMANDS.append(("yolo", _add_yolo))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densekd", description="Knowledge distillation for dense prediction")

@@ -154,6 +154,17 @@ def teacher_source(model_cfg: Any) -> Check:
     if spec is None:
         return Check(FAIL, "teacher", "model.teacher is not configured")
     ckpt, weights = getattr(spec, "checkpoint", None), getattr(spec, "weights", None)
+    if ckpt and str(ckpt).startswith("asset:"):  # a teacher shipped in the package, checksum-verified on load
+        from .assets import resolve_checkpoint
+        from .errors import DenseKDError
+
+        try:
+            path = resolve_checkpoint(ckpt, "model.teacher.checkpoint")
+        except DenseKDError as e:
+            return Check(FAIL, "teacher", str(e))
+        return Check(INFO, "teacher", f"weights from model.teacher.checkpoint {ckpt}: shipped with densekd, "
+                                      f"checksum verified ({os.path.relpath(path)}, {_size(os.path.getsize(path))}, "
+                                      f"sha256 {_sha256(path)[:12]})")
     if ckpt:
         if not os.path.isfile(ckpt):
             return Check(FAIL, "teacher", f"model.teacher.checkpoint {ckpt!r} does not exist")

@@ -423,3 +423,15 @@ def test_doctor_on_detection_fpn_levels(make_config, teacher_ckpt, tmp_path, cap
     assert "(256 ch, stride 8) ← teacher backbone:0 " in levels[0] and "[2, 256, 1, 1] (256 ch, stride 64)" in levels[-1]  # 64 px: P7 is 1×1
     assert sum(ln.startswith("INFO one batch: backbone:") for ln in out.splitlines()) == 5
     assert "OK   gradient: nothing reaches the teacher" in out
+
+
+def test_teacher_source_of_a_shipped_asset():
+    from types import SimpleNamespace
+
+    c = health.teacher_source(SimpleNamespace(teacher=SimpleNamespace(checkpoint="asset:demo_segmentation_teacher")))
+    assert c.status == health.INFO and c.message.startswith(
+        "weights from model.teacher.checkpoint asset:demo_segmentation_teacher: shipped with densekd, checksum verified (")
+    bad = health.teacher_source(SimpleNamespace(teacher=SimpleNamespace(checkpoint="asset:nope")))
+    assert bad.status == health.FAIL and bad.message.startswith("model.teacher.checkpoint: ")
+    missing = health.teacher_source(SimpleNamespace(teacher=SimpleNamespace(checkpoint="/no/such.pth")))
+    assert missing.status == health.FAIL and missing.message == "model.teacher.checkpoint '/no/such.pth' does not exist"
