@@ -28,8 +28,9 @@ KD/task loss ratio every ``log_every``, the gradient-norm ratio at iteration 1 a
 for KD modules with ``mask_statistics()`` (ACAM-KD), each mask statistic. One-line warnings, each printed
 once and kept for the end-of-run summary and ``health.json``, when
 
-* a KD term falls below 1 % of its first value while the feature distance has not fallen to half of its own
-  (collapse: distillation switched itself off; terms a loss lists in ``regularizer_terms`` do not count);
+* a KD term (each ``kd/<level>/loss_*``) falls below 1 % of its first value while the feature distance has
+  not fallen to half of its own (collapse: distillation switched itself off; terms a loss lists in
+  ``regularizer_terms``, such as ACAM-KD's Dice diversity, do not count);
 * ACAM-KD masks' mean leaves [0.01, 0.99] or the spatial masks' smallest per-mask spatial std falls below
   1e-3 after having been above it (collapse, saturation; methods.md, "Optimisation of the mask modules");
 * the KD/task gradient-norm ratio exceeds 100 (divergence ahead).
@@ -624,20 +625,19 @@ class TrainingGuards:
             reg = set(getattr(mod, "regularizer_terms", ()))
             counted = {k: v for k, v in terms.items() if k not in reg}
             dist = row.get(f"kd/{level}/distance")
-            if counted:
-                kd = sum(counted.values())
-                names = " + ".join(counted)
-                k0, d0 = self.first.get(f"kd/{level}"), self.first.get(f"distance/{level}")
-                if d0 is None and dist is not None:
-                    self.first[f"distance/{level}"] = dist
+            d0 = self.first.get(f"distance/{level}")
+            if d0 is None and dist is not None:
+                self.first[f"distance/{level}"] = d0 = dist
+            for term, kd in counted.items():  # each term: one ACAM-KD branch can die while the other lives
+                k0 = self.first.get(f"kd/{level}/{term}")
                 if k0 is None:
-                    self.first[f"kd/{level}"] = kd
+                    self.first[f"kd/{level}/{term}"] = kd
                 elif (k0 > 0 and kd < COLLAPSE_FRACTION * k0 and dist is not None and d0 is not None
                       and dist > DISTANCE_FALLEN * d0):
-                    new.append(self._warn(f"collapse|{level}", iteration, "collapse", level, (
-                        f"the KD term at {level} ({names}) fell to {100 * kd / k0:.3g} % of its first value "
+                    new.append(self._warn(f"collapse|{level}|{term}", iteration, "collapse", level, (
+                        f"the KD term {term} at {level} fell to {100 * kd / k0:.3g} % of its first value "
                         f"({_fmt(kd)} vs {_fmt(k0)}) while the student–teacher feature distance has not fallen to "
-                        f"half of its own ({_fmt(dist)} vs {_fmt(d0)}): distillation has switched itself off there")))
+                        f"half of its own ({_fmt(dist)} vs {_fmt(d0)}): it has stopped distilling")))
             new += self._mask_warnings(iteration, level, mod, row)
             gr = row.get(f"kd/{level}/grad_ratio")
             if gr is not None and gr > GRAD_RATIO_DIVERGENCE:

@@ -169,19 +169,21 @@ def test_collapse_fires_only_when_the_distance_did_not_fall(guards):
     assert guards.check(10, _row(kd=0.02)) == []  # 2 % of the first value: not yet
     assert guards.check(20, _row(kd=0.005, dist=0.4)) == []  # fell, but so did the distance: the student learned
     new = guards.check(30, _row(kd=0.005, dist=0.85))
-    assert len(new) == 1 and new[0].startswith("iteration 30: the KD term at encoder (loss_mse) fell to 0.5 % of its "
-                                               "first value (0.005 vs 1) while the student–teacher feature "
-                                               "distance has not fallen to half of its own (0.85 vs 0.9)")
+    assert new == ["iteration 30: the KD term loss_mse at encoder fell to 0.5 % of its first value (0.005 vs 1) "
+                   "while the student–teacher feature distance has not fallen to half of its own (0.85 vs 0.9): it "
+                   "has stopped distilling"]
     assert guards.check(40, _row(kd=0.001, dist=0.85)) == []  # printed once
     assert [w["kind"] for w in guards.warnings] == ["collapse"]
 
 
-def test_regularizer_terms_do_not_count_for_collapse(guards):
-    mod = guards.modules["encoder"]
-    mod.regularizer_terms = ("loss_div",)
-    assert guards.check(1, _row(**{"kd/encoder/loss_div": 1.0})) == []
-    # the distance term vanished but the (Dice-like) regulariser did not: still a collapse
-    assert len(guards.check(2, _row(kd=1e-4, dist=0.9, **{"kd/encoder/loss_div": 1.0}))) == 1
+def test_collapse_per_term_and_regularizer_terms_do_not_count(guards):
+    guards.modules["encoder"].regularizer_terms = ("loss_div",)
+    row = lambda mse, spatial, div: _row(kd=mse, dist=0.9, **{"kd/encoder/loss_spatial": spatial,  # noqa: E731
+                                                             "kd/encoder/loss_div": div})
+    assert guards.check(1, row(1.0, 1.0, 1.0)) == []
+    assert guards.check(2, row(0.5, 1.0, 1e-6)) == []  # the (Dice-like) regulariser may vanish: masks diverse
+    new = guards.check(3, row(0.5, 1e-4, 1e-6))  # one branch died while the other still distils
+    assert len(new) == 1 and new[0].startswith("iteration 3: the KD term loss_spatial at encoder fell to 0.01 %")
 
 
 @pytest.mark.parametrize("norm,fragment", [("sum", "under mask_norm=sum the masked KD terms scale with the masks, "
@@ -311,7 +313,7 @@ def test_collapse_warning_end_to_end(toy, tmp_path, capsys):
                              optimizer={"type": "sgd", "lr": 1e-6}), ["distill.weight=1"])
     h = _health(out)
     assert [w["kind"] for w in h["warnings"]] == ["collapse"] and h["warnings"][0]["iteration"] == 2
-    assert "switched itself off" in capsys.readouterr().out
+    assert "it has stopped distilling" in capsys.readouterr().out
 
 
 def test_acam_kd_paper_masks_collapse_warning(toy, trained_teacher, tmp_path, capsys):
