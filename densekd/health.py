@@ -661,8 +661,8 @@ class TrainingGuards:
                     why = ("their sigmoids saturate at 0: under mask_norm=square the KD term is a mask-weighted mean "
                            "and stays on, but the masks' gradients vanish and they no longer select")
                 else:
-                    why = (f"under mask_norm={norm or 'sum'} the masked KD terms scale with the masks, so "
-                           f"distillation is switched off there (methods.md, Optimisation of the mask modules)")
+                    why = (f"under mask_norm={norm or 'sum'} loss_{fam} scales with these masks, so it is switched "
+                           f"off (methods.md, Optimisation of the mask modules)")
                 out.append(self._warn(f"mask_low|{level}|{fam}", iteration, "mask_collapse", level,
                                       f"ACAM-KD {fam} masks at {level} collapsed: mean {_fmt(mean)} < "
                                       f"{MASK_MEAN_LOW:g}; {why}"))

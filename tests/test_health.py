@@ -186,8 +186,8 @@ def test_collapse_per_term_and_regularizer_terms_do_not_count(guards):
     assert len(new) == 1 and new[0].startswith("iteration 3: the KD term loss_spatial at encoder fell to 0.01 %")
 
 
-@pytest.mark.parametrize("norm,fragment", [("sum", "under mask_norm=sum the masked KD terms scale with the masks, "
-                                                    "so distillation is switched off there"),
+@pytest.mark.parametrize("norm,fragment", [("sum", "under mask_norm=sum loss_spatial scales with these masks, so "
+                                                    "it is switched off (methods.md"),
                                            ("square", "their sigmoids saturate at 0: under mask_norm=square the KD "
                                                       "term is a mask-weighted mean and stays on")])
 def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
@@ -326,7 +326,7 @@ def test_acam_kd_paper_masks_collapse_warning(toy, trained_teacher, tmp_path, ca
     first = h["warnings"][0]
     assert first["kind"] == "mask_collapse" and first["message"].startswith(
         f"iteration {first['iteration']}: ACAM-KD spatial masks at classifier collapsed: mean ")
-    assert "under mask_norm=sum the masked KD terms scale with the masks, so distillation is switched off" in first["message"]
+    assert "under mask_norm=sum loss_spatial scales with these masks, so it is switched off" in first["message"]
     assert float(_rows(out)[-1]["kd/classifier/masks/spatial/mean"]) < 0.01
     assert capsys.readouterr().out.count(first["message"]) == 2  # when it fired and in the summary
 
