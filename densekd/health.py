@@ -31,8 +31,10 @@ once and kept for the end-of-run summary and ``health.json``, when
 * a KD term (each ``kd/<level>/loss_*``) falls below 1 % of its first value while the feature distance has
   not fallen to half of its own (collapse: distillation switched itself off; terms a loss lists in
   ``regularizer_terms``, such as ACAM-KD's Dice diversity, do not count);
-* ACAM-KD masks' mean leaves [0.01, 0.99] or the spatial masks' smallest per-mask spatial std falls below
-  1e-3 after having been above it (collapse, saturation; methods.md, "Optimisation of the mask modules");
+* ACAM-KD masks' mean leaves [0.01, 0.99], or the spatial masks' smallest per-mask spatial std falls below
+  1e-3 once they have left their initial state (≈ 0.5 everywhere, constant too): after having been above
+  1e-3, or with a mask's mean more than 0.25 from 0.5, i.e. gates ≈ 0 or 1 over the whole image
+  (collapse, saturation; methods.md, "Optimisation of the mask modules");
 * the KD/task gradient-norm ratio exceeds 100 (divergence ahead).
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ COLLAPSE_FRACTION = 0.01
 DISTANCE_FALLEN = 0.5
 #: ACAM-KD mask mean band and smallest per-mask spatial std
 MASK_MEAN_LOW, MASK_MEAN_HIGH, MASK_STD_MIN = 0.01, 0.99, 1e-3
+#: a mask whose mean is this far from 0.5 (its initial value) is a gate, not a fresh mask
+MASK_GATE_SHIFT = 0.25
 #: the teacher "scores at chance" below chance + this margin (metric on a 0–1 scale)
 CHANCE_MARGIN = {"segmentation": 0.02, "detection": 0.01}
 #: the file the engine writes into the run folder
@@ -462,6 +466,21 @@ def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = No
 
 
 # --------------------------------------------------------------------------- guards during training
+def _mask_shifts(level: str, masks: Mapping[str, Tensor] | None) -> dict[str, float]:
+    """``kd/<level>/masks/<family>/shift_max``: the largest distance of one mask's mean (over batch and
+    positions) from 0.5, its value at initialisation (σ of units ~ N(0, 0.01²)); 0.5 for a mask that has
+    become a gate ≈ 0 or ≈ 1 everywhere. Tells constant gates from freshly initialised masks."""
+    out: dict[str, float] = {}
+    if not isinstance(masks, Mapping):
+        return out
+    for fam in ("spatial", "channel"):
+        if fam in masks:
+            m = masks[fam].detach().float()
+            per_mask = m.flatten(2).mean(dim=2).mean(dim=0)  # [M]
+            out[f"kd/{level}/masks/{fam}/shift_max"] = float((per_mask - 0.5).abs().max())
+    return out
+
+
 class _DistanceHook:
     """Forward pre-hook on a KD module: records :func:`feature_distance` while its guards ask for it."""
 
@@ -588,6 +607,7 @@ class TrainingGuards:
             if callable(stats):
                 for k, v in stats().items():
                     extras[f"kd/{level}/masks/{k}"] = float(v)
+                extras.update(_mask_shifts(level, getattr(mod, "last_masks", None)))
             if level in self.distances:
                 extras[f"kd/{level}/distance"] = self.distances[level]
         extras.update(self._pending)
@@ -672,17 +692,19 @@ class TrainingGuards:
                                       f"{MASK_MEAN_HIGH:g}, so they select nothing and the term is a plain "
                                       f"feature distance"))
         std = row.get(f"kd/{level}/masks/spatial/std_min")
-        # "falls below": freshly initialised masks (units ~ N(0, 0.01²)) are ≈ 0.5 everywhere, so the
-        # warning waits until the masks have been spatial (std_min ≥ 1e-3) at an earlier row
+        # freshly initialised masks are ≈ 0.5 everywhere, constant too: the warning needs masks that were
+        # spatial at an earlier row (std_min ≥ 1e-3: it "fell") or that have become gates ≈ 0 or 1 everywhere
         peak = self.peaks.get(f"spatial_std_min/{level}", 0.0)
         if std is not None:
             self.peaks[f"spatial_std_min/{level}"] = max(peak, std)
         mean = row.get(f"kd/{level}/masks/spatial/mean")
         collapsed = mean is not None and not MASK_MEAN_LOW <= mean <= MASK_MEAN_HIGH  # said above, better
-        if std is not None and std < MASK_STD_MIN <= peak and not collapsed:
+        gates = row.get(f"kd/{level}/masks/spatial/shift_max", 0.0) > MASK_GATE_SHIFT
+        if std is not None and std < MASK_STD_MIN and (peak >= MASK_STD_MIN or gates) and not collapsed:
+            what = "; some masks are gates ≈ 0 or ≈ 1 everywhere" if gates else ""
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
                 f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
-                f"{MASK_STD_MIN:g}): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "
+                f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "
                 f"(methods.md)")))
         return out
 

@@ -210,6 +210,29 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
                     "(methods.md)"]
 
 
+def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
+    """On some features the masks go straight from their initial ≈ 0.5 to gates ≈ 0 or 1 everywhere."""
+    fresh = {"kd/encoder/masks/spatial/mean": 0.5, "kd/encoder/masks/spatial/std_min": 4e-5,
+             "kd/encoder/masks/spatial/shift_max": 0.002}
+    assert guards.check(1, _row(**fresh)) == []
+    new = guards.check(50, _row(**{**fresh, "kd/encoder/masks/spatial/mean": 0.636,
+                                   "kd/encoder/masks/spatial/std_min": 0.0,
+                                   "kd/encoder/masks/spatial/shift_max": 0.5}))
+    assert new == ["iteration 50: ACAM-KD spatial masks at encoder are constant over the image (per-mask spatial std "
+                   "0 < 0.001; some masks are gates ≈ 0 or ≈ 1 everywhere): ASCM's spatial selection is off; try "
+                   "distill.kwargs.z_norm=spatial (methods.md)"]
+
+
+def test_mask_shifts_from_the_mask_record():
+    from densekd.health import _mask_shifts
+
+    spatial = torch.full((2, 3, 4, 4), 0.5)
+    spatial[:, 1] = 0.999
+    out = _mask_shifts("trunk", {"spatial": spatial, "channel": torch.full((2, 3, 8), 0.45)})
+    assert out == pytest.approx({"kd/trunk/masks/spatial/shift_max": 0.499, "kd/trunk/masks/channel/shift_max": 0.05})
+    assert _mask_shifts("trunk", None) == {}
+
+
 def test_divergence_fires_above_100_with_the_weight_that_brings_it_to_1(guards):
     assert guards.check(1, _row(**{"kd/encoder/grad_ratio": 50.0})) == []
     new = guards.check(100, _row(**{"kd/encoder/grad_ratio": 250.0, "kd/encoder/grad_norm": 25.0,
@@ -269,7 +292,7 @@ def test_healthy_run_is_silent_and_logs_the_health_columns(toy, trained_teacher,
     rows = _rows(out)
     assert [r["iter"] for r in rows] == ["1", "2", "4"]  # iteration 1, every log_every, the last
     stats = [f"kd/classifier/masks/{fam}/{k}" for fam in ("spatial", "channel")
-             for k in ("mean", "dice", "entropy", "std", "std_min")]
+             for k in ("mean", "dice", "entropy", "std", "std_min", "shift_max")]
     for col in ("kd/classifier/kd_task_ratio", "kd/classifier/distance", "kd/classifier/grad_norm",
                 "task/grad_norm", "kd/classifier/grad_ratio", *stats):
         assert all(math.isfinite(float(r[col])) for r in rows), col

@@ -29,7 +29,9 @@ or ``backbone:0``, as in the KD loss keys):
   ``train.grad_ratio_every`` iterations, written in the next row; empty in rows without a measurement);
   for KD modules with ``mask_statistics()`` (ACAM-KD) ``kd/<level>/masks/<family>/<statistic>`` at the
   row's last iteration, e.g. ``kd/classifier/masks/spatial/mean``, ``.../spatial/std_min``,
-  ``.../channel/dice`` (families ``spatial`` and ``channel``; statistics as ``ACAMKD.mask_statistics``).
+  ``.../channel/dice`` (families ``spatial`` and ``channel``; statistics as ``ACAMKD.mask_statistics``),
+  and the guards' ``kd/<level>/masks/<family>/shift_max`` (the largest distance of one mask's mean from
+  0.5, its initial value; 0.5 = a gate ≈ 0 or ≈ 1 everywhere).
 
 Guard warnings (collapse, mask saturation, divergence ahead) are printed once each, listed at the end of the
 run and kept in ``health.json`` (``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind",
