@@ -16,7 +16,7 @@ from densekd.demo import DemoConfig, run_demo
 from densekd.demo.segmentation import TEACHER_ASSET, method_kwargs, method_settings, student_config
 from densekd.errors import ConfigError, DenseKDError
 
-FIGURES = ("gains", "curves", "spatial_masks", "channel_masks")
+FIGURES = ("gains", "curves", "spatial_masks", "channel_masks", "mask_stats")
 
 
 def _shipped_hashes():
