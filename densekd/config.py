@@ -20,8 +20,9 @@ Schema (shared by every task)::
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
-            checkpoint_every, log_every, eval_every, resume}
+            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every}
     eval: {batch_size}
+    compare: {methods, seeds, set, kwargs}   # optional; densekd compare's plan (training ignores it)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "CompareConfig",
     "Config",
     "DistillConfig",
     "EvalConfig",
@@ -90,6 +92,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = evaluate only at the end; -1 = never
     resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
+    guards: bool = True  # KD health guards during training (densekd.health): ratios, mask statistics, warnings
+    grad_ratio_every: int = 100  # KD/task gradient-norm ratio at iteration 1 and every N iterations; 0 = never
 
 
 @dataclass
@@ -106,6 +110,27 @@ class DistillConfig:
 
 
 @dataclass
+class CompareConfig:
+    """The plan of ``densekd compare CONFIG`` (training ignores it): which methods, how many seeds, and each
+    method's own engine overrides (``set``, e.g. ``{hinton_kd: ["distill.pairs=[{student: classifier}]"]}``) and
+    loss kwargs (``kwargs``, e.g. ``{maskd: {fit_steps: 200}}``). Command-line ``--methods``/``--seeds`` replace
+    these; ``--set``/``--kwargs`` add to them."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: int = 3
+    set: dict[str, list[str]] = field(default_factory=dict)
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self, where: str = "compare") -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"{where}.seeds: expected a positive int, got {self.seeds}")
+        for what in ("set", "kwargs"):
+            extra = sorted(set(getattr(self, what)) - set(self.methods)) if self.methods else []
+            if extra:
+                raise ConfigError(f"{where}.{what}: {extra} are not among {where}.methods {self.methods}")
+
+
+@dataclass
 class Config:
     task: str
     model: Any
@@ -115,6 +140,7 @@ class Config:
     distill: DistillConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig | None = None  # read by densekd compare only
 
 
 # --------------------------------------------------------------------------- validation
@@ -340,7 +366,7 @@ def _check(cfg: Config) -> None:
     for name in ("max_iters", "batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name}: expected a positive int, got {getattr(t, name)}")
-    for name in ("num_workers", "checkpoint_every", "log_every"):
+    for name in ("num_workers", "checkpoint_every", "log_every", "grad_ratio_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name}: expected an int >= 0, got {getattr(t, name)}")
     if t.eval_every < -1:
