@@ -29,6 +29,7 @@ from densekd.integrations.ultralytics import (  # noqa: E402
     distill_yolo,
     kd_task_ratio_check,
     train_yolo,
+    training_loss_items,
 )
 
 FAST = dict(imgsz=64, batch=8, nbs=8, workers=0, plots=False, val=False, exist_ok=True, warmup_epochs=0,
@@ -194,6 +195,66 @@ def test_resume_restores_kd_modules_and_optimizer(yolo_data, teacher_pt, tmp_pat
     assert YOLO(str(tr.last)).model.state_dict().keys() == saved["ema"].state_dict().keys()
 
 
+def _nan_once_in_second_epoch(log: dict):
+    """Callbacks that make epoch 2's loss NaN once and record, at every epoch start, the epoch and (on the redo)
+    the model's state next to what last.pt held."""
+    def start(trainer):
+        log.setdefault("epochs", []).append(trainer.epoch)
+        if log.get("injected") and "redo" not in log:
+            ckpt = torch.load(trainer.last, map_location="cpu", weights_only=False)
+            m = trainer.model
+            log["redo"] = {"student": {k: v.detach().clone() for k, v in m.student_model.state_dict().items()},
+                           "kd": {k: v.detach().clone() for k, v in m.kd.state_dict().items()},
+                           "ckpt_student": ckpt["ema"].float().state_dict(), "ckpt_kd": ckpt["densekd"]["kd_ema"]}
+
+    def end(trainer):
+        if trainer.epoch == 1 and not log.get("injected"):
+            log["injected"] = True
+            trainer.loss = torch.tensor(float("nan"))
+
+    return {"on_train_epoch_start": [start], "on_train_epoch_end": [end]}
+
+
+@pytest.fixture(scope="module")
+def nan_run(yolo_data, teacher_pt, tmp_path_factory):
+    log: dict = {}
+    tr = distill_yolo("yolov8n.yaml", teacher_pt, yolo_data, method="fitnet", epochs=2, seed=0, check=False,
+                      project=str(tmp_path_factory.mktemp("yolo_nan")), name="n",
+                      callbacks=_nan_once_in_second_epoch(log), **FAST)
+    return tr, log
+
+
+def test_nan_after_first_epoch_recovers_from_last_pt(nan_run):
+    tr, log = nan_run
+    assert log["epochs"] == [0, 1, 1]  # epoch 2 went NaN, was rolled back to last.pt and run again
+    redo = log["redo"]
+    for k, v in redo["ckpt_student"].items():  # the model restarts from the checkpoint's EMA student ...
+        assert torch.equal(redo["student"][k].cpu(), v), k
+    assert redo["kd"].keys() == redo["ckpt_kd"].keys()
+    for k, v in redo["ckpt_kd"].items():  # ... and the KD modules from its densekd entry
+        assert torch.equal(redo["kd"][k].cpu(), v), k
+    assert tr.epoch == 1 and torch.isfinite(tr.loss) and Path(tr.best).is_file()
+
+
+def test_nan_recovery_without_densekd_entry_is_one_line(nan_run, tmp_path):
+    tr = nan_run[0]
+    plain = tmp_path / "plain.pt"
+    torch.save({"ema": DetectionModel("yolov8n.yaml", nc=10, verbose=False), "epoch": 0}, plain)
+    last, loss = tr.last, tr.loss
+    try:
+        tr.last, tr.loss = plain, torch.tensor(float("nan"))
+        with pytest.raises(RuntimeError) as e:
+            tr._handle_nan_recovery(1)
+        assert _one_line(e.value) == f"Loss NaN/Inf detected in epoch 2; cannot recover: {plain} holds no densekd entry"
+        torch.save({"ema": None, "epoch": 0, "densekd": {"kd": {}}}, plain)  # a stripped (final) checkpoint
+        with pytest.raises(RuntimeError, match=r"cannot recover: .*plain.pt holds no EMA model$"):
+            tr._handle_nan_recovery(1)
+        tr.loss = torch.tensor(1.0)
+        assert tr._handle_nan_recovery(1) is False  # a finite loss: nothing to recover
+    finally:
+        tr.last, tr.loss = last, loss
+
+
 # --------------------------------------------------------------------------- model-level behaviour
 def test_default_pairs_any_width_and_family():
     s = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
@@ -230,6 +291,67 @@ def test_kd_terms_are_fp32_under_autocast():
     vec.sum().backward()
     assert all(p.grad is not None for p in m.kd.parameters())
     assert s.model[0].conv.weight.grad is not None
+
+
+def _state(m):
+    import random
+
+    import numpy as np
+
+    return ({k: v.clone() for k, v in m.named_buffers()}, [x.training for x in m.modules()], random.getstate(),
+            np.random.get_state()[1].copy(), torch.random.get_rng_state())
+
+
+def _same_state(a, b) -> bool:
+    return (a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and a[1] == b[1]
+            and a[2] == b[2] and (a[3] == b[3]).all() and torch.equal(a[4], b[4]))
+
+
+def test_measure_is_the_training_step_and_changes_nothing():
+    """measure() (the pre-training KD/task check) gives the losses the first training step computes, in train
+    mode, with MGD's random masks drawn as that step draws them; buffers, modes and random streams are kept."""
+    from ultralytics.cfg import get_cfg
+
+    s = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    s.args = get_cfg()
+    t = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    m = YOLOKDModel(s, t, default_pairs(s, t, "mgd"))
+    batch = _batch()
+    torch.manual_seed(3)
+    m.eval()  # a mode other than the one measured in: it must come back
+    before = _state(m)
+    task, kd = m.measure(batch)
+    assert _same_state(before, _state(m))
+    m.train()
+    with torch.no_grad():
+        _, items = m(dict(batch))  # the training step's forward, from the same random state
+    assert task == pytest.approx(float(items["box_loss"] + items["cls_loss"] + items["dfl_loss"]), rel=1e-6)
+    assert kd == pytest.approx(float(items["kd_mgd"]), rel=1e-6) and kd > 0
+    m.eval()
+    with torch.no_grad():
+        _, eval_items = m(dict(batch))  # what the old eval-mode check measured differs (BatchNorm statistics)
+    assert float(sum(eval_items.values())) != pytest.approx(task, rel=1e-3)
+
+
+def test_training_loss_items_of_ultralytics_distillation_model():
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.distill_model import DistillationModel
+
+    s = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    s.args = get_cfg(overrides={"imgsz": 64})
+    d = DistillationModel(DetectionModel("yolov8n.yaml", nc=3, verbose=False), s)
+    batch = _batch()
+    before = _state(d)
+    items = training_loss_items(d, batch)
+    assert _same_state(before, _state(d))
+    assert set(items) == {"box_loss", "cls_loss", "dfl_loss", "dis_loss"} and items["dis_loss"] > 0
+
+
+def test_ratio_check_consumes_no_batch_and_no_randomness(kd_run):
+    tr = kd_run[0]
+    before = _state(tr.model)
+    kd_task_ratio_check(tr)
+    assert _same_state(before, _state(tr.model))
 
 
 def test_fgd_gets_boxes_from_the_batch():

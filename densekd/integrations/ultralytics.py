@@ -65,7 +65,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 __all__ = ["DistillationTrainer", "OfflineDetectionTrainer", "YOLOKDConfig", "YOLOKDModel", "default_pairs",
-           "distill_yolo", "kd_task_ratio_check", "teacher_metric_check", "train_yolo"]
+           "distill_yolo", "kd_task_ratio_check", "teacher_metric_check", "train_yolo",
+           "training_loss_items"]
 
 _CKPT_KEY = "densekd"
 _CKPT_FORMAT = 1
@@ -417,23 +418,14 @@ class YOLOKDModel(nn.Module):
         vec = torch.cat([task, (kd_total * img.shape[0]).reshape(1).to(task.dtype)])
         return vec, {**items, **kd_items}
 
-    @torch.no_grad()
     def measure(self, batch: dict[str, Any]) -> tuple[float, float]:
-        """(task loss, KD loss) of one batch, per image as in Ultralytics' loss items, with the student in eval
-        mode so that nothing (BatchNorm statistics) changes."""
-        student = self.student_model
-        was = student.training
-        student.eval()
-        try:
-            img = batch["img"]
-            t_feats = self._teacher_features(img)
-            with _capture(student, self._s_names) as s_feats:
-                preds = student(img)
-            _, items = student.loss(batch, preds)
-            kd_total, _ = self.kd_terms(s_feats, t_feats, self.context(batch))
-        finally:
-            student.train(was)
-        return float(sum(float(v) for v in items.values())), float(kd_total)
+        """(task loss, KD loss) of one batch, per image as in Ultralytics' loss items, as the first training step
+        computes them (:func:`training_loss_items`: train mode, BatchNorm on the batch's statistics), leaving the
+        running statistics, the modules' modes and every random stream as they were."""
+        items = training_loss_items(self, batch)
+        kd = set(self.kd_item_names)
+        task = sum(v for k, v in items.items() if k not in kd)
+        return float(task), float(sum(v for k, v in items.items() if k in kd))
 
 
 # --------------------------------------------------------------------------- configuration
@@ -528,6 +520,45 @@ class DistillationTrainer(OfflineDetectionTrainer):
                 self.ema.ema.kd.load_state_dict(entry["kd_ema"])
             self.ema.updates = ckpt["updates"]
 
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        """Ultralytics' NaN/Inf recovery (reload ``last.pt``, redo the epoch; at most 3 times in a row), for the
+        wrapped model. Ultralytics' own reads the checkpoint's EMA as its distillation wrapper (``student_model``,
+        ``projector``); ours holds the plain student, and the KD modules are in the ``"densekd"`` entry. The
+        detection and the limits follow Ultralytics 8.4's ``BaseTrainer._handle_nan_recovery`` (one device: no
+        DDP broadcast)."""
+        loss_nan = self.loss is not None and not bool(torch.isfinite(self.loss).all())
+        fitness_nan = self.fitness is not None and not np.isfinite(self.fitness)
+        if not (loss_nan or fitness_nan):
+            return False
+        reason = "Loss NaN/Inf" if loss_nan else "Fitness NaN/Inf"
+        if epoch == self.start_epoch:
+            LOGGER.warning(f"{reason} detected but can not recover from last.pt...")
+            return False  # as Ultralytics: nothing to go back to in the first epoch, training continues
+        if not self.last.exists():
+            raise RuntimeError(f"{reason} detected but no valid last.pt is available for recovery")
+        self.nan_recovery_attempts += 1
+        if self.nan_recovery_attempts > 3:
+            raise RuntimeError(f"Training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
+        ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+        entry = ckpt.get(_CKPT_KEY) if isinstance(ckpt, dict) else None
+        ema = ckpt.get("ema") if isinstance(ckpt, dict) else None
+        if not entry or not isinstance(ema, nn.Module):
+            raise RuntimeError(f"{reason} detected in epoch {epoch + 1}; cannot recover: {self.last} holds "
+                               f"{'no EMA model' if not isinstance(ema, nn.Module) else 'no densekd entry'}")
+        student_sd = ema.float().state_dict()
+        kd_sd = entry.get("kd_ema") or entry["kd"]
+        if not all(torch.isfinite(v).all() for sd in (student_sd, kd_sd) for v in sd.values()
+                   if isinstance(v, Tensor) and v.is_floating_point()):
+            raise RuntimeError(f"Checkpoint {self.last} is corrupted with NaN/Inf weights")
+        LOGGER.warning(f"{reason} detected (attempt {self.nan_recovery_attempts}/3), recovering from last.pt...")
+        self._model_train()
+        model = unwrap_model(self.model)
+        model.student_model.load_state_dict(student_sd)  # the model restarts from the EMA, as Ultralytics does
+        model.kd.load_state_dict(kd_sd)
+        self._load_checkpoint_state(ckpt)  # optimizer, scaler, EMA (rebuilt around the wrapper), best fitness
+        self.scheduler.last_epoch = epoch - 1
+        return True
+
     def kd_state(self) -> dict[str, Any]:
         """The ``"densekd"`` checkpoint entry: only tensors, numbers and strings (loads with ``weights_only``)."""
         kd = self.kd_config
@@ -609,13 +640,44 @@ def first_batch(trainer: Any) -> dict[str, Any]:
         return trainer.preprocess_batch(batch)
 
 
+@contextlib.contextmanager
+def _module_state_preserved(model: nn.Module) -> Iterator[None]:
+    """Leave every buffer (BatchNorm running statistics and counters) and every train/eval flag of ``model`` as
+    it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, mode in modes:
+            m.training = mode
+
+
+def training_loss_items(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, float]:
+    """Ultralytics' loss items (``{"box_loss": …, …}``, per image) of ``model`` on ``batch`` as a training step
+    computes them: the model in train mode (BatchNorm normalises with the batch's statistics; a distillation
+    wrapper keeps its teacher in eval), no gradient. The model's buffers and modes and Python's, NumPy's and
+    torch's random streams are left as they were, so measuring does not shift the run. Works for any model that
+    Ultralytics' trainer calls with a batch dict: a plain ``DetectionModel``, :class:`YOLOKDModel`, Ultralytics'
+    own ``DistillationModel``."""
+    model = unwrap_model(model)
+    with torch.no_grad(), _rng_preserved(), _module_state_preserved(model):
+        model.train()
+        _, items = model(dict(batch))
+    return {k: float(v) for k, v in items.items()}
+
+
 #: bounds of the KD/task loss ratio outside which :func:`kd_task_ratio_check` warns
 RATIO_HIGH, RATIO_LOW = 10.0, 0.01
 
 
 def kd_task_ratio_check(trainer: Any) -> dict[str, Any]:
-    """KD/task loss ratio on one training batch; warns when KD would dominate or vanish and says which pair
-    weight makes the two equal."""
+    """KD/task loss ratio on the first training batch, computed as the first training step will (train mode, see
+    :func:`training_loss_items`); warns when KD would dominate or vanish and says which pair weight makes the two
+    equal."""
     model = unwrap_model(trainer.model)
     task, kd = model.measure(first_batch(trainer))
     ratio = kd / task if task > 0 else math.inf
