@@ -28,6 +28,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from densekd import build_loss  # noqa: E402
 from densekd.losses import acam  # noqa: E402
+from densekd.ops import attention as attention_ops  # noqa: E402
+from densekd.ops import linear as linear_ops  # noqa: E402
 
 LEVELS = {"P3": (100, 168), "P4": (50, 84), "P5": (25, 42)}
 
@@ -115,7 +117,7 @@ def blocks(args) -> None:
           f"{args.repeats}; peak in units of {unit:.1f} MiB")
     print("| block elements | rows | seconds | peak units |\n|---|---|---|---|")
     for k in args.elements:
-        acam.ATTENTION_BLOCK_ELEMENTS = 2**k
+        attention_ops.ATTENTION_BLOCK_ELEMENTS = 2**k
         torch.manual_seed(0)
         mod = build_loss("acam_kd", student_channels=args.channels, teacher_channels=args.channels,
                          keep_masks=False)
@@ -132,7 +134,7 @@ def blocks(args) -> None:
         with PeakSampler() as s:
             _step(mod, fs, ft)
         peak = s.peak
-        rows = acam._block_rows(fs.shape[0], fs.shape[2] * fs.shape[3], fs.device)
+        rows = attention_ops.block_rows(fs.shape[0], fs.shape[2] * fs.shape[3], fs.device)
         print(f"| 2^{k} | {rows} | {best:.2f} | {peak / unit:.2f} |", flush=True)
 
 
@@ -144,7 +146,7 @@ def maps(args) -> None:
     forms = {
         "conv2d": lambda x: conv(x),
         "matmul [C, C] @ [B, C, HW]": lambda x: torch.matmul(w, x.flatten(2)),
-        "densekd pointwise (baddbmm)": lambda x: acam.pointwise(conv, x.flatten(2)),
+        "densekd pointwise (baddbmm)": lambda x: linear_ops.pointwise(conv, x.flatten(2)),
     }
     print(f"1×1 map C → C at {args.level}, forward + backward; extra peak beyond the input and its gradient "
           f"(units of {unit:.1f} MiB; the output and its gradient are 2 units)")

@@ -1,9 +1,9 @@
-"""ACAM-KD switches ``mask_objective`` and ``mask_norm`` (the mask-collapse alternatives; default unchanged)."""
+"""ACAM-KD switches ``mask_objective`` and ``mask_norm`` (methods.md, "Optimisation of the mask modules")."""
 import pytest
 import torch
 
 from densekd import build_loss
-from densekd.losses.acam import ACAMKD, reverse_grad, spatial_loss, channel_loss
+from densekd.losses.acam import ACAMKD, spatial_loss, channel_loss
 
 
 def _pair(seed=0):
@@ -27,9 +27,11 @@ def _grads(objective, terms=("loss_channel", "loss_spatial"), norm="sum"):
     return out, g
 
 
-def test_default_is_descent_sum():
+def test_default_is_adversarial_square_and_the_paper_preset_is_descent_sum():
     mod = build_loss("acam_kd", student_channels=6, teacher_channels=8)
-    assert (mod.mask_objective, mod.mask_norm) == ("descent", "sum")
+    assert (mod.mask_objective, mod.mask_norm) == ("adversarial", "square")
+    paper = build_loss("acam_kd_paper", student_channels=6, teacher_channels=8)
+    assert (paper.mask_objective, paper.mask_norm) == ("descent", "sum")
 
 
 def test_forward_values_do_not_depend_on_objective():
@@ -76,37 +78,6 @@ def test_square_norm_is_scale_invariant_sum_norm_is_not():
     # square norm = Σ M² D² / (C Σ M²), written out
     ref = ((m_s ** 2) * sq_n[:, None]).sum(-1) / (4 * (m_s ** 2).sum(-1))
     torch.testing.assert_close(spatial_loss(sq_n, m_s, 4, norm="square"), ref.mean())
-
-
-def test_reverse_grad():
-    x = torch.tensor([1.0, -2.0], requires_grad=True)
-    y = reverse_grad(x)
-    torch.testing.assert_close(y, x.detach())
-    (y * torch.tensor([3.0, 4.0])).sum().backward()
-    torch.testing.assert_close(x.grad, torch.tensor([-3.0, -4.0]))
-
-
-def test_adversarial_masks_do_not_collapse():
-    """Measured collapse under descent (masks → 0, so L_s → 0); adversarial square-norm masks keep L_s alive."""
-    g = torch.Generator().manual_seed(0)
-    fs, ft = torch.randn(2, 6, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g)
-    ratio, means = {}, {}
-    for objective in ("descent", "adversarial"):
-        torch.manual_seed(0)
-        mod = ACAMKD(6, 8, num_masks=3, mask_objective=objective, mask_norm="sum" if objective == "descent" else "square")
-        opt = torch.optim.Adam(mod.parameters(), lr=1e-2)
-        for step in range(60):
-            out = mod(fs, ft)
-            if step == 0:
-                first = float(out["loss_spatial"].detach())
-            loss = sum(out.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        means[objective] = mod.mask_statistics()["spatial/mean"]
-        ratio[objective] = float(out["loss_spatial"].detach()) / first
-    assert means["descent"] < 0.05 and ratio["descent"] < 0.05
-    assert ratio["adversarial"] > 0.5
 
 
 @pytest.mark.parametrize("kw, msg", [

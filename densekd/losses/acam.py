@@ -10,9 +10,16 @@ Per distilled level::
     M_s = σ(S_s Z),  M_c = σ(S_c ⊙ v)                      (ASCM; Z = flatten(F_fuse), v = mean_hw F_fuse)
     L = α (L_c + L_s) + λ (Dice(M_s) + Dice(M_c))          (Losses)
 
+How the mask modules learn (methods.md, "Optimisation of the mask modules", revised after measurement): by
+default they *ascend* L_c + L_s through a gradient reversal on M_c and M_s while the student and the aligner
+descend it, and L_c, L_s are normalised by Σ M² (a mask-weighted mean of D², invariant to the masks' scale);
+Dice is descended by the mask modules. Read literally (descent on L with the Σ M norm) every mask collapses to
+≈ 0 within ~100 iterations and the KD term with it (``python benchmarks/acam_collapse_repro.py``); that reading
+is kept as the registry preset ``acam_kd_paper`` (densekd/losses/acam_variants.py).
+
 How it is computed (methods.md, STCA-FF: "must not materialise A"). ASCM reads F_fuse only through two
 linear maps, S_s Z and mean_hw Z, so training never forms F_fuse: both maps are moved inside the attention
-(``STCAFF.project``) and a blockwise kernel (``_ProjectedAttention``, flash-style: P built a few query rows
+(``STCAFF.project``) and a blockwise kernel (``densekd.ops.ProjectedAttention``, flash-style: P built a few query rows
 at a time, recomputed in backward from the row log-sum-exp) returns exactly what ASCM needs. The values are
 the explicit formula's (tests: against softmax(QKᵀ)V, gradcheck, every parameter's gradient); F_fuse itself
 is computed with ``scaled_dot_product_attention`` only when ``last_masks["fused"]`` is read, or when
@@ -26,8 +33,9 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from ..ops import (affine, at_least_fp32, cross_attention, pointwise, projected_attention, reverse_grad,
+                   squared_error_sums)
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -46,113 +54,6 @@ _CHOICES = {
 def _check_choice(name: str, value: str) -> None:
     if value not in _CHOICES[name]:
         raise ValueError(f"acam_kd: {name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
-
-
-def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = False) -> Tensor:
-    """softmax(q kᵀ / √d_qk) v for q, k: [B, N, d_qk], v: [B, N, d_v], without materialising the N×N matrix.
-
-    Returns [B, N, d_v], or [B, d_v, N] with ``channels_first`` (one copy fewer for a conv feature map).
-
-    methods.md, STCA-FF: ``scaled_dot_product_attention`` only takes its memory-efficient/flash path when
-    q, k and v have the same last dimension. With d_v = h·d_qk (the paper's C vs C/2: h = 2) V is split
-    into h heads of width d_qk that share Q and K (``expand``: a view, no copy) in one SDPA call. Any other
-    ratio falls back to zero-padding Q and K up to d_v, which leaves every dot product unchanged. The scale
-    stays 1/√d_qk.
-    """
-    d_qk, d_v = q.shape[-1], v.shape[-1]
-    scale = 1.0 / math.sqrt(d_qk)
-    # Measured: the CPU flash kernel also needs a unit stride in the last dimension; a transposed conv
-    # output (stride HW) silently falls back to the materialising path. The copies are N×d, not N×N.
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    b, n = v.shape[0], v.shape[1]
-    if d_v % d_qk == 0:
-        heads = d_v // d_qk
-        vh = v.view(b, n, heads, d_qk).transpose(1, 2)  # [B, h, N, d_qk]
-        qh = q.unsqueeze(1).expand(b, heads, q.shape[1], d_qk)  # shared by every head: a view, no copy
-        kh = k.unsqueeze(1).expand(b, heads, n, d_qk)
-        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)  # [B, h, N, d_qk]
-    elif d_v > d_qk:
-        out = F.scaled_dot_product_attention(F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk)), v,
-                                             scale=scale).unsqueeze(1)  # [B, 1, N, d_v]
-    else:
-        raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
-    if channels_first:  # [B, d_v, N] with channel = head·d_qk + j: one copy
-        return out.permute(0, 1, 3, 2).reshape(b, d_v, q.shape[1])
-    return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
-
-
-#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
-#: COCO P3 (``python benchmarks/acam_memory_trace.py blocks --elements 20 21 22 23 --repeats 3``): 2^20 / 2^21 /
-#: 2^22 / 2^23 took 10.3 / 8.2 / 7.7 / 8.4 s and peaked at 4.6 / 5.1 / 6.1 / 8.0 feature maps. 64 MiB on other
-#: devices, where fewer and larger products keep kernel launches few (34 blocks at P3; a choice, not measured:
-#: no GPU was available here).
-ATTENTION_BLOCK_ELEMENTS = 2**21
-ATTENTION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
-
-
-def _block_rows(batch: int, n: int, device: torch.device) -> int:
-    budget = ATTENTION_BLOCK_ELEMENTS if device.type == "cpu" else ATTENTION_BLOCK_ELEMENTS_ACCELERATOR
-    return max(1, min(n, budget // max(batch * n, 1)))
-
-
-class _ProjectedAttention(torch.autograd.Function):
-    """What ASCM reads of STCA-FF, without forming F_fuse: y = Ṽ Pᵀ and cs = Pᵀ1, P = softmax(qᵀk · scale).
-
-    q, k: [B, d, N] (channels first, as the 1×1 convs give them); vt: [B, M, N] = S_s V, i.e. V projected on
-    the M spatial units before the attention. Returns y [B, M, N] = S_s Z (the spatial-mask logits) and
-    cs [B, N] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query rows at a
-    time and recomputed in backward from the saved row log-sum-exp (as flash attention does): memory beyond
-    q and k is O(rows·N), never N×N. Computed in fp32 (methods.md, Losses: fp32 under autocast).
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, vt: Tensor, scale: float, rows: int):  # type: ignore[override]
-        dtypes = (q.dtype, k.dtype, vt.dtype)
-        ct = torch.promote_types(torch.promote_types(q.dtype, vt.dtype), torch.float32)  # fp32, or fp64 if given
-        with torch.autocast(q.device.type, enabled=False):
-            q, k, vt = q.to(ct), k.to(ct), vt.to(ct)
-            b, _, n = q.shape
-            y = q.new_empty(b, vt.shape[1], n)
-            cs = q.new_zeros(b, n)
-            lse = q.new_empty(b, n)
-            for i0 in range(0, n, rows):
-                i1 = min(i0 + rows, n)
-                s = torch.bmm(q[:, :, i0:i1].transpose(1, 2), k).mul_(scale)  # logits of rows i0..i1: [B, r, N]
-                mx = s.amax(dim=2, keepdim=True)
-                p = s.sub_(mx).exp_()
-                z = p.sum(dim=2, keepdim=True)
-                p.div_(z)  # rows of P
-                lse[:, i0:i1] = (mx + z.log()).squeeze(2)
-                y[:, :, i0:i1] = torch.bmm(vt, p.transpose(1, 2))
-                cs += p.sum(dim=1)
-        ctx.save_for_backward(q, k, vt, lse, y)
-        ctx.scale, ctx.rows, ctx.dtypes = scale, rows, dtypes
-        return y, cs
-
-    @staticmethod
-    @once_differentiable  # a second derivative would need its own kernel: refused with a clear error
-    def backward(ctx, gy: Tensor | None, gcs: Tensor | None):  # type: ignore[override]
-        q, k, vt, lse, y = ctx.saved_tensors
-        scale, rows = ctx.scale, ctx.rows
-        n = q.shape[2]
-        with torch.autocast(q.device.type, enabled=False):
-            gy = torch.zeros_like(y) if gy is None else gy.to(y.dtype)
-            gcs = None if gcs is None else gcs.to(y.dtype)
-            dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
-            for i0 in range(0, n, rows):
-                i1 = min(i0 + rows, n)
-                qb, gyb = q[:, :, i0:i1], gy[:, :, i0:i1]
-                p = torch.bmm(qb.transpose(1, 2), k).mul_(scale).sub_(lse[:, i0:i1].unsqueeze(2)).exp_()  # P rows
-                dvt.baddbmm_(gyb, p)  # ∂/∂Ṽ = gy P
-                dp = torch.bmm(gyb.transpose(1, 2), vt)  # ∂/∂P_ij = gy_i · Ṽ_j (+ gcs_j)
-                delta = (gyb * y[:, :, i0:i1]).sum(dim=1)  # Σ_j P_ij ∂/∂P_ij: [B, r]
-                if gcs is not None:
-                    dp += gcs.unsqueeze(1)
-                    delta += torch.bmm(p, gcs.unsqueeze(2)).squeeze(2)
-                ds = p.mul_(dp.sub_(delta.unsqueeze(2))).mul_(scale)  # softmax backward, times the logit scale
-                dq[:, :, i0:i1] = torch.bmm(k, ds.transpose(1, 2))
-                dk.baddbmm_(qb, ds)
-        return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
 
 
 class STCAFF(nn.Module):
@@ -201,9 +102,8 @@ class STCAFF(nn.Module):
         k = pointwise(self.k, x)  # K: [B, C/2, HW]
         wv, bv = self.v.weight.flatten(1).to(x.dtype), self.v.bias.to(x.dtype)  # V = W_v X + b_v, never formed
         units = spatial_units.to(x.dtype) if spatial_units is not None else x.new_zeros(0, c)
-        vt = _affine(x, units @ wv, units @ bv)  # S_s V: [B, M, HW]
-        rows = _block_rows(b, n, x.device)
-        y, cs = _ProjectedAttention.apply(q, k, vt, 1.0 / math.sqrt(q.shape[1]), rows)
+        vt = affine(x, units @ wv, units @ bv)  # S_s V: [B, M, HW]
+        y, cs = projected_attention(q, k, vt)  # blockwise; P never formed whole (densekd.ops.attention)
         mean = None
         if channel_mean:  # mean_hw (P V) = (1/HW) Σ_j cs_j V_j = W_v (X cs / HW) + b_v, since Σ_j cs_j = HW
             # weights cs / HW sum to 1: a weighted mean of X, so fp16 cannot overflow (a sum over HW could)
@@ -221,34 +121,10 @@ class STCAFF(nn.Module):
                 raise RuntimeError("acam_kd: last_masks['fused'] cannot be computed: the feature map it reads was "
                                    "modified in place after the forward; read it before changing the features")
             with torch.no_grad():
-                v = _affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
+                v = affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
                 return cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
 
         return spatial, mean, fused
-
-
-def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """weight · x + bias for x [B, C_in, N], weight [C_out, C_in]: [B, C_out, N] in one batched matmul.
-
-    Measured at COCO P3 on CPU (``python benchmarks/acam_memory_trace.py maps`` and ``nodes [--conv-maps]``):
-    ``matmul`` of [C_out, C_in] with [B, C_in, N] keeps a transposed copy of x (5.0 feature maps at its peak
-    against 4.0 for this form and for ``conv2d``); in the whole ACAM-KD step, ``conv2d`` 1×1 maps raise the
-    peak from 5.08 to 5.52 feature maps (its backward is the step's peak).
-    """
-    b, _, n = x.shape
-    w = weight.to(x.dtype).expand(b, -1, -1)
-    if bias is None:
-        return torch.bmm(w, x)
-    return torch.baddbmm(bias.to(x.dtype).view(1, -1, 1).expand(b, -1, n), w, x)
-
-
-def pointwise(layer: nn.Module, x: Tensor) -> Tensor:
-    """A 1×1 ``nn.Conv2d`` (or ``nn.Identity``) applied to x [B, C_in, N] as a batched matmul: [B, C_out, N]."""
-    if isinstance(layer, nn.Identity):
-        return x
-    if not (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1):
-        raise TypeError(f"pointwise expects a 1×1 nn.Conv2d or nn.Identity, got {layer}")
-    return _affine(x, layer.weight.flatten(1), layer.bias)
 
 
 class ASCM(nn.Module):
@@ -336,7 +212,7 @@ def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
     b, m, _ = masks.shape
     if m < 2:
         return masks.new_zeros(())
-    x = _at_least_fp32(masks)
+    x = at_least_fp32(masks)
     gram = torch.bmm(x, x.transpose(1, 2))  # [B, M, M]: Σ_n X_in X_jn
     sq = torch.diagonal(gram, dim1=1, dim2=2)  # [B, M]: Σ_n X_in²
     d = 2 * gram / (sq.unsqueeze(2) + sq.unsqueeze(1) + eps)
@@ -344,67 +220,19 @@ def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
     return (off_diag / (m * (m - 1))).mean()
 
 
-class _ReverseGrad(torch.autograd.Function):
-    """Identity forward, negated gradient backward (gradient reversal)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return -grad
-
-
-def reverse_grad(x: Tensor) -> Tensor:
-    """Gradient reversal: ``x`` unchanged forward, ``-∂L/∂x`` backward (so whatever produced ``x`` ascends L)."""
-    return _ReverseGrad.apply(x)
-
-
 def _mask_norm(m: Tensor, norm: str) -> Tensor:
     """Σ over the mask's last dimension of M ("sum", MasKD) or of M² ("square", scale-invariant)."""
     return (m * m).sum(dim=-1) if norm == "square" else m.sum(dim=-1)
 
 
-def _at_least_fp32(t: Tensor) -> Tensor:
-    """fp16/bf16 → fp32 (methods.md: losses in fp32 under autocast); fp32 and fp64 unchanged."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-class _SquaredErrorSums(torch.autograd.Function):
-    """(Σ_n D², Σ_c D²) of D = F_T − F̂_S given as [B, C, N]: [B, C] and [B, N], in at least fp32.
-
-    Saves only its inputs (alive anyway) and recomputes D in backward, so D is not kept from forward to
-    backward (one feature-sized buffer less at the peak; see benchmarks/acam_loss.py).
-    """
-
-    @staticmethod
-    def forward(ctx, teacher: Tensor, student: Tensor):  # type: ignore[override]
-        ctx.save_for_backward(teacher, student)
-        sq = (_at_least_fp32(teacher) - _at_least_fp32(student)).square_()
-        return sq.sum(dim=2), sq.sum(dim=1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_c: Tensor | None, g_n: Tensor | None):  # type: ignore[override]
-        teacher, student = ctx.saved_tensors
-        d = _at_least_fp32(teacher) - _at_least_fp32(student)
-        grad = torch.zeros_like(d) if g_c is None else d * g_c.to(d.dtype).unsqueeze(2)
-        if g_n is not None:
-            grad.addcmul_(d, g_n.to(d.dtype).unsqueeze(1))
-        del d
-        grad = grad.mul_(2.0)  # ∂(D²)/∂F_T = 2D; ∂/∂F̂_S = −2D
-        g_t = grad.to(teacher.dtype, copy=True) if ctx.needs_input_grad[0] else None
-        g_s = grad.neg_().to(student.dtype) if ctx.needs_input_grad[1] else None
-        return g_t, g_s
-
-
 def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12, norm: str = "sum") -> Tensor:
-    """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (methods.md, Losses).
+    """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (methods.md, Losses; ``norm="sum"``, MasKD's
+    form and this function's default). ACAM-KD passes ``norm="square"`` (methods.md, "Optimisation of the mask
+    modules" Decision): the denominator is H·W · Σ_c M_c².
 
     ``diff_sq_c`` [B, C] = Σ_hw D², so Σ_{c,h,w} (M_c[b,m,c] D[b,c,h,w])² = Σ_c M_c² · diff_sq_c: one
     einsum over all masks, no loop, no [B, M, C, H, W] tensor. ``norm="square"`` divides by Σ_c M_c²
-    instead (a mask-weighted mean of D², invariant to the masks' scale; not in methods.md, an option).
+    instead (a mask-weighted mean of D², invariant to the masks' scale).
     """
     num = torch.einsum("bmc,bc->bm", m_c * m_c, diff_sq_c)
     den = hw * _mask_norm(m_c, norm) + eps
@@ -426,13 +254,17 @@ def mask_statistics(masks: Tensor, eps: float = 1e-12) -> dict[str, float]:
 
     mean: mean mask value. dice: mean pairwise Dice (1 = all masks identical). entropy: entropy of each
     mask normalised to a distribution over its N positions, divided by log N (1 = uniform, 0 = one spike),
-    averaged over b and m.
+    averaged over b and m. std: each mask's standard deviation over its N positions (for spatial masks: its
+    spatial std; 0 = a constant gate, methods.md "spatial masks must be spatial"), averaged over b and m;
+    std_min: the smallest of the M per-mask stds (each averaged over b), so one constant mask shows.
     """
-    x = _at_least_fp32(masks.detach())
+    x = at_least_fp32(masks.detach())
     n = x.shape[-1]
     p = x / (x.sum(dim=-1, keepdim=True) + eps)
     ent = -(p * (p + eps).log()).sum(dim=-1) / max(math.log(n), eps)
-    return {"mean": float(x.mean()), "dice": float(dice_diversity(x)), "entropy": float(ent.mean())}
+    std = x.std(dim=-1, unbiased=False)  # [B, M]
+    return {"mean": float(x.mean()), "dice": float(dice_diversity(x)), "entropy": float(ent.mean()),
+            "std": float(std.mean()), "std_min": float(std.mean(dim=0).min())}
 
 
 @register_loss("acam_kd")
@@ -454,17 +286,20 @@ class ACAMKD(DistillLoss):
             computed when first read; until the next forward the record holds this forward's Q, K and
             key/value map (about two feature maps per level). ``False`` keeps nothing.
         mask_objective: how L_c + L_s trains the mask modules (STCA-FF and ASCM; align is always trained
-            by L). ``"descent"`` (default, methods.md "Optimisation of the mask modules" Decision): the masks
-            are part of the graph of L and descend it like the student — measured to collapse every mask
-            to ≈ 0 (L_c, L_s are proportional to the masks' scale). ``"adversarial"``: the masks *ascend*
-            L_c + L_s (gradient reversal on the masks before the masked losses), i.e. they seek where the
-            student lags most, while the student descends it; Dice is still descended. ``"detached"``:
-            L_c + L_s does not reach the mask modules at all (trained by Dice only; a control). In both
-            alternatives STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
+            by L). ``"adversarial"`` (default, methods.md "Optimisation of the mask modules" Decision): the
+            masks *ascend* L_c + L_s (gradient reversal on the masks before the masked losses), i.e. they
+            seek where the student still lags, while the student descends it; Dice is still descended.
+            ``"descent"`` (the literal reading, preset ``acam_kd_paper``): the masks are part of the graph of
+            L and descend it like the student — measured to collapse every mask to ≈ 0 with the Σ M norm
+            (L_c, L_s are then proportional to the masks' scale). ``"detached"``: L_c + L_s does not reach the
+            mask modules at all (trained by Dice only; a control). In ``"adversarial"`` and ``"detached"``
+            STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
         z_norm: ``"none"`` (default, methods.md ASCM) or ``"spatial"``: Z standardised per channel over space
             before the spatial units (the demo's spatial masks otherwise saturate to constant 0/1 gates).
-        mask_norm: ``"sum"`` (default, methods.md Losses: divide by Σ M as MasKD) or ``"square"``
-            (divide by Σ M²: the loss is a mask-weighted mean of D², invariant to the masks' scale).
+        mask_norm: ``"square"`` (default, methods.md "Optimisation of the mask modules" Decision: divide by
+            Σ M², so the loss is a mask-weighted mean of D², invariant to the masks' scale; adversarial masks
+            with the Σ M norm saturate at 1, measured) or ``"sum"`` (divide by Σ M, MasKD's form; the preset
+            ``acam_kd_paper``).
 
     Returns ``{"loss_channel", "loss_spatial", "loss_div"}`` (only the terms the switches enable),
     with α and λ applied. After each forward, ``last_masks`` holds ``{"channel": [B,M,C],
@@ -486,8 +321,8 @@ class ACAMKD(DistillLoss):
         align: str = "conv1x1",
         init_std: float = 0.01,
         keep_masks: bool = True,
-        mask_objective: str = "descent",
-        mask_norm: str = "sum",
+        mask_objective: str = "adversarial",  # methods.md, "Optimisation of the mask modules" (Decision)
+        mask_norm: str = "square",  # idem: adversarial and the Σ M² norm go together
         z_norm: str = "none",
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
@@ -547,15 +382,15 @@ class ACAMKD(DistillLoss):
                    "detached": Tensor.detach}[self.mask_objective]
 
         # D = F_T − F̂_S; the losses need only Σ_hw D² [B, C] and Σ_c D² [B, HW] (in fp32 under autocast)
-        sq_c, sq_n = _SquaredErrorSums.apply(t_flat, s_hat)
+        sq_c, sq_n = squared_error_sums(t_flat, s_hat)
         out: dict[str, Tensor] = {}
         div = sq_c.new_zeros(())
         if m_c is not None:
-            out["loss_channel"] = self.alpha * channel_loss(sq_c, to_loss(_at_least_fp32(m_c)), h * w, norm=self.mask_norm)
+            out["loss_channel"] = self.alpha * channel_loss(sq_c, to_loss(at_least_fp32(m_c)), h * w, norm=self.mask_norm)
             if self.diversity == "both":
                 div = div + dice_diversity(m_c)
         if m_s is not None:
-            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, to_loss(_at_least_fp32(m_s)), c, norm=self.mask_norm)
+            out["loss_spatial"] = self.alpha * spatial_loss(sq_n, to_loss(at_least_fp32(m_s)), c, norm=self.mask_norm)
             if self.diversity in ("both", "spatial"):
                 div = div + dice_diversity(m_s)
         if self.diversity != "none":
@@ -572,7 +407,8 @@ class ACAMKD(DistillLoss):
         return out
 
     def mask_statistics(self) -> dict[str, float]:
-        """``{"spatial/mean", "spatial/dice", "spatial/entropy", "channel/..."}`` of the last forward."""
+        """``{"spatial/mean", "spatial/dice", "spatial/entropy", "spatial/std", "spatial/std_min",
+        "channel/..."}`` of the last forward (see :func:`mask_statistics`)."""
         stats: dict[str, float] = {}
         for fam in ("spatial", "channel"):
             if fam in self.last_masks:

@@ -62,7 +62,10 @@ class MasKD(ACAMKD):
             raise ValueError(f"maskd: fit_steps must be >= 1 and fit_lr > 0, got {fit_steps} / {fit_lr}")
         super().__init__(student_channels, teacher_channels, num_masks=num_masks, alpha=alpha, lambda_div=0.0,
                          channel_units=channel_units, masks=masks, fusion="teacher", diversity="none",
-                         align=align, init_std=init_std, keep_masks=keep_masks)
+                         align=align, init_std=init_std, keep_masks=keep_masks,
+                         # MasKD's own form: the Σ M normalisation; the tokens are frozen, so L_c + L_s never
+                         # reaches them ("detached") and the student learns from D alone
+                         mask_objective="detached", mask_norm="sum")
         self.fit_steps, self.fit_lr = int(fit_steps), float(fit_lr)
         self.ascm.requires_grad_(False)  # the receptive tokens are fixed during distillation
         self.register_buffer("tokens_fitted", torch.tensor(False))

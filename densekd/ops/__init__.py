@@ -1,0 +1,13 @@
+"""Kernels the methods use but that are not methods (architecture.md, ``ops/``).
+
+A method file imports them and reads against its paper; each kernel is tested on its own (tests/test_ops.py).
+"""
+from .attention import (ATTENTION_BLOCK_ELEMENTS, ATTENTION_BLOCK_ELEMENTS_ACCELERATOR, ProjectedAttention,
+                        block_rows, cross_attention, projected_attention)
+from .grad import reverse_grad
+from .linear import affine, pointwise
+from .squared_error import SquaredErrorSums, at_least_fp32, squared_error_sums
+
+__all__ = ["ATTENTION_BLOCK_ELEMENTS", "ATTENTION_BLOCK_ELEMENTS_ACCELERATOR", "ProjectedAttention", "SquaredErrorSums",
+           "affine", "at_least_fp32", "block_rows", "cross_attention", "pointwise", "projected_attention",
+           "reverse_grad", "squared_error_sums"]

@@ -1,0 +1,135 @@
+"""Attention kernels: softmax(q kᵀ / √d) v without materialising the N×N matrix.
+
+* :func:`cross_attention` — PyTorch's ``scaled_dot_product_attention`` arranged so that its memory-efficient
+  kernel applies (methods.md, ACAM-KD "STCA-FF": equal q/k/v last dimensions, unit last-dim stride).
+* :class:`ProjectedAttention` — what ACAM-KD's ASCM reads of the fused map (its projection on M units and the
+  column sums of P), computed blockwise flash-style: P is built a few query rows at a time and recomputed in
+  backward from the saved row log-sum-exp. Exact (tests/test_ops.py: gradcheck, against the explicit formula).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = False) -> Tensor:
+    """softmax(q kᵀ / √d_qk) v for q, k: [B, N, d_qk], v: [B, N, d_v], without materialising the N×N matrix.
+
+    Returns [B, N, d_v], or [B, d_v, N] with ``channels_first`` (one copy fewer for a conv feature map).
+
+    methods.md, STCA-FF: ``scaled_dot_product_attention`` only takes its memory-efficient/flash path when
+    q, k and v have the same last dimension. With d_v = h·d_qk (the paper's C vs C/2: h = 2) V is split
+    into h heads of width d_qk that share Q and K (``expand``: a view, no copy) in one SDPA call. Any other
+    ratio falls back to zero-padding Q and K up to d_v, which leaves every dot product unchanged. The scale
+    stays 1/√d_qk.
+    """
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    scale = 1.0 / math.sqrt(d_qk)
+    # Measured: the CPU flash kernel also needs a unit stride in the last dimension; a transposed conv
+    # output (stride HW) silently falls back to the materialising path. The copies are N×d, not N×N.
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, n = v.shape[0], v.shape[1]
+    if d_v % d_qk == 0:
+        heads = d_v // d_qk
+        vh = v.view(b, n, heads, d_qk).transpose(1, 2)  # [B, h, N, d_qk]
+        qh = q.unsqueeze(1).expand(b, heads, q.shape[1], d_qk)  # shared by every head: a view, no copy
+        kh = k.unsqueeze(1).expand(b, heads, n, d_qk)
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)  # [B, h, N, d_qk]
+    elif d_v > d_qk:
+        out = F.scaled_dot_product_attention(F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk)), v,
+                                             scale=scale).unsqueeze(1)  # [B, 1, N, d_v]
+    else:
+        raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
+    if channels_first:  # [B, d_v, N] with channel = head·d_qk + j: one copy
+        return out.permute(0, 1, 3, 2).reshape(b, d_v, q.shape[1])
+    return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
+
+
+#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
+#: COCO P3 (``python benchmarks/acam_memory_trace.py blocks --elements 20 21 22 23 --repeats 3``): 2^20 / 2^21 /
+#: 2^22 / 2^23 took 10.3 / 8.2 / 7.7 / 8.4 s and peaked at 4.6 / 5.1 / 6.1 / 8.0 feature maps. 64 MiB on other
+#: devices, where fewer and larger products keep kernel launches few (34 blocks at P3; a choice, not measured:
+#: no GPU was available here).
+ATTENTION_BLOCK_ELEMENTS = 2**21
+ATTENTION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
+
+
+def block_rows(batch: int, n: int, device: torch.device) -> int:
+    budget = ATTENTION_BLOCK_ELEMENTS if device.type == "cpu" else ATTENTION_BLOCK_ELEMENTS_ACCELERATOR
+    return max(1, min(n, budget // max(batch * n, 1)))
+
+
+class ProjectedAttention(torch.autograd.Function):
+    """What ASCM reads of STCA-FF, without forming F_fuse: y = Ṽ Pᵀ and cs = Pᵀ1, P = softmax(qᵀk · scale).
+
+    q, k: [B, d, N] (channels first, as the 1×1 convs give them); vt: [B, M, N] = S_s V, i.e. V projected on
+    the M spatial units before the attention. Returns y [B, M, N] = S_s Z (the spatial-mask logits) and
+    cs [B, N] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query rows at a
+    time and recomputed in backward from the saved row log-sum-exp (as flash attention does): memory beyond
+    q and k is O(rows·N), never N×N. Computed in fp32 (methods.md, Losses: fp32 under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, vt: Tensor, scale: float, rows: int):  # type: ignore[override]
+        dtypes = (q.dtype, k.dtype, vt.dtype)
+        ct = torch.promote_types(torch.promote_types(q.dtype, vt.dtype), torch.float32)  # fp32, or fp64 if given
+        with torch.autocast(q.device.type, enabled=False):
+            q, k, vt = q.to(ct), k.to(ct), vt.to(ct)
+            b, _, n = q.shape
+            y = q.new_empty(b, vt.shape[1], n)
+            cs = q.new_zeros(b, n)
+            lse = q.new_empty(b, n)
+            for i0 in range(0, n, rows):
+                i1 = min(i0 + rows, n)
+                s = torch.bmm(q[:, :, i0:i1].transpose(1, 2), k).mul_(scale)  # logits of rows i0..i1: [B, r, N]
+                mx = s.amax(dim=2, keepdim=True)
+                p = s.sub_(mx).exp_()
+                z = p.sum(dim=2, keepdim=True)
+                p.div_(z)  # rows of P
+                lse[:, i0:i1] = (mx + z.log()).squeeze(2)
+                y[:, :, i0:i1] = torch.bmm(vt, p.transpose(1, 2))
+                cs += p.sum(dim=1)
+        ctx.save_for_backward(q, k, vt, lse, y)
+        ctx.scale, ctx.rows, ctx.dtypes = scale, rows, dtypes
+        return y, cs
+
+    @staticmethod
+    @once_differentiable  # a second derivative would need its own kernel: refused with a clear error
+    def backward(ctx, gy: Tensor | None, gcs: Tensor | None):  # type: ignore[override]
+        q, k, vt, lse, y = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        n = q.shape[2]
+        with torch.autocast(q.device.type, enabled=False):
+            gy = torch.zeros_like(y) if gy is None else gy.to(y.dtype)
+            gcs = None if gcs is None else gcs.to(y.dtype)
+            dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
+            for i0 in range(0, n, rows):
+                i1 = min(i0 + rows, n)
+                qb, gyb = q[:, :, i0:i1], gy[:, :, i0:i1]
+                p = torch.bmm(qb.transpose(1, 2), k).mul_(scale).sub_(lse[:, i0:i1].unsqueeze(2)).exp_()  # P rows
+                dvt.baddbmm_(gyb, p)  # ∂/∂Ṽ = gy P
+                dp = torch.bmm(gyb.transpose(1, 2), vt)  # ∂/∂P_ij = gy_i · Ṽ_j (+ gcs_j)
+                delta = (gyb * y[:, :, i0:i1]).sum(dim=1)  # Σ_j P_ij ∂/∂P_ij: [B, r]
+                if gcs is not None:
+                    dp += gcs.unsqueeze(1)
+                    delta += torch.bmm(p, gcs.unsqueeze(2)).squeeze(2)
+                ds = p.mul_(dp.sub_(delta.unsqueeze(2))).mul_(scale)  # softmax backward, times the logit scale
+                dq[:, :, i0:i1] = torch.bmm(k, ds.transpose(1, 2))
+                dk.baddbmm_(qb, ds)
+        return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
+
+
+def projected_attention(q: Tensor, k: Tensor, vt: Tensor, scale: float | None = None, rows: int | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """y = Ṽ Pᵀ [B, M, N] and cs = Pᵀ1 [B, N] with P = softmax(qᵀk · scale), q, k: [B, d, N], vt: [B, M, N].
+
+    ``scale`` defaults to 1/√d; ``rows`` (query rows per block) to :func:`block_rows` for the device."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[1])
+    if rows is None:
+        rows = block_rows(q.shape[0], q.shape[2], q.device)
+    return ProjectedAttention.apply(q, k, vt, scale, rows)
