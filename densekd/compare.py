@@ -4,7 +4,9 @@
         --methods baseline fitnet acam_kd --seeds 3 --out runs/compare/digits
 
 ``key=value`` overrides (applied to every run) go right after CONFIG or at the end of ``--methods``
-(argparse takes no positionals after other options such as ``--out``).
+(argparse takes no positionals after other options such as ``--out``). A config may carry its own plan in a
+``compare:`` section (methods, seeds, per-method ``set`` and ``kwargs``), so ``densekd compare CONFIG`` runs the
+whole table (configs/compare/digits_methods.yaml).
 
 Each run is ``densekd.train(CONFIG, overrides + [distill.method=<m>, seed=<s>, output_dir=<out>/<m>/seed<s>])``;
 the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill=null``). When the method
@@ -12,6 +14,12 @@ differs from the config's own ``distill.method``, ``distill.kwargs`` is reset to
 method; method-specific defaults such as ``num_masks`` come from the task's ``default_pairs``).
 
 Per-method loss kwargs: ``--kwargs maskd.fit_steps=200 samkd.scales=[1,2]`` (Python: ``method_kwargs``).
+Per-method engine overrides, for a distillation point or weight that suits one method:
+``--set "hinton_kd:distill.pairs=[{student: classifier}]" fitnet:distill.weight=0.5`` (Python: ``method_set``).
+
+Paired gains: when ``baseline`` (or ``student``) is among the methods, every other method's gain in the primary
+metric is computed seed by seed against the baseline run of the same seed (same init and data order), with the
+sample std of those per-seed gains and whether the mean gain exceeds 2 × that std (:func:`paired_gains`).
 
 Resumable: a run whose ``metrics.json`` exists is finished and not redone, its metrics are read back
 (whatever its settings: the run folder is named by method and seed only, so use a new ``--out`` after
@@ -37,6 +45,10 @@ from .errors import ConfigError
 BASELINE_NAMES = ("baseline", "student")
 #: metric shown in the bar chart, first one present wins (segmentation, detection)
 PRIMARY_METRICS = ("mIoU", "AP", "mAP")
+#: numbers in a run's metrics.json that are not metrics to aggregate
+NON_METRIC_KEYS = ("iteration", "seed", "train_iterations")
+#: metrics shown as they are (not × 100): wall-clock seconds of the training loop
+UNSCALED_METRICS = ("train_seconds",)
 
 
 @dataclass
@@ -68,7 +80,7 @@ def default_metrics(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[
     for runs in results.values():
         for r in runs:
             for k, v in r.items():
-                if k == "iteration" or "/" in k or k in names:
+                if k in NON_METRIC_KEYS or "/" in k or k in names:
                     continue
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     names.append(k)
@@ -96,28 +108,92 @@ def aggregate(results: Mapping[str, Sequence[Mapping[str, Any]]], methods: Seque
     return out
 
 
-def _fmt(mean: float, std: float, scale: float, digits: int) -> str:
+def _fmt(mean: float, std: float, scale: float, digits: int, sign: bool = False) -> str:
     if math.isnan(mean):
         return "—"
+    m = f"{mean * scale:+.{digits}f}" if sign else f"{mean * scale:.{digits}f}"
     if math.isnan(std):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+        return m
+    return f"{m} ± {std * scale:.{digits}f}"
+
+
+@dataclass
+class PairedGain:
+    """Gain of ``method`` over the baseline in ``metric``, paired by seed: mean and sample std (ddof = 1) of the
+    per-seed differences, their number, and the seeds' own differences (raw metric units)."""
+
+    method: str
+    metric: str
+    mean: float
+    std: float
+    n: int
+    per_seed: dict[int, float]
+
+    @property
+    def beyond_2std(self) -> bool:
+        """The mean gain is positive and more than 2 × the std of the paired gains (needs n ≥ 2)."""
+        return self.n >= 2 and not math.isnan(self.std) and self.mean > 2 * self.std
+
+    def verdict(self) -> str:
+        if self.n < 2:
+            return "— (1 seed)"
+        return "yes" if self.beyond_2std else "no"
+
+
+def paired_gains(results: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, metric: str,
+                 methods: Sequence[str] | None = None) -> list[PairedGain]:
+    """Every method's gain over ``baseline`` in ``metric``, seed by seed (runs carry ``"seed"``; runs without it
+    pair by position). Seeds missing on either side are left out. The baseline itself is not listed."""
+    def by_seed(runs: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+        return {int(r.get("seed", i)): float(r[metric]) for i, r in enumerate(runs)
+                if metric in r and not math.isnan(float(r[metric]))}
+
+    if baseline not in results:
+        raise ValueError(f"paired_gains: no results for the baseline {baseline!r}; have {list(results)}")
+    base = by_seed(results[baseline])
+    out = []
+    for m in (list(results) if methods is None else list(methods)):
+        if m == baseline:
+            continue
+        own = by_seed(results[m])
+        diffs = {s: own[s] - base[s] for s in sorted(own) if s in base}
+        mean, std, n = _mean_std(list(diffs.values()))
+        out.append(PairedGain(m, metric, mean, std, n, diffs))
+    return out
+
+
+def baseline_of(methods: Sequence[str]) -> str | None:
+    """The first baseline pseudo-method among ``methods`` (the plain student), if any."""
+    return next((m for m in methods if m in BASELINE_NAMES), None)
 
 
 def format_markdown(rows: Sequence[MethodStats], metrics: Sequence[str] | None = None, scale: float = 100.0,
-                    digits: int = 2, title: str | None = None) -> str:
-    """A Markdown table: one row per method, ``mean ± std`` per metric (× ``scale``, default in %), and n."""
+                    digits: int = 2, title: str | None = None, gains: Sequence[PairedGain] | None = None) -> str:
+    """A Markdown table: one row per method, ``mean ± std`` per metric (× ``scale``, default in %; the
+    training seconds as they are), n, and with ``gains`` the paired gain over the baseline and its verdict."""
     metrics = list(rows[0].stats) if metrics is None and rows else list(metrics or [])
-    head = ["method", "n", *metrics]
+    by_gain = {g.method: g for g in gains or ()}
+    gm = gains[0].metric if gains else None
+    head = ["method", "n", *[("train s" if k in UNSCALED_METRICS else k) for k in metrics]]
+    if gm:
+        head += [f"{gm} gain (paired)", "> 2 std"]
     lines = []
     if title:
         lines += [title, ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.method, str(r.n)] + [_fmt(r.stats[k][0], r.stats[k][1], scale, digits) for k in metrics]
+        cells = [r.method, str(r.n)] + [
+            _fmt(r.stats[k][0], r.stats[k][1], 1.0 if k in UNSCALED_METRICS else scale, 0 if k in UNSCALED_METRICS else digits)
+            for k in metrics]
+        if gm:
+            g = by_gain.get(r.method)
+            cells += ["—", "—"] if g is None else [_fmt(g.mean, g.std, scale, digits, sign=True), g.verdict()]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"mean ± sample standard deviation (ddof = 1) over n seeds; values × {scale:g}"
                   if scale != 1 else "mean ± sample standard deviation (ddof = 1) over n seeds"]
+    if gm:
+        lines.append(f"gain: {gm} minus the baseline's of the same seed (same init and data order), mean ± std of "
+                     f"those per-seed gains; > 2 std: the mean gain exceeds twice that std")
     return "\n".join(lines) + "\n"
 
 
@@ -183,9 +259,11 @@ def _metrics_path(d: str) -> str:
 
 
 def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
-                  overrides: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None) -> list[str]:
-    """The engine overrides of one run (user overrides first, so the run's own keys win)."""
-    return list(overrides) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
+                  overrides: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None,
+                  method_set: Sequence[str] = ()) -> list[str]:
+    """The engine overrides of one run: user overrides first, then the method's own (``method_set``), so the
+    run's own keys (seed, output folder, method) win."""
+    return list(overrides) + list(method_set) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
         method_overrides(config_raw, method, kwargs)
 
 
@@ -223,6 +301,19 @@ def parse_method_kwargs(items: Sequence[str], methods: Sequence[str]) -> dict[st
     return out
 
 
+def parse_method_set(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
+    """``["hinton_kd:distill.weight=0.5", ...]`` → ``{"hinton_kd": ["distill.weight=0.5"]}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, colon, override = item.partition(":")
+        if not (colon and method and "=" in override and override.split("=", 1)[0].strip()):
+            raise ConfigError(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. fitnet:distill.weight=0.5")
+        if method not in methods:
+            raise ConfigError(f"--set {item!r}: {method!r} is not one of the --methods ({', '.join(methods)})")
+        out.setdefault(method, []).append(override)
+    return out
+
+
 def _raw_config(config: str | Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     from .config import apply_overrides, read_yaml
 
@@ -252,23 +343,41 @@ def check_methods(methods: Sequence[str]) -> None:
 
 
 def preflight(config_raw: Mapping[str, Any], methods: Sequence[str],
-              method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+              method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+              method_set: Mapping[str, Sequence[str]] | None = None) -> None:
     """Before any (long) run: every method's config validates and the task can build its pairs (e.g. fgd
     on segmentation fails here, with the task's one-line reason, not after the runs before it)."""
     from .config import load_config
     from .tasks import get_task
 
     for m in methods:
-        cfg = load_config(config_raw, method_overrides(config_raw, m, (method_kwargs or {}).get(m)))
+        ov = list((method_set or {}).get(m, ())) + method_overrides(config_raw, m, (method_kwargs or {}).get(m))
+        try:
+            cfg = load_config(config_raw, ov)
+        except ConfigError as e:
+            raise ConfigError(f"{m}: {e}") from None
         if cfg.distill is not None and cfg.distill.pairs is None:
             get_task(cfg.task).default_pairs(cfg.model, cfg.distill.method, cfg.distill.kwargs)
 
 
 def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
             out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
-            log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodStats]:
-    """Run (or reuse) every method × seed and write ``compare.md`` / ``compare.csv`` / ``compare.png`` to
-    ``out``. ``seeds``: a count N (seeds 0..N-1) or explicit seeds. Returns the aggregated rows."""
+            log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+            method_set: Mapping[str, Sequence[str]] | None = None) -> list[MethodStats]:
+    """Run (or reuse) every method × seed and write ``compare.md`` / ``compare.csv`` / ``compare.png`` /
+    ``runs.json`` to ``out``. ``seeds``: a count N (seeds 0..N-1) or explicit seeds; ``method_kwargs``: loss
+    kwargs per method; ``method_set``: engine overrides per method. Returns the aggregated rows (the paired
+    gains: :func:`paired_gains` on ``runs.json``, or :func:`compare_runs`)."""
+    rows, _ = compare_runs(config, methods, seeds, out, overrides, metrics, log, method_kwargs, method_set)
+    return rows
+
+
+def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
+                 out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
+                 log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                 method_set: Mapping[str, Sequence[str]] | None = None
+                 ) -> tuple[list[MethodStats], dict[str, list[dict[str, Any]]]]:
+    """:func:`compare`, returning also the per-run metrics ``{method: [metrics of each seed (with "seed")]}``."""
     from .engine import train
 
     check_methods(methods)
@@ -277,10 +386,12 @@ def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int 
         raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
     raw = _raw_config(config, overrides)
     method_kwargs = dict(method_kwargs or {})
-    unknown = sorted(set(method_kwargs) - set(methods))
-    if unknown:
-        raise ConfigError(f"method_kwargs: {unknown} are not among the methods {list(methods)}")
-    preflight(raw, methods, method_kwargs)
+    method_set = {m: list(v) for m, v in (method_set or {}).items()}
+    for what, given in (("method_kwargs", method_kwargs), ("method_set", method_set)):
+        unknown = sorted(set(given) - set(methods))
+        if unknown:
+            raise ConfigError(f"{what}: {unknown} are not among the methods {list(methods)}")
+    preflight(raw, methods, method_kwargs, method_set)
     out = out or os.path.join(str(raw.get("output_dir", "runs/default")), "compare")
     os.makedirs(out, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -295,21 +406,31 @@ def compare(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int 
             else:
                 resumed = os.path.isfile(os.path.join(d, "checkpoint.pth"))
                 log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
-                train(config, run_overrides(raw, m, s, out, overrides, method_kwargs.get(m)))
+                train(config, run_overrides(raw, m, s, out, overrides, method_kwargs.get(m), method_set.get(m, ())))
             with open(_metrics_path(d), encoding="utf-8") as f:
-                results[m].append(json.load(f))
+                results[m].append({"seed": s, **json.load(f)})
     rows = aggregate(results, methods, metrics)
     cols = list(rows[0].stats) if rows else []
     write_outputs(rows, out, cols, results)
     log(f"wrote {os.path.join(out, 'compare.md')}, compare.csv, compare.png")
-    return rows
+    return rows, results
+
+
+def gains_for(rows: Sequence[MethodStats], results: Mapping[str, Sequence[Mapping[str, Any]]] | None
+              ) -> list[PairedGain] | None:
+    """Paired gains in the primary metric when a baseline is among the rows' methods, else None."""
+    methods = [r.method for r in rows]
+    base, pm = baseline_of(methods), primary_metric(rows)
+    if results is None or base is None or pm is None:
+        return None
+    return paired_gains(results, base, pm, methods)
 
 
 def write_outputs(rows: Sequence[MethodStats], out: str, metrics: Sequence[str],
                   results: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
     title = "## densekd compare"
     with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
-        f.write(format_markdown(rows, metrics, title=title))
+        f.write(format_markdown(rows, metrics, title=title, gains=gains_for(rows, results)))
     with open(os.path.join(out, "compare.csv"), "w", encoding="utf-8") as f:
         f.write(format_csv(rows, metrics))
     if results is not None:
@@ -324,13 +445,18 @@ def write_outputs(rows: Sequence[MethodStats], out: str, metrics: Sequence[str],
 def add_subparser(sub) -> None:
     p = sub.add_parser("compare", help="train every method × seed and tabulate mean ± std")
     p.add_argument("config", help="YAML config (its distill section gives the teacher/pairs; method is replaced)")
-    p.add_argument("--methods", nargs="+", required=True,
-                   help=f"registered loss names, or {' / '.join(BASELINE_NAMES)} for the plain student")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"registered loss names, or {' / '.join(BASELINE_NAMES)} for the plain student "
+                        "(default: the config's compare.methods)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1); default: the config's "
+                                                           "compare.seeds, else 3")
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/compare)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric columns (default: all scalar metrics)")
     p.add_argument("--kwargs", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                    help="keyword arguments of one method's loss, e.g. maskd.fit_steps=200")
+    p.add_argument("--set", nargs="+", default=[], metavar="METHOD:KEY=VALUE", dest="method_set",
+                   help="engine overrides for one method's runs, e.g. fitnet:distill.weight=0.5 or "
+                        "\"hinton_kd:distill.pairs=[{student: classifier}]\"")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted-key overrides for every run (right after CONFIG, or after the method names)")
     p.set_defaults(func=_run_cli)
@@ -342,13 +468,41 @@ def split_methods(methods: Sequence[str], overrides: Sequence[str]) -> tuple[lis
     return [m for m in methods if "=" not in m], list(overrides) + [m for m in methods if "=" in m]
 
 
+def plan_from_config(config: str | Mapping[str, Any], overrides: Sequence[str] = ()) -> Any:
+    """The config's ``compare:`` section (:class:`densekd.config.CompareConfig`), or None."""
+    from .config import CompareConfig, from_dict
+
+    section = _raw_config(config, overrides).get("compare")
+    return None if section is None else from_dict(CompareConfig, section, "compare")
+
+
 def _run_cli(args) -> int:
-    args.methods, args.overrides = split_methods(args.methods, args.overrides)
+    methods, args.overrides = split_methods(args.methods or [], args.overrides)
+    # argparse puts overrides that follow --set into its list: a plain KEY=VALUE has no METHOD: before the key
+    plain = [x for x in args.method_set if ":" not in x.split("=", 1)[0]]
+    args.method_set = [x for x in args.method_set if x not in plain]
+    args.overrides = list(args.overrides) + plain
+    if methods:
+        check_methods(methods)  # before reading the config: a misspelt method is the first thing to say
+    plan = plan_from_config(args.config, args.overrides)
+    args.methods = methods or (list(plan.methods) if plan is not None else [])
+    if not args.methods:
+        raise ConfigError("--methods: expected at least one method name (or a compare.methods list in the config)")
+    if args.seeds is None:
+        args.seeds = plan.seeds if plan is not None else 3
     if args.seeds < 1:
         raise ConfigError(f"--seeds: expected a positive count, got {args.seeds}")
     kwargs = parse_method_kwargs(args.kwargs, args.methods)
-    rows = compare(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
-                   method_kwargs=kwargs)
+    method_set = parse_method_set(args.method_set, args.methods)
+    if plan is not None:  # the config's plan first, the command line's additions after (so they win)
+        for m, ov in plan.set.items():
+            if m in args.methods:
+                method_set[m] = list(ov) + method_set.get(m, [])
+        for m, kw in plan.kwargs.items():
+            if m in args.methods:
+                kwargs[m] = {**kw, **kwargs.get(m, {})}
+    rows, results = compare_runs(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
+                                 method_kwargs=kwargs, method_set=method_set)
     metrics = list(rows[0].stats) if rows else []
-    print(format_markdown(rows, metrics))
+    print(format_markdown(rows, metrics, gains=gains_for(rows, results)))
     return 0

@@ -22,6 +22,7 @@ Schema (shared by every task)::
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
             checkpoint_every, log_every, eval_every, resume}
     eval: {batch_size}
+    compare: {methods, seeds, set, kwargs}   # optional; densekd compare's plan (training ignores it)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "CompareConfig",
     "Config",
     "DistillConfig",
     "EvalConfig",
@@ -106,6 +108,27 @@ class DistillConfig:
 
 
 @dataclass
+class CompareConfig:
+    """The plan of ``densekd compare CONFIG`` (training ignores it): which methods, how many seeds, and each
+    method's own engine overrides (``set``, e.g. ``{hinton_kd: ["distill.pairs=[{student: classifier}]"]}``) and
+    loss kwargs (``kwargs``, e.g. ``{maskd: {fit_steps: 200}}``). Command-line ``--methods``/``--seeds`` replace
+    these; ``--set``/``--kwargs`` add to them."""
+
+    methods: list[str] = field(default_factory=list)
+    seeds: int = 3
+    set: dict[str, list[str]] = field(default_factory=dict)
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self, where: str = "compare") -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"{where}.seeds: expected a positive int, got {self.seeds}")
+        for what in ("set", "kwargs"):
+            extra = sorted(set(getattr(self, what)) - set(self.methods)) if self.methods else []
+            if extra:
+                raise ConfigError(f"{where}.{what}: {extra} are not among {where}.methods {self.methods}")
+
+
+@dataclass
 class Config:
     task: str
     model: Any
@@ -115,6 +138,7 @@ class Config:
     distill: DistillConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig | None = None  # read by densekd compare only
 
 
 # --------------------------------------------------------------------------- validation

@@ -98,6 +98,53 @@ def test_method_kwargs():
         cmp.parse_method_kwargs(["fgd.x=1"], ["baseline", "maskd"])
 
 
+def test_paired_gains_on_known_numbers():
+    results = {
+        "baseline": [{"seed": 0, "mIoU": 0.70}, {"seed": 1, "mIoU": 0.60}, {"seed": 2, "mIoU": 0.65}],
+        "acam_kd": [{"seed": 2, "mIoU": 0.68}, {"seed": 0, "mIoU": 0.73}, {"seed": 1, "mIoU": 0.62}],  # any order
+        "fitnet": [{"seed": 0, "mIoU": 0.71}, {"seed": 1, "mIoU": 0.59}, {"seed": 2, "mIoU": 0.66}],
+        "mgd": [{"seed": 0, "mIoU": 0.72}],  # one seed: no spread, no verdict
+    }
+    gains = {g.method: g for g in cmp.paired_gains(results, "baseline", "mIoU")}
+    assert set(gains) == {"acam_kd", "fitnet", "mgd"}
+    g = gains["acam_kd"]  # per seed +0.03, +0.02, +0.03: mean 0.02667, sample std 0.005774
+    assert g.per_seed == pytest.approx({0: 0.03, 1: 0.02, 2: 0.03}) and g.n == 3
+    assert g.mean == pytest.approx(0.08 / 3) and g.std == pytest.approx(math.sqrt(1 / 3) * 0.01)
+    assert g.beyond_2std and g.verdict() == "yes"
+    f = gains["fitnet"]  # +0.01, -0.01, +0.01: mean 0.00333 < 2 × 0.01155
+    assert not f.beyond_2std and f.verdict() == "no"
+    assert gains["mgd"].n == 1 and gains["mgd"].verdict() == "— (1 seed)" and not gains["mgd"].beyond_2std
+    with pytest.raises(ValueError, match="no results for the baseline 'student'"):
+        cmp.paired_gains(results, "student", "mIoU")
+    rows = cmp.aggregate(results, ["baseline", "acam_kd", "fitnet"], metrics=["mIoU"])
+    md = cmp.format_markdown(rows, gains=cmp.gains_for(rows, results)).splitlines()
+    assert md[0] == "| method | n | mIoU | mIoU gain (paired) | > 2 std |"
+    assert md[2] == "| baseline | 3 | 65.00 ± 5.00 | — | — |"
+    assert md[3] == "| acam_kd | 3 | 67.67 ± 5.51 | +2.67 ± 0.58 | yes |"
+    assert md[4] == "| fitnet | 3 | 65.33 ± 6.03 | +0.33 ± 1.15 | no |"
+    assert cmp.gains_for(rows[1:], results) is None  # no baseline among the methods
+
+
+def test_run_metadata_is_not_aggregated_and_train_seconds_is_not_scaled():
+    results = {"a": [{"iteration": 5, "seed": 0, "train_iterations": 5, "mIoU": 0.5, "train_seconds": 12.0},
+                     {"iteration": 5, "seed": 1, "train_iterations": 5, "mIoU": 0.7, "train_seconds": 14.0}]}
+    rows = cmp.aggregate(results)
+    assert list(rows[0].stats) == ["mIoU", "train_seconds"]
+    assert cmp.format_markdown(rows).splitlines()[2] == "| a | 2 | 60.00 ± 14.14 | 13 ± 1 |"
+
+
+def test_method_set_overrides():
+    ms = cmp.parse_method_set(["hinton_kd:distill.pairs=[{student: classifier}]", "hinton_kd:distill.weight=2"],
+                              ["baseline", "hinton_kd"])
+    assert ms == {"hinton_kd": ["distill.pairs=[{student: classifier}]", "distill.weight=2"]}
+    ov = cmp.run_overrides({}, "hinton_kd", 0, "o", ["train.max_iters=5"], method_set=ms["hinton_kd"])
+    assert ov[:3] == ["train.max_iters=5", "distill.pairs=[{student: classifier}]", "distill.weight=2"]
+    with pytest.raises(ConfigError, match=r"--set 'fitnet=1': expected METHOD:KEY=VALUE"):
+        cmp.parse_method_set(["fitnet=1"], ["fitnet"])
+    with pytest.raises(ConfigError, match=r"--set 'mgd:distill.weight=1': 'mgd' is not one of the --methods"):
+        cmp.parse_method_set(["mgd:distill.weight=1"], ["baseline", "fitnet"])
+
+
 def test_bad_methods_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"--methods: unknown loss 'acam_kdd'; did you mean acam_kd"):
         cmp.check_methods(["baseline", "acam_kdd"])
@@ -119,7 +166,7 @@ def test_detection_compare_end_to_end_and_resume(make_config, teacher_ckpt, tmp_
         d = cmp.run_dir(out, m, 3)
         saved = json.load(open(os.path.join(d, "metrics.json")))
         assert saved["iteration"] == 1
-        assert json.load(open(os.path.join(out, "runs.json")))[m] == [saved]
+        assert json.load(open(os.path.join(out, "runs.json")))[m] == [{"seed": 3, **saved}]
     import yaml
 
     assert yaml.safe_load(open(os.path.join(cmp.run_dir(out, "baseline", 3), "config.yaml")))["distill"] is None
@@ -174,7 +221,7 @@ def test_segmentation_compare_via_cli(toy_seg, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random teacher
         rc = main(["compare", str(path), "--seeds", "1", "--out", str(out), "--kwargs", "samkd.scales=[1, 2]",
-                   "--methods", "hinton_kd", "samkd", "train.max_iters=1"])
+                   "--methods", "hinton_kd", "samkd", "--set", "hinton_kd:distill.weight=0.5", "train.max_iters=1"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| hinton_kd | 1 |" in printed and "mIoU" in printed
@@ -183,8 +230,38 @@ def test_segmentation_compare_via_cli(toy_seg, tmp_path, capsys):
     assert (out / "compare.png").is_file()
     cfg = yaml.safe_load(open(out / "hinton_kd" / "seed0" / "config.yaml"))
     assert cfg["distill"]["kwargs"] == {}  # acam_kd's kwargs are not handed to another method
+    assert cfg["distill"]["weight"] == 0.5 and cfg["train"]["max_iters"] == 1  # --set, then the plain override
+    assert yaml.safe_load(open(out / "samkd" / "seed0" / "config.yaml"))["distill"]["weight"] == 1.0
     cfg = yaml.safe_load(open(out / "samkd" / "seed0" / "config.yaml"))
     assert cfg["distill"]["kwargs"] == {"scales": [1, 2]}  # --kwargs reach their method only
+
+
+def test_compare_plan_in_the_config(toy_seg, tmp_path, capsys):
+    """A config's compare: section is the whole plan; the command line replaces methods/seeds and adds --set."""
+    import yaml
+
+    conf = seg_config(toy_seg, tmp_path / "o")
+    conf["compare"] = {"methods": ["baseline", "hinton_kd"], "seeds": 1,
+                       "set": {"hinton_kd": ["distill.weight=0.25", "train.max_iters=2"]}}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "cmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random teacher
+        assert main(["compare", str(path), "train.max_iters=1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| baseline | 1 |" in printed and "| hinton_kd | 1 |" in printed and "mIoU gain (paired)" in printed
+    hk = yaml.safe_load(open(out / "hinton_kd" / "seed0" / "config.yaml"))
+    assert hk["distill"]["weight"] == 0.25 and hk["train"]["max_iters"] == 2  # a method's own setting wins
+    assert yaml.safe_load(open(out / "baseline" / "seed0" / "config.yaml"))["train"]["max_iters"] == 1
+    conf["compare"] = {"methods": ["baseline"], "set": {"mgd": ["distill.weight=1"]}}
+    path.write_text(yaml.safe_dump(conf))
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    assert "compare.set: ['mgd'] are not among compare.methods ['baseline']" in capsys.readouterr().err
+    del conf["compare"]
+    path.write_text(yaml.safe_dump(conf))
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    assert "--methods: expected at least one method name (or a compare.methods list" in capsys.readouterr().err
 
 
 def test_cli_unknown_method_exits_2(tmp_path, capsys):

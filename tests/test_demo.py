@@ -1,97 +1,172 @@
-"""``densekd demo``: the --quick smoke run end to end, teacher cache, metric, models and bad arguments."""
+"""``densekd demo``: the --quick smoke run end to end through the engine, the shipped teacher (verified, never
+overwritten, corrupt or mismatched files refused with one line), --retrain-teacher, and bad arguments."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 
+from densekd import assets
 from densekd.cli import main
-from densekd.demo import DemoConfig, TinySegNet, evaluate_miou, run_demo
-from densekd.errors import ConfigError
+from densekd.demo import DemoConfig, run_demo
+from densekd.demo.segmentation import TEACHER_ASSET, method_settings, student_config
+from densekd.errors import ConfigError, DenseKDError
 
-FIGURES = ("curves", "spatial_masks", "channel_masks", "mask_stats")
+FIGURES = ("gains", "curves", "spatial_masks", "channel_masks")
+
+
+def _shipped_hashes():
+    return {p.name: assets.file_sha256(p) for p in sorted(assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"))}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return root, ["demo", "--quick", "--seeds", "2", "--cache-dir", str(root / "cache"), "--out", str(root / "out"),
-                  "--threads", "1"]
+    argv = ["demo", "--quick", "--seeds", "2", "--cache-dir", str(root / "cache"), "--out", str(root / "out"),
+            "--threads", "1"]
+    return root, argv
+
+
+def test_the_shipped_teacher_is_there_and_its_record_is_complete():
+    path, record = assets.shipped_teacher(TEACHER_ASSET)
+    assert path.stat().st_size < 4 * 2**20  # "a few MB at most"
+    for key in ("command", "model", "data", "train", "seed", "threads", "metric", "torch", "sha256", "weights_sha256"):
+        assert key in record, key
+    assert record["command"].startswith("densekd demo --retrain-teacher")
+    assert record["data"]["seed"] == DemoConfig().data_seed and record["data"]["n_train"] == DemoConfig().n_pool
+    assert record["weights_sha256"] == assets.weights_sha256(assets.load_state_dict(path))
+    assert record["metric"]["dev mIoU"] > 50  # a teacher worth distilling from, measured when it was made
 
 
 def test_quick_demo_end_to_end(quick_run, capsys):
     root, argv = quick_run
+    before = _shipped_hashes()
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "SMOKE RUN" in text
-    for row in ("| teacher", "| student ", "| student + ACAM-KD", "| gain (ACAM-KD − plain)"):
-        assert row in text
-    assert "±" in text and "2 seed(s)" in text and "std" in text  # mean ± std over the 2 seeds
+    assert "SMOKE RUN" in text and "teacher: shipped with densekd" in text and "verified" in text
+    for row in ("| teacher (shipped", "| student (plain)", "| student + Hinton KD (logits)",
+                "| student + FitNet (trunk)", "| student + ACAM-KD (trunk)"):
+        assert row in text, row
+    assert "ACAM-KD (trunk) − plain = " in text and "paired over 2 seeds" in text and "2 × the std" in text
     summary = json.loads((root / "out" / "summary.json").read_text())
-    assert len(summary["results"]["student"]) == len(summary["results"]["student + ACAM-KD"]) == 2
+    assert summary["teacher"]["origin"] == "shipped"
+    assert set(summary["runs"]) == {"baseline", "hinton_kd", "fitnet", "acam_kd"}
+    assert all(len(v) == 2 for v in summary["runs"].values())
+    g = summary["gains"]["acam_kd"]
+    per_seed = [r["mIoU"] for r in summary["runs"]["acam_kd"]], [r["mIoU"] for r in summary["runs"]["baseline"]]
+    assert g["n"] == 2 and g["mean"] == pytest.approx(sum(a - b for a, b in zip(*per_seed)) / 2)
     for key in FIGURES:
         path = summary["figures"][key]
         assert path in text  # the output names every picture
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size[0] > 100
-    # the ACAM-KD student logged its masks' statistics at every evaluation point
-    stats = summary["results"]["student + ACAM-KD"][0]["mask_stats"]
-    assert [it for it, _ in stats] == [1, 10, 20]  # first step, then every evaluation point
-    assert {"classifier/spatial/mean", "classifier/channel/dice", "trunk/spatial/entropy"} <= set(stats[0][1])
-    # same architecture, so the same parameter count: ACAM-KD modules are not part of the student
-    assert summary["results"]["student"][0]["params"] == summary["results"]["student + ACAM-KD"][0]["params"]
+    # the students trained through the engine: each run folder is a normal engine run
+    runs_dir = next((root / "out").glob("runs-*"))
+    for m in ("baseline", "acam_kd"):
+        d = runs_dir / m / "seed1"
+        assert (d / "metrics.json").is_file() and (d / "log.csv").is_file() and (d / "config.yaml").is_file()
+    assert _shipped_hashes() == before
 
 
-def test_quick_demo_reuses_cached_teacher(quick_run, capsys):
+def test_quick_demo_reuses_finished_runs(quick_run, capsys):
     root, argv = quick_run
-    main(argv)  # builds (or reuses, if the first test ran) the teacher
+    main(argv)  # runs (or reuses, if the first test ran) every student
     capsys.readouterr()
-    main(argv[:3] + ["1"] + argv[4:])
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "teacher: loaded from cache" in text and "| teacher (cached)" in text
-    assert "data: " in text and "(cached;" in text
+    assert text.count("finished earlier") == 8 and "data: " in text and "(cached;" in text
 
 
-def test_tiny_segnet_shapes():
-    m = TinySegNet(4)
-    x = torch.randn(2, 3, 32, 32)
-    assert m(x).shape == (2, 11, 32, 32)
-    assert m.classifier(m.head(m.trunk(m.stem(x)))).shape == (2, 11, 8, 8)  # distilled logits at stride 4
+def test_retrain_teacher_with_a_changed_config_leaves_the_shipped_teacher_untouched(tmp_path, capsys):
+    before = _shipped_hashes()
+    argv = ["demo", "--quick", "--retrain-teacher", "--methods", "baseline", "acam_kd", "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--threads", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "teacher: retrained" in text and "differs from the shipped teacher" in text
+    assert "the shipped files are untouched" in text
+    assert _shipped_hashes() == before
+    record = json.loads((tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.json").read_text())
+    assert record["train"]["max_iters"] == DemoConfig.quick_config().teacher_iters  # the changed config
+    assert record["sha256"] == assets.file_sha256(tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.pt")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["teacher"]["origin"] == "retrained" and summary["teacher"]["path"].startswith(str(tmp_path))
 
 
-class _Oracle(torch.nn.Module):
-    def __init__(self, y, wrong_class=None):
-        super().__init__()
-        self.y, self.wrong = y, wrong_class
+@pytest.fixture
+def fake_assets(tmp_path, monkeypatch):
+    """A copy of the shipped assets in a folder the test may damage."""
+    d = tmp_path / "assets"
+    d.mkdir()
+    for p in assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"):
+        shutil.copy(p, d / p.name)
+    monkeypatch.setattr(assets, "ASSETS_DIR", d)
+    return d
 
-    def forward(self, x):
-        y = self.y[: len(x)].clone()
-        if self.wrong is not None:
-            y[y == self.wrong] = 0
-        return torch.nn.functional.one_hot(y, 11).permute(0, 3, 1, 2).float()
+
+def test_a_corrupt_shipped_teacher_says_so_and_offers_the_retrain(fake_assets, tmp_path, capsys):
+    pt = fake_assets / f"{TEACHER_ASSET}.pt"
+    data = bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    argv = ["demo", "--quick", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is corrupt or was replaced" in err and "densekd demo --retrain-teacher" in err
 
 
-def test_evaluate_miou():
-    y = torch.zeros(2, 8, 8, dtype=torch.long)
-    y[0, :4, :4] = 3
-    y[1, 4:, 4:] = 7
-    x = torch.zeros(2, 3, 8, 8)
-    assert evaluate_miou(_Oracle(y), x, y) == pytest.approx(100.0)
-    # class 7 predicted as background: IoU(7) = 0, IoU(0) = 96/(96 + 16), IoU(3) = 1 → mean of the 3 classes seen
-    assert evaluate_miou(_Oracle(y, wrong_class=7), x, y) == pytest.approx(100 * (1 + 96 / 112 + 0) / 3)
+def test_a_missing_shipped_teacher_says_so(fake_assets, tmp_path):
+    (fake_assets / f"{TEACHER_ASSET}.pt").unlink()
+    with pytest.raises(DenseKDError, match=r"weights file .* is missing; run `densekd demo --retrain-teacher`"):
+        run_demo(DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o")))
+
+
+def test_a_teacher_the_config_does_not_describe_is_refused(tmp_path):
+    cfg = DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o"), teacher_width=8)
+    with pytest.raises(ConfigError, match=r"the shipped teacher is .*'width': 32.*'width': 8.*--retrain-teacher"):
+        run_demo(cfg)
+
+
+def test_write_artifact_refuses_the_package_folder_and_checksums_weights(tmp_path):
+    sd = {"w": torch.arange(6.0).view(2, 3), "n": torch.tensor(3)}
+    with pytest.raises(assets.AssetError, match="refusing to write"):
+        assets.write_artifact("x", sd, {}, assets.ASSETS_DIR)
+    path, record = assets.write_artifact("x", sd, {"metric": {"a": 1}}, tmp_path)
+    assert record["weights_sha256"] == assets.weights_sha256(assets.load_state_dict(path))
+    assert assets.verified_artifact("x", tmp_path)[1]["metric"] == {"a": 1}
+    other = {**sd, "w": sd["w"] + 1e-6}
+    assert assets.weights_sha256(other) != record["weights_sha256"]
+
+
+def test_a_config_names_a_shipped_teacher_as_an_asset(fake_assets):
+    path = assets.resolve_checkpoint(f"asset:{TEACHER_ASSET}", "model.teacher.checkpoint")
+    assert path == str(fake_assets / f"{TEACHER_ASSET}.pt")
+    assert assets.resolve_checkpoint("some/file.pth") == "some/file.pth" and assets.resolve_checkpoint(None) is None
+    with pytest.raises(assets.AssetError, match=r"^model.teacher.checkpoint: artefact 'nope': no record .*nope.json$"):
+        assets.resolve_checkpoint("asset:nope", "model.teacher.checkpoint")
+
+
+def test_each_method_gets_a_distillation_point_that_suits_it(tmp_path):
+    cfg = DemoConfig()
+    assert method_settings(cfg) == {"hinton_kd": ["distill.pairs=[{student: classifier}]", "distill.weight=1.0"]}
+    conf = student_config(cfg, tmp_path, tmp_path / "t.pt", tmp_path / "runs")
+    assert conf["distill"]["pairs"] == [{"student": "trunk"}] and conf["distill"]["kwargs"]["num_masks"] == 11
+    assert conf["data"]["max_images"] == cfg.n_student and conf["data"]["val_split"] == "val"
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(task="classification"), "demo: --task must be 'segmentation' or 'detection', got 'classification'"),
-        (dict(task="detection"), "demo: --task detection is not available yet"),
         (dict(seeds=0), "demo: --seeds must be ≥ 1, got 0"),
         (dict(eval_split="test"), "demo: --eval-split must be 'val' or 'dev', got 'test'"),
-        (dict(kd_levels=("logits", "fpn")), "demo: kd_levels must be a non-empty subset of ['feature', 'logits']"),
         (dict(student_iters=0), "demo: student_iters must be ≥ 1, got 0"),
+        (dict(n_student=64, n_pool=32), "demo: n_student (64) must be ≤ n_pool (32)"),
+        (dict(methods=("acam_kd",)), "demo: --methods must include the plain student ('baseline')"),
+        (dict(methods=("baseline", "acam")), "unknown loss 'acam'"),
     ],
 )
 def test_bad_config(tmp_path, kwargs, message):
@@ -105,22 +180,3 @@ def test_cli_rejects_unknown_task(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--task", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
-
-
-def test_optimizer_groups_scale_only_the_mask_modules():
-    from densekd import losses  # noqa: F401  (registers acam_kd)
-    from densekd.demo import _ce, _pairs, make_optimizer
-    from densekd.distiller import Distiller
-
-    cfg = DemoConfig.quick_config(mask_lr_scale=0.1, lr=1e-3)
-    student, teacher = TinySegNet(4), TinySegNet(8)
-    d = Distiller(student, teacher, _pairs(cfg), task_loss=_ce, example_inputs=(torch.randn(2, 3, 32, 32),))
-    opt = make_optimizer(cfg, student, d)
-    main_group, mask_group = opt.param_groups
-    assert main_group["lr"] == pytest.approx(1e-3) and mask_group["lr"] == pytest.approx(1e-4)
-    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
-    named = dict(d.kd_losses.named_parameters())
-    align = {id(p) for n, p in named.items() if ".align." in n}
-    assert ids(student.parameters()) | align == ids(main_group["params"])
-    assert ids(mask_group["params"]) == ids(named.values()) - align and mask_group["params"]
-    assert len(make_optimizer(cfg, student).param_groups) == 1

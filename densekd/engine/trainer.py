@@ -8,7 +8,9 @@ frozen teacher; without it the same loop trains the plain student.
 
 Outputs in ``output_dir`` (rank 0 only): ``checkpoint.pth`` (resumable, every ``checkpoint_every``
 iterations, at the end and on SIGTERM), ``student_final.pth`` (plain student state dict), ``log.csv``,
-``tb/`` (TensorBoard), ``config.yaml``, ``metrics.json`` and the task's evaluation files.
+``tb/`` (TensorBoard), ``config.yaml``, ``metrics.json`` (the final metrics, plus ``train_seconds``: wall time of
+the training loop in this process, evaluation excluded, and ``train_iterations``: how many iterations it ran) and
+the task's evaluation files.
 """
 from __future__ import annotations
 
@@ -268,6 +270,7 @@ class Trainer:
         try:
             epoch, pos = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_position(epoch, pos)
+            loop_start, loop_start_iter = time.perf_counter(), self.iteration
             data = iter(self.loader)
             window: dict[str, float] = {}
             n_window, t0 = 0, time.perf_counter()
@@ -337,6 +340,7 @@ class Trainer:
                     raise TrainingInterrupted(self.iteration, self.ckpt_path)
             if logger:
                 logger.bar.close()
+            train_seconds = time.perf_counter() - loop_start  # this process's iterations only (a resumed run: since the resume)
             self.save()
             if main:
                 torch.save(self.model.student_state_dict(), os.path.join(self.out, "student_final.pth"))
@@ -346,7 +350,8 @@ class Trainer:
                     logger.log_eval(self.iteration, metrics)
             if main:
                 with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
-                    json.dump({"iteration": self.iteration, **metrics}, f, indent=2)
+                    json.dump({"iteration": self.iteration, **metrics, "train_seconds": round(train_seconds, 2),
+                               "train_iterations": self.iteration - loop_start_iter}, f, indent=2)
                 print(f"finished {self.iteration} iterations; student weights: "
                       f"{os.path.join(self.out, 'student_final.pth')}", flush=True)
         finally:

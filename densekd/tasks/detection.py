@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.coco import CocoDetection, collate_detection
 from ..distiller import Pair
+from ..assets import resolve_checkpoint
 from ..errors import ConfigError
 from ..models import detection as det
 
@@ -134,7 +135,8 @@ class DetectionTask:
         return det.build_detector(
             sub.arch, sub.backbone, num_classes=model_cfg.num_classes, min_size=model_cfg.min_size,
             max_size=model_cfg.max_size, trainable_layers=sub.trainable_layers, norm=sub.norm,
-            checkpoint=sub.checkpoint, backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
+            checkpoint=resolve_checkpoint(sub.checkpoint, f"model.{role}.checkpoint"),
+            backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
             where=f"model.{role}", fpn_channels=sub.fpn_channels, head_convs=sub.head_convs,
         )
 

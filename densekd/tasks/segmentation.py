@@ -41,6 +41,7 @@ from ..data.segmentation import (
 )
 from ..config import from_dict
 from ..distiller import Pair
+from ..assets import resolve_checkpoint
 from ..errors import ConfigError
 from ..metrics.segmentation import ConfusionMatrix, format_iou_table
 from ..models.segmentation import SegmentationModel, build_segmentation_model, load_segmentation_checkpoint
@@ -211,8 +212,8 @@ class SegmentationTask:
         )
         if spec.backbone_checkpoint:
             _load_backbone(model, spec.backbone_checkpoint)
-        if spec.checkpoint:
-            load_segmentation_checkpoint(model, spec.checkpoint)
+        if spec.checkpoint:  # a file, or asset:<name> (a shipped, checksum-verified teacher)
+            load_segmentation_checkpoint(model, resolve_checkpoint(spec.checkpoint, f"model.{role}.checkpoint"))
         elif role == "teacher":
             warnings.warn("model.teacher.checkpoint is not set: distilling from a randomly initialised teacher", stacklevel=2)
         if spec.sync_bn and role == "student" and dist.is_available() and dist.is_initialized() and torch.cuda.is_available():

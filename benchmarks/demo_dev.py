@@ -1,0 +1,78 @@
+"""How the segmentation demo's settings were chosen: students on the ``dev`` split, paired by seed.
+
+    OMP_NUM_THREADS=1 python benchmarks/demo_dev.py --seeds 3 --out runs/demo-dev [--only NAME ...]
+
+Every candidate is a (method, demo settings, engine overrides) triple trained through the engine exactly as
+``densekd demo`` trains its students (same data, shipped teacher, schedule, seeds and data order), but evaluated
+on ``dev``. Plain students are trained once per schedule and every candidate is paired with the plain student of
+the same schedule and seed. Prints one Markdown table (mIoU on dev, paired gain ± std, > 2 std, s/run);
+finished runs are reused, so the script can be stopped and rerun. Write-up: benchmarks/demo_segmentation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from densekd import assets  # noqa: E402
+from densekd.compare import compare_runs, paired_gains  # noqa: E402
+from densekd.demo import common  # noqa: E402
+from densekd.demo.segmentation import TEACHER_ASSET, DemoConfig, build_data, method_settings, student_config  # noqa: E402
+
+BASE = DemoConfig(eval_split="dev")
+#: name → (method, DemoConfig changes, engine overrides)
+CANDIDATES: dict[str, tuple[str, dict, list[str]]] = {
+    "acam_kd": ("acam_kd", {}, []),
+    "acam_kd z_norm=spatial": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}}, []),
+    "acam_kd weight 0.3": ("acam_kd", {"feature_weight": 0.3}, []),
+    "acam_kd on head": ("acam_kd", {"feature": "head"}, []),
+    "fitnet": ("fitnet", {}, []),
+    "fitnet weight 0.3": ("fitnet", {"feature_weight": 0.3}, []),
+    "hinton_kd (logits)": ("hinton_kd", {}, []),
+    "acam_kd_paper": ("acam_kd_paper", {}, []),
+    "acam_kd, 600 it": ("acam_kd", {"student_iters": 600}, []),
+    "fitnet, 600 it": ("fitnet", {"student_iters": 600}, []),
+    "acam_kd, 400 canvases": ("acam_kd", {"n_student": 400}, []),
+    "fitnet, 400 canvases": ("fitnet", {"n_student": 400}, []),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="runs/demo-dev")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/densekd"))
+    p.add_argument("--only", nargs="+", default=None, help="candidate names (default: all)")
+    args = p.parse_args()
+    out = Path(args.out)
+    ds = build_data(BASE, Path(args.cache_dir))
+    assets.shipped_teacher(TEACHER_ASSET)  # verified before any run
+    teacher = f"asset:{TEACHER_ASSET}"
+    seeds = list(range(args.seeds))
+    rows = []
+    for name, (method, changes, extra) in CANDIDATES.items():
+        if args.only and name not in args.only:
+            continue
+        cfg = replace(BASE, **changes)
+        schedule = f"n{cfg.n_student}-it{cfg.student_iters}"
+        conf = student_config(cfg, ds.root, teacher, out)
+        sets = method_settings(replace(cfg, methods=(method,)))
+        _, plain = compare_runs(conf, ["baseline"], seeds, str(out / schedule), log=lambda s: None)
+        _, runs = compare_runs(conf, [method], seeds, str(out / schedule / name.replace(" ", "_").replace("=", "-")),
+                               log=print, method_set={method: sets.get(method, []) + extra})
+        g = paired_gains({"baseline": plain["baseline"], method: runs[method]}, "baseline", "mIoU")[0]
+        m, s = common.mean_std([r["mIoU"] * 100 for r in runs[method]])
+        pm, ps = common.mean_std([r["mIoU"] * 100 for r in plain["baseline"]])
+        secs = common.mean_std([r.get("train_seconds", float("nan")) for r in runs[method]])[0]
+        rows.append([name, schedule, common.fmt(pm, ps), common.fmt(m, s), common.fmt(g.mean * 100, g.std * 100, sign=True),
+                     g.verdict(), ", ".join(f"{v * 100:+.2f}" for v in g.per_seed.values()), f"{secs:.0f}"])
+        print(common.markdown_table(["candidate", "student set", "plain (dev)", "candidate (dev)", "gain (paired)",
+                                     "> 2 std", "per seed", "s/run"], rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
