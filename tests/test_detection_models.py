@@ -8,7 +8,7 @@ import torch
 
 from densekd import Distiller, Pair
 from densekd.errors import ConfigError
-from densekd.models.detection import (build_detector, distill_levels, distill_specs, inherit_neck_head,
+from densekd.models.detection import (build_detector, distill_levels, distill_specs, gn_groups, inherit_neck_head,
                                       load_detector_checkpoint)
 
 
@@ -139,7 +139,7 @@ def _cpu(arch, backbone="resnet18", **kw):
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 def test_fpn_and_head_width_and_depth(arch):
-    m = _cpu(arch, fpn_channels=48, head_convs=2).eval()  # 48: GroupNorm falls back to gcd(48, 32) = 16 groups
+    m = _cpu(arch, fpn_channels=48, head_convs=2).eval()  # 48: GroupNorm falls back to 16 groups
     with torch.no_grad():
         feats = m.backbone(torch.rand(1, 3, 64, 64))
         out = m([torch.rand(3, 64, 64)])
@@ -150,6 +150,7 @@ def test_fpn_and_head_width_and_depth(arch):
         gns = [x for x in m.head.classification_head.conv if isinstance(x, torch.nn.GroupNorm)]
         assert gns and all(g.num_groups == 16 and g.num_channels == 48 for g in gns)
         assert _cpu(arch).head.classification_head.conv[1].num_groups == 32  # a multiple of 32 keeps torchvision's 32
+        assert [gn_groups(c) for c in (256, 64, 32, 16, 8, 2, 1)] == [32, 32, 16, 8, 4, 1, 1]
     assert set(out[0]) == {"boxes", "scores", "labels"}
     assert all(p.requires_grad for p in m.parameters())  # from scratch: every layer trains
     assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.backbone.body.modules())

@@ -3,8 +3,8 @@ backbones, and their canonical distillation points.
 
 Sizes: ``fpn_channels`` sets the FPN width, which is also the width of every head (torchvision's default and
 the paper's: 256); ``head_convs`` the number of 3×3 convolutions in each RetinaNet/FCOS head tower (4). The
-FCOS head's GroupNorm keeps torchvision's 32 groups when the width is a multiple of 32, else it uses
-gcd(width, 32) groups, so any width works. ``min_size = max_size = None`` keeps every image at its own size
+FCOS head's GroupNorm keeps torchvision's 32 groups at widths that are multiples of 32 from 64 on, else
+:func:`gn_groups` picks a divisor that leaves ≥ 2 channels per group, so any width works. ``min_size = max_size = None`` keeps every image at its own size
 (no resize; the usual 800/1333 would upscale a 64-pixel image twelvefold). :data:`PRESETS` ``"cpu"`` gathers
 the settings of a detector a laptop trains from scratch in minutes (benchmarks/detection_cpu_preset.py).
 
@@ -166,7 +166,7 @@ def build_detector(
     else:
         from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
-        gn = partial(nn.GroupNorm, 32 if C % 32 == 0 else math.gcd(C, 32))
+        gn = partial(nn.GroupNorm, gn_groups(C))
         head = FCOSHead(C, 1, num_classes + 1, num_convs=0)
         head.classification_head = FCOSClassificationHead(C, 1, num_classes + 1, head_convs, norm_layer=gn)
         head.regression_head = FCOSRegressionHead(C, 1, head_convs, norm_layer=gn)
@@ -179,6 +179,18 @@ def build_detector(
     if checkpoint:
         load_detector_checkpoint(model, checkpoint, f"{where}.checkpoint")
     return model
+
+
+def gn_groups(channels: int) -> int:
+    """GroupNorm groups of an FCOS head of width ``channels``: torchvision's 32 when the width is a multiple of 32
+    of at least 64, else the largest power-of-two divisor up to 32 that leaves ≥ 2 channels per group (a 1×1 P7
+    map of a small image must still give each group more than one value to normalise)."""
+    if channels % 32 == 0 and channels >= 64:
+        return 32
+    g = math.gcd(channels, 32)
+    while g > 1 and channels // g < 2:
+        g //= 2
+    return g
 
 
 def check_sizes(min_size: int | None, max_size: int | None, where: str) -> None:
