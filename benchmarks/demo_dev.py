@@ -21,23 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from densekd import assets  # noqa: E402
 from densekd.compare import compare_runs, paired_gains  # noqa: E402
 from densekd.demo import common  # noqa: E402
-from densekd.demo.segmentation import TEACHER_ASSET, DemoConfig, build_data, method_settings, student_config  # noqa: E402
+from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,  # noqa: E402
+                                       student_config)
 
-BASE = DemoConfig(eval_split="dev")
+BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)
 CANDIDATES: dict[str, tuple[str, dict, list[str]]] = {
     "acam_kd": ("acam_kd", {}, []),
     "acam_kd z_norm=spatial": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}}, []),
-    "acam_kd weight 0.3": ("acam_kd", {"feature_weight": 0.3}, []),
-    "acam_kd on head": ("acam_kd", {"feature": "head"}, []),
     "fitnet": ("fitnet", {}, []),
-    "fitnet weight 0.3": ("fitnet", {"feature_weight": 0.3}, []),
     "hinton_kd (logits)": ("hinton_kd", {}, []),
-    "acam_kd_paper": ("acam_kd_paper", {}, []),
-    "acam_kd, 600 it": ("acam_kd", {"student_iters": 600}, []),
+    "acam_kd z_norm=spatial, weight 0.3": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature_weight": 0.3}, []),
+    "acam_kd z_norm=spatial, on head": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature": "head"}, []),
+    "fitnet on head": ("fitnet", {"feature": "head"}, []),
+    "acam_kd z_norm=spatial, 600 it": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "student_iters": 600}, []),
     "fitnet, 600 it": ("fitnet", {"student_iters": 600}, []),
-    "acam_kd, 400 canvases": ("acam_kd", {"n_student": 400}, []),
+    "acam_kd z_norm=spatial, 400 canvases": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "n_student": 400}, []),
     "fitnet, 400 canvases": ("fitnet", {"n_student": 400}, []),
+    "acam_kd_paper z_norm=spatial": ("acam_kd_paper", {"acam_kwargs": {"z_norm": "spatial"}}, []),
 }
 
 
@@ -63,7 +64,8 @@ def main() -> None:
         sets = method_settings(replace(cfg, methods=(method,)))
         _, plain = compare_runs(conf, ["baseline"], seeds, str(out / schedule), log=lambda s: None)
         _, runs = compare_runs(conf, [method], seeds, str(out / schedule / name.replace(" ", "_").replace("=", "-")),
-                               log=print, method_set={method: sets.get(method, []) + extra})
+                               log=print, method_set={method: sets.get(method, []) + extra},
+                               method_kwargs=method_kwargs(replace(cfg, methods=(method,))))
         g = paired_gains({"baseline": plain["baseline"], method: runs[method]}, "baseline", "mIoU")[0]
         m, s = common.mean_std([r["mIoU"] * 100 for r in runs[method]])
         pm, ps = common.mean_std([r["mIoU"] * 100 for r in plain["baseline"]])

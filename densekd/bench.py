@@ -23,7 +23,17 @@ loading is not timed. Reported per method:
   backward and optimizer update): the full step minus a plain student step (same student, batch and
   optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
   iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
-* ratios to ``plain``.
+* ratios to ``plain``;
+* with ``--guards [PAIRS]`` (default 30) also ``guards overhead``: what the KD health guards
+  (:mod:`densekd.health`) add to a training step, measured in the same process by :func:`measure_guards`.
+  Their work is not spread over every step: a step that measures gradient norms (iteration 1 and every
+  ``train.grad_ratio_every`` = N) runs one extra backward per level; a logged step (every ``log_every`` = L)
+  reads the mask statistics, the feature distance and checks the row; the other steps only set two flags.
+  So it times, interleaved PAIRS times each (the order rotates), four kinds of full engine steps
+  (:meth:`Trainer.train_step`): guards off; guards off + the log row; a gradient-norm step; guards on + the
+  log row with its guard work. With d_grad and d_log the medians of the paired differences (gradient-norm
+  step − off, log row on − log row off; medians of paired differences, so a load that drifts during the run
+  cancels) and t the median plain step: overhead = (d_grad / N + d_log / L) / t, as a fraction of a step.
 
 :func:`bench_table` (pure) builds the Markdown table from the measured rows.
 """
@@ -61,9 +71,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
     base = next((r for r in rows if r["method"] == baseline), None)
     kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
+    guards = any(r.get("guards_overhead") is not None for r in rows)
     lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) | KD modules (s) "
-             f"| modules / student step |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| modules / student step |" + (" guards overhead |" if guards else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if guards else "")]
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
         mod, st = r.get("modules_sec"), r.get("student_step_sec")
@@ -77,6 +88,11 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
             "—" if mod is None else f"{mod:.4f}",
             "—" if mod is None or not st else f"{100 * mod / st:+.1f} %",
         ]
+        if guards:
+            g = r.get("guards_overhead")
+            cells.append("—" if g is None else (
+                f"{100 * g:+.2f} % (gradient-norm step {100 * r['guards_grad_step']:+.0f} %, log row "
+                f"{100 * r['guards_log_row']:+.1f} %)"))
         lines.append("| " + " | ".join(cells) + " |")
     if rows:
         r0 = rows[0]
@@ -85,6 +101,11 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
                       f"KD modules = full step − plain student step − teacher forward, each timed in the same "
                       f"process, interleaved, median of the per-iteration differences; "
                       f"device: {r0.get('device', '?')}"]
+        g = next((r for r in rows if r.get("guards_overhead") is not None), None)
+        if g is not None:
+            lines += ["", f"guards overhead: (d_grad / {g['guards_every']} + d_log / {g['guards_log_every']}) / plain step "
+                          f"(train.grad_ratio_every / log_every), from medians of {g['guards_pairs']} interleaved paired "
+                          f"steps of each kind in one process; in brackets d_grad and d_log as a share of a step"]
     return "\n".join(lines) + "\n"
 
 
@@ -106,8 +127,49 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def measure_guards(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 30) -> dict[str, Any]:
+    """What the KD health guards add to an engine step, as a fraction of it (see the module docstring)."""
+    import torch
+
+    t = tr.cfg.train
+    every = t.grad_ratio_every or 100
+    log_every = t.log_every or 1
+    cuda = tr.device.type == "cuda"
+    guards = tr.guards
+    kinds = ("off", "off_log", "grad", "on_log")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+
+    def step(kind: str) -> float:
+        guards.enabled = kind in ("grad", "on_log")
+        log_now = kind.endswith("_log")
+        # a gradient-norm step is iteration N (1-based); the logged steps are iteration N + 1 (no gradient norms)
+        tr.iteration = every - 1 if kind == "grad" else every
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+        t0 = time.perf_counter()
+        names, values = tr.train_step(inputs, targets, log_now)
+        if log_now:  # the log row as the loop builds it (no file written), and the guards' checks of it
+            guards.check(tr.iteration, tr.log_row(dict(zip(names, values)), 1))
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+        return time.perf_counter() - t0
+
+    for i in range(pairs):
+        for j in range(len(kinds)):
+            kind = kinds[(i + j) % len(kinds)]
+            times[kind].append(step(kind))
+    guards.enabled = True
+    med = statistics.median
+    d_grad = med([a - b for a, b in zip(times["grad"], times["off"])])
+    d_log = med([a - b for a, b in zip(times["on_log"], times["off_log"])])
+    base = med(times["off"])
+    return {"guards_overhead": (d_grad / every + d_log / log_every) / base, "guards_grad_step": d_grad / base,
+            "guards_log_row": d_log / base, "guards_every": every, "guards_log_every": log_every,
+            "guards_pairs": pairs, "guards_step_sec": base, "guards_times": times}
+
+
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
-            overrides: Sequence[str] = ()) -> dict[str, Any]:
+            overrides: Sequence[str] = (), guard_pairs: int = 0) -> dict[str, Any]:
     """Time ``warmup + iters`` training steps of ``method`` (``plain`` = no distillation) in *this* process."""
     import torch
 
@@ -187,7 +249,10 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
             student_sec = statistics.median(student_times) if kd else None
             # KD modules on top: full step − student step − teacher forward, paired per iteration
             modules = statistics.median(t - s - f for t, s, f in zip(times, student_times, teacher_times)) if kd else None
-            return {
+            guard_cost: dict[str, Any] = {}
+            if guard_pairs > 0 and tr.guards is not None:
+                guard_cost = measure_guards(tr, inputs, targets, guard_pairs)
+            return {**guard_cost,
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
                 "student_step_sec": student_sec, "modules_sec": modules,
@@ -203,13 +268,15 @@ _MARK = "DENSEKD_BENCH_RESULT "
 
 def _worker(argv: Sequence[str]) -> int:
     spec = json.loads(argv[0])
-    res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"])
+    res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"],
+                  spec.get("guard_pairs", 0))
     print(_MARK + json.dumps(res), flush=True)
     return 0
 
 
 def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
-                          overrides: Sequence[str] = (), timeout: float | None = None) -> dict[str, Any]:
+                          overrides: Sequence[str] = (), timeout: float | None = None,
+                          guard_pairs: int = 0) -> dict[str, Any]:
     """:func:`measure` in a fresh ``python -m densekd.bench`` process (so memory peaks do not mix)."""
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(config, (str, os.PathLike)):
@@ -220,7 +287,7 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
                 yaml.safe_dump(dict(config), f)
             config = path
         spec = {"config": os.fspath(config), "method": method, "iters": iters, "warmup": warmup,
-                "overrides": list(overrides)}
+                "overrides": list(overrides), "guard_pairs": guard_pairs}
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -238,19 +305,23 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
 
 
 def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 20, warmup: int = 5,
-          overrides: Sequence[str] = (), out: str | None = None, log=print) -> list[dict[str, Any]]:
+          overrides: Sequence[str] = (), out: str | None = None, log=print, guard_pairs: int = 0) -> list[dict[str, Any]]:
     """Measure ``plain`` and every method (each in its own subprocess); write ``bench.md`` / ``bench.json``
-    to ``out`` when given; returns the rows (``plain`` first)."""
+    to ``out`` when given; returns the rows (``plain`` first). ``guard_pairs > 0``: also the KD health
+    guards' cost for every method (:func:`measure_guards`)."""
     from .compare import BASELINE_NAMES, check_methods
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"bench: expected --iters >= 1 and --warmup >= 0, got {iters} / {warmup}")
+    if guard_pairs < 0:
+        raise ConfigError(f"bench: expected --guards PAIRS >= 1, got {guard_pairs}")
     names = [m for m in methods if m not in BASELINE_NAMES and m != PLAIN]
     check_methods(names or ["baseline"])
     rows = []
     for m in [PLAIN, *names]:
         log(f"bench: {m} ({warmup} warm-up + {iters} iterations)")
-        rows.append(measure_in_subprocess(config, m, iters, warmup, overrides))
+        rows.append(measure_in_subprocess(config, m, iters, warmup, overrides,
+                                          guard_pairs=guard_pairs if m != PLAIN else 0))
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
@@ -268,6 +339,9 @@ def add_subparser(sub) -> None:
     p.add_argument("--iters", type=int, default=20, help="measured iterations (median), default 20")
     p.add_argument("--warmup", type=int, default=5, help="warm-up iterations, default 5")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.json")
+    p.add_argument("--guards", type=int, nargs="?", const=30, default=0, metavar="PAIRS",
+                   help="also measure what the KD health guards add to a step (PAIRS interleaved steps of each "
+                        "kind; default 30 when given)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
     p.set_defaults(func=_run_cli)
 
@@ -276,7 +350,7 @@ def _run_cli(args) -> int:
     from .compare import split_methods
 
     methods, overrides = split_methods(args.methods, args.overrides)
-    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out)
+    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out, guard_pairs=args.guards)
     print(bench_table(rows))
     return 0
 

@@ -2,6 +2,7 @@
 
     densekd train CONFIG [key=value ...]            (also: torchrun --nproc_per_node=N -m densekd train ...)
     densekd eval CONFIG --checkpoint PATH [key=value ...]
+    densekd doctor CONFIG [key=value ...] [--batches N]   (exit 0 healthy, 1 a check failed, 2 bad config)
 
 One subparser per command, each added by its own small function; other commands (demo, compare, bench)
 register theirs the same way in :data:`COMMANDS`. A bad config or input prints one line and exits 2.
@@ -46,6 +47,27 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check a distillation config before training (teacher, pairs, one batch)",
+                       description="Builds what `densekd train CONFIG` would build, trains nothing and prints one "
+                                   "report: the teacher's weights and its metric against chance, every pair and "
+                                   "level, and one batch forward and backward (KD vs task: loss, gradient norm on "
+                                   "the student; gradient flow). Exit status: 0 no failure (warnings allowed), "
+                                   "1 a check failed, 2 the config cannot be built.")
+    p.add_argument("config", help="YAML config with a distill section (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides, as for train")
+    p.add_argument("--batches", type=int, default=4,
+                   help="validation batches (eval.batch_size each) to score the teacher and the student's "
+                        "starting point on (default 4)")
+    p.set_defaults(func=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from .health import doctor
+
+    return doctor(args.config, args.overrides, batches=args.batches).exit_status
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from .demo import add_demo_arguments, main_from_args
 
@@ -58,6 +80,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
     ("train", _add_train),
     ("eval", _add_eval),
+    ("doctor", _add_doctor),
     ("demo", _add_demo),
 ]
 
@@ -68,6 +91,10 @@ COMMANDS.append(("compare", _add_compare))
 from .bench import add_subparser as _add_bench  # noqa: E402
 
 COMMANDS.append(("bench", _add_bench))
+
+from .integrations.yolo_cli import add_subparser as _add_yolo  # noqa: E402
+
+COMMANDS.append(("yolo", _add_yolo))
 
 
 def build_parser() -> argparse.ArgumentParser:

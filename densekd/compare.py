@@ -6,7 +6,7 @@
 ``key=value`` overrides (applied to every run) go right after CONFIG or at the end of ``--methods``
 (argparse takes no positionals after other options such as ``--out``). A config may carry its own plan in a
 ``compare:`` section (methods, seeds, per-method ``set`` and ``kwargs``), so ``densekd compare CONFIG`` runs the
-whole table (configs/compare/digits_methods.yaml).
+whole table (configs/compare/demo_methods.yaml).
 
 Each run is ``densekd.train(CONFIG, overrides + [distill.method=<m>, seed=<s>, output_dir=<out>/<m>/seed<s>])``;
 the pseudo-methods ``baseline`` / ``student`` train the plain student (``distill=null``). When the method

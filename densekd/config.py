@@ -20,7 +20,7 @@ Schema (shared by every task)::
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
-            checkpoint_every, log_every, eval_every, resume}
+            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every}
     eval: {batch_size}
     compare: {methods, seeds, set, kwargs}   # optional; densekd compare's plan (training ignores it)
 """
@@ -92,6 +92,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = evaluate only at the end; -1 = never
     resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
+    guards: bool = True  # KD health guards during training (densekd.health): ratios, mask statistics, warnings
+    grad_ratio_every: int = 100  # KD/task gradient-norm ratio at iteration 1 and every N iterations; 0 = never
 
 
 @dataclass
@@ -367,7 +369,7 @@ def _check(cfg: Config) -> None:
     for name in ("max_iters", "batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name}: expected a positive int, got {getattr(t, name)}")
-    for name in ("num_workers", "checkpoint_every", "log_every"):
+    for name in ("num_workers", "checkpoint_every", "log_every", "grad_ratio_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name}: expected an int >= 0, got {getattr(t, name)}")
     if t.eval_every < -1:

@@ -69,6 +69,30 @@ class Pair:
         return self.teacher if self.teacher is not None else self.student
 
 
+@dataclass
+class LevelInfo:
+    """One distilled level as the dry run found it (:attr:`Distiller.levels`; read by :mod:`densekd.health`).
+
+    key: the level's entry in ``Distiller.kd_losses``; pair: index into ``Distiller.pairs``; student / teacher:
+    level labels (the student's names the ``kd/<level>/<term>`` loss keys); shapes as captured (before any
+    resize); input_size: (H, W) of the batch the networks saw (after a detector's own resize), or None."""
+
+    key: str
+    pair: int
+    student: str
+    teacher: str
+    student_shape: tuple[int, ...]
+    teacher_shape: tuple[int, ...]
+    input_size: tuple[int, int] | None = None
+
+    def stride(self, role: str) -> float | None:
+        """Input height / feature height of ``role`` ("student" or "teacher"), None when unknown."""
+        shape = self.student_shape if role == "student" else self.teacher_shape
+        if self.input_size is None or len(shape) < 4 or shape[2] == 0:
+            return None
+        return self.input_size[0] / shape[2]
+
+
 def _is_loss_dict(out: Any) -> bool:
     return isinstance(out, Mapping) and len(out) > 0 and all(
         isinstance(v, Tensor) and v.dim() == 0 for v in out.values()
@@ -141,6 +165,7 @@ class Distiller(nn.Module):
         for cap in self._captures():
             cap.enabled = False  # hooks record only inside the Distiller's own dry run and forward
         self.kd_losses = nn.ModuleDict()  # key: "<pair index>|<level label>"
+        self.levels: list[LevelInfo] = []  # filled by the dry run (setup)
         self._built = False
         self.iteration = 0
         self.max_iterations: int | None = None
@@ -190,11 +215,14 @@ class Distiller(nn.Module):
         self._run_teacher(example_inputs)
         self._t_cap.expected_calls = self._t_cap.call_counts()
         device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+        input_size = self._input_size(example_inputs)
+        self.levels = []
         for i, pair in enumerate(self.pairs):
             s_lv, t_lv = self._levels(pair)
             for (s_label, s), (t_label, t) in zip(s_lv.items(), t_lv.items()):
                 self._check_shapes(pair, s_label, s, t_label, t)
                 key = self._key(i, s_label)
+                self.levels.append(LevelInfo(key, i, s_label, t_label, tuple(s.shape), tuple(t.shape), input_size))
                 if key in self.kd_losses:
                     continue
                 kwargs = dict(pair.kwargs)
@@ -204,6 +232,13 @@ class Distiller(nn.Module):
         self._built = True
         for cap in self._captures():
             cap.clear()
+
+    def _input_size(self, inputs: Sequence[Any]) -> tuple[int, int] | None:
+        """(H, W) of the batch the student saw: a detector's resized batch tensor, else the first input's."""
+        if self._ctx_cap is not None and self._ctx_cap.raw(self._context_module):
+            return tuple(self._ctx_cap.raw(self._context_module)[-1][0].tensors.shape[-2:])
+        x = inputs[0] if inputs else None
+        return tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.dim() >= 3 else None
 
     @staticmethod
     def _key(i: int, label: str) -> str:

@@ -6,6 +6,9 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Ultralytics (tests/test_integration_ultralytics.py): settings and fonts in a throw-away dir, no network probe
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", __import__("tempfile").mkdtemp(prefix="densekd-ultralytics-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

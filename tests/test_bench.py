@@ -76,3 +76,28 @@ def test_bench_failing_method_is_one_line(make_config, tmp_path):
         from densekd.bench import measure_in_subprocess
 
         measure_in_subprocess(cfg, "fitnet", 1, 0)
+
+
+def test_bench_table_guards_column():
+    rows = [dict(ROWS[0]), dict(ROWS[1], guards_overhead=0.0061, guards_grad_step=0.55, guards_log_row=0.021,
+                                guards_every=100, guards_log_every=50, guards_pairs=30)]
+    lines = bench_table(rows).splitlines()
+    assert lines[0].endswith("| teacher fwd (s) | KD modules (s) | modules / student step | guards overhead |")
+    assert lines[1].count("---") == 9
+    assert lines[2].endswith("| — | — | — | — |")
+    assert lines[3].endswith("| 0.1250 | 0.1250 | +25.0 % | +0.61 % (gradient-norm step +55 %, log row +2.1 %) |")
+    assert lines[-1].startswith("guards overhead: (d_grad / 100 + d_log / 50) / plain step")
+
+
+def test_bench_measures_the_guards_overhead(make_config, teacher_ckpt, tmp_path):
+    cfg = make_config(tmp_path / "o", teacher=teacher_ckpt, method="fitnet", batch_size=1)
+    rows = bench(cfg, ["fitnet"], iters=1, warmup=0, guard_pairs=1, log=lambda _: None,
+                 overrides=["train.grad_ratio_every=4", "train.log_every=2"])
+    assert "guards_overhead" not in rows[0]  # plain: no guards
+    g = rows[1]
+    assert g["guards_pairs"] == 1 and g["guards_every"] == 4 and g["guards_log_every"] == 2
+    assert sorted(g["guards_times"]) == ["grad", "off", "off_log", "on_log"]
+    assert all(len(v) == 1 and v[0] > 0 for v in g["guards_times"].values())
+    assert g["guards_overhead"] == pytest.approx((g["guards_grad_step"] / 4 + g["guards_log_row"] / 2))
+    with pytest.raises(ConfigError, match="bench: expected --guards PAIRS >= 1, got -1"):
+        bench(cfg, ["fitnet"], guard_pairs=-1)

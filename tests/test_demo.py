@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from PIL import Image
 from densekd import assets
 from densekd.cli import main
 from densekd.demo import DemoConfig, run_demo
-from densekd.demo.segmentation import TEACHER_ASSET, method_settings, student_config
+from densekd.demo.segmentation import TEACHER_ASSET, method_kwargs, method_settings, student_config
 from densekd.errors import ConfigError, DenseKDError
 
 FIGURES = ("gains", "curves", "spatial_masks", "channel_masks")
@@ -155,6 +156,9 @@ def test_each_method_gets_a_distillation_point_that_suits_it(tmp_path):
     conf = student_config(cfg, tmp_path, tmp_path / "t.pt", tmp_path / "runs")
     assert conf["distill"]["pairs"] == [{"student": "trunk"}] and conf["distill"]["kwargs"]["num_masks"] == 11
     assert conf["data"]["max_images"] == cfg.n_student and conf["data"]["val_split"] == "val"
+    assert conf["distill"]["kwargs"]["z_norm"] == "spatial"  # methods.md: the trunk's masks are gates otherwise
+    paper = replace(cfg, methods=("baseline", "acam_kd", "acam_kd_paper"))
+    assert method_kwargs(paper) == {"acam_kd_paper": {"num_masks": 11, "z_norm": "spatial"}}
 
 
 @pytest.mark.parametrize(

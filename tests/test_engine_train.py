@@ -65,9 +65,11 @@ def test_resume_is_bit_exact(make_config, teacher_ckpt, tmp_path):
     densekd.train(make_config(tmp_path / "split", max_iters=3, **kw))
     mid = _load(tmp_path / "split" / "checkpoint.pth")
     assert mid["iteration"] == 3 and mid["sampler"]["batch"] == 3
+    (tmp_path / "split" / ".tmp_killed.pth").write_bytes(b"partial write")  # as a kill -9 during save leaves it
     t = Trainer(make_config(tmp_path / "split", max_iters=6, **kw))
     assert t.iteration == 3 and any("resumed from" in m for m in t.messages)
     t.run()
+    assert not (tmp_path / "split" / ".tmp_killed.pth").exists()
     full, split = _load(tmp_path / "full" / "checkpoint.pth"), _load(tmp_path / "split" / "checkpoint.pth")
     assert split["iteration"] == 6
     _states_equal(full["student"], split["student"])

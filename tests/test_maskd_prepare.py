@@ -98,7 +98,8 @@ def test_segmentation_maskd_fitted_with_cross_entropy(tmp_path, capsys):
     cfg = {
         "task": "segmentation", "output_dir": str(tmp_path / "o"),
         "model": {"student": {"arch": "pspnet", "backbone": "resnet18", "decoder_channels": 16, **tiny},
-                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", "decoder_channels": 16, **tiny}},
+                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", "decoder_channels": 16, **tiny,
+                              "random_init": True}},
         "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [32, 32]},
         "distill": {"method": "maskd", "kwargs": {"fit_steps": 3, "fit_lr": 0.05}},
         "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},
@@ -180,7 +181,7 @@ def test_two_process_ddp_ranks_share_rank0_tokens(tmp_path):
     tiny = {"layers": [1, 1, 1, 1], "num_classes": 19, "decoder_channels": 16}
     cfg = {
         "task": "segmentation", "output_dir": str(tmp_path / "o"),
-        "model": {"student": {"arch": "pspnet", **tiny}, "teacher": {"arch": "deeplabv3", **tiny}},
+        "model": {"student": {"arch": "pspnet", **tiny}, "teacher": {"arch": "deeplabv3", **tiny, "random_init": True}},
         "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [32, 32]},
         "distill": {"method": "maskd", "kwargs": {"fit_steps": 2, "fit_lr": 0.05}},
         "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},

@@ -49,8 +49,9 @@ def test_every_loss_takes_a_teacher_map_made_under_inference_mode(name, as_kwarg
 
     torch.manual_seed(0)
     mod = build_loss(name, student_channels=4, teacher_channels=4)
-    if getattr(mod, "needs_preparation", False):
-        mod.tokens_fitted.fill_(True)  # MasKD: skip its stage-1 warning; the masks need no fitting here
+    for flag in ("tokens_fitted", "prompts_fitted"):  # MasKD, FreeKD: skip the stage-1 warning; the masks
+        if getattr(mod, "needs_preparation", False) and hasattr(mod, flag):  # need no fitting here
+            getattr(mod, flag).fill_(True)
     with torch.inference_mode():
         ft = torch.randn(2, 4, 6, 6)
     fs = torch.randn(2, 4, 6, 6, requires_grad=True)

@@ -83,7 +83,10 @@ class DemoConfig:
     feature: str = "trunk"
     feature_weight: float = 1.0  # acam_kd, fitnet
     logits_weight: float = 1.0  # hinton_kd
-    acam_kwargs: dict[str, Any] = field(default_factory=dict)  # further acam_kd switches (methods.md)
+    # methods.md, "spatial masks must be spatial": on this post-ReLU trunk feature the default z_norm="none"
+    # leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev images, measured:
+    # benchmarks/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
+    acam_kwargs: dict[str, Any] = field(default_factory=lambda: {"z_norm": "spatial"})
 
     @staticmethod
     def quick_config(**kw: Any) -> "DemoConfig":
@@ -168,6 +171,13 @@ def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
     losses keep the config's feature pair and ``feature_weight``."""
     return {m: ["distill.pairs=[{student: classifier}]", f"distill.weight={cfg.logits_weight}"]
             for m in cfg.methods if m in ("hinton_kd", "cwd")}
+
+
+def method_kwargs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+    """Loss kwargs of the ACAM-KD variants (``acam_kd_paper``, the ablations): acam_kd's own (M = 11 and
+    ``acam_kwargs``), so that each differs from it only in its own switch."""
+    return {m: {"num_masks": NUM_SEG_CLASSES, **cfg.acam_kwargs} for m in cfg.methods
+            if m.startswith("acam_kd_")}
 
 
 def _hash(obj: Any) -> str:
@@ -378,7 +388,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     seeds = list(range(cfg.seeds))
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused)")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log)
+    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log, method_kwargs(cfg))
 
     # the teacher's own metric on the evaluation split, by the engine's evaluation
     from ..engine import evaluate
@@ -416,7 +426,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         f"mIoU (%) on '{cfg.eval_split}' ({split_n} canvases); students: width {cfg.student_width} "
         f"({n_params['student']:,} parameters, KD modules dropped after training), {cfg.n_student} labelled canvases, "
         f"{cfg.student_iters} iterations × batch {cfg.batch_size}; teacher: width {cfg.teacher_width} "
-        f"({n_params['teacher']:,} parameters), trained on {teacher.record.get('data', {}).get('n_train', '?')} canvases",
+        f"({n_params['teacher']:,} parameters), trained on {teacher.record.get('data', {}).get('n_train', '?')} canvases; "
+        f"ACAM-KD switches: {cfg.acam_kwargs or 'the defaults'}"
+        + (" (methods.md: without it the spatial masks are constant gates on this post-ReLU feature)"
+           if cfg.acam_kwargs.get("z_norm") == "spatial" else ""),
         table, *[v for v in verdicts if v],
         *(["KD health warnings from the runs:", *health] if health else []),
         f"total wall time {wall:.0f} s (threads: {_threads()})",
@@ -445,5 +458,5 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_settings", "run_demo", "student_config",
+__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs", "method_settings", "run_demo", "student_config",
            "teacher_config"]

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 FORMAT = "densekd-checkpoint-v1"
+TMP_PREFIX, TMP_SUFFIX = ".tmp_", ".pth"  # save_atomic's temporary files
 
 
 def save_atomic(obj: Any, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -30,6 +31,23 @@ def save_atomic(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: str) -> list[tuple[str, int]]:
+    """Delete the temporary files :func:`save_atomic` leaves in ``folder`` when the process is killed while
+    writing (``kill -9``, out of memory): ``.tmp_*.pth``. The checkpoint they were meant to replace is
+    untouched (``os.replace`` never ran). Call it once when a run starts, on the one process that writes.
+    Returns ``[(file name, size in bytes)]`` of what was removed."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX) and os.path.isfile(path):
+            size = os.path.getsize(path)
+            os.unlink(path)
+            removed.append((name, size))
+    return removed
 
 
 def load(path: str, map_location: Any = "cpu") -> dict[str, Any]:

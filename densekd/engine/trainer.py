@@ -9,8 +9,33 @@ frozen teacher; without it the same loop trains the plain student.
 Outputs in ``output_dir`` (rank 0 only): ``checkpoint.pth`` (resumable, every ``checkpoint_every``
 iterations, at the end and on SIGTERM), ``student_final.pth`` (plain student state dict), ``log.csv``,
 ``tb/`` (TensorBoard), ``config.yaml``, ``metrics.json`` (the final metrics, plus ``train_seconds``: wall time of
-the training loop in this process, evaluation excluded, and ``train_iterations``: how many iterations it ran) and
-the task's evaluation files.
+the training loop in this process, evaluation excluded, and ``train_iterations``: how many iterations it ran),
+``health.json`` and the task's evaluation files.
+Temporary checkpoint files a killed write left behind (``.tmp_*.pth``) are removed when a run starts.
+
+``log.csv`` has one row at iteration 1, every ``train.log_every`` iterations and at the last one (means over
+the iterations since the previous row; averaged over ranks); TensorBoard gets the same values as
+``train/<column>``. Columns (names are stable; ``<level>`` is the student's level label, e.g. ``classifier``
+or ``backbone:0``, as in the KD loss keys):
+
+* ``lr``, every task loss term (e.g. ``loss_ce``, ``classification``), ``loss_task``, ``loss_kd``, ``loss``,
+  ``grad_norm`` (with ``train.grad_clip``), ``time_per_iter``, ``max_mem_mb`` (CUDA);
+* ``kd/<level>/<term>``: each weighted KD term (``loss_*``);
+* KD health (:mod:`densekd.health`, with a ``distill`` section and ``train.guards: true``, the default):
+  ``kd/<level>/kd_task_ratio`` (the level's KD terms over ``loss_task``, of the row's means);
+  ``kd/<level>/distance`` (student–teacher feature distance at the row's last iteration, 1 − Pearson
+  correlation through the KD module's aligner); ``kd/<level>/grad_norm``, ``task/grad_norm`` and
+  ``kd/<level>/grad_ratio`` (gradient norms on the student's parameters, measured at iteration 1 and every
+  ``train.grad_ratio_every`` iterations, written in the next row; empty in rows without a measurement);
+  for KD modules with ``mask_statistics()`` (ACAM-KD) ``kd/<level>/masks/<family>/<statistic>`` at the
+  row's last iteration, e.g. ``kd/classifier/masks/spatial/mean``, ``.../spatial/std_min``,
+  ``.../channel/dice`` (families ``spatial`` and ``channel``; statistics as ``ACAMKD.mask_statistics``),
+  and the guards' ``kd/<level>/masks/<family>/shift_max`` (the largest distance of one mask's mean from
+  0.5, its initial value; 0.5 = a gate ≈ 0 or ≈ 1 everywhere).
+
+Guard warnings (collapse, mask saturation, divergence ahead) are printed once each, listed at the end of the
+run and kept in ``health.json`` (``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind",
+"level", "message"}]}``), which also holds the start-up check lines.
 """
 from __future__ import annotations
 
@@ -30,6 +55,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .. import health
 from ..config import Config, load_config, to_dict
 from ..distiller import Distiller, Pair, task_losses
 from ..errors import ConfigError, DenseKDError
@@ -170,6 +196,12 @@ class Trainer:
         else:
             self.model = StudentOnly(student, self.task.task_loss())
         self.model.train()
+        self.guards: health.TrainingGuards | None = None
+        if isinstance(self.model, Distiller):
+            self.guards = health.TrainingGuards(self.model, distill_weight=cfg.distill.weight,
+                                                grad_every=t.grad_ratio_every, world_size=self.world,
+                                                enabled=t.guards)
+        self._student_params = [p for p in self.model.student.parameters() if p.requires_grad]
 
         o = t.optimizer
         params = list(self.model.trainable_parameters())
@@ -179,6 +211,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+        self._base_lrs = [o.lr for _ in self.optimizer.param_groups]
         self.iteration = 0
         if t.resume and os.path.isfile(self.ckpt_path):
             self._load(self.ckpt_path)
@@ -203,6 +236,7 @@ class Trainer:
             "sampler": {"epoch": epoch, "batch": batch, "seed": self.cfg.seed, "world_size": self.world},
             "rng": ckpt.rng_state(),
             "config": to_dict(self.cfg),
+            "health": self.guards.state_dict() if self.guards is not None else None,
         }
 
     def save(self) -> None:
@@ -230,6 +264,8 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
+        if self.guards is not None:
+            self.guards.load_state_dict(state.get("health"))
         ckpt.set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
         if state["sampler"].get("world_size") != self.world:
             self.messages.append(
@@ -246,15 +282,105 @@ class Trainer:
         # the Distiller's hooks record only inside its own forward: evaluating the student alone keeps nothing
         return self.task.evaluate(self.model.student, loader, self.device, self.out if du.is_main() else None)
 
+    # ---------------------------------------------------------------- health
+    def start_checks(self) -> list[str]:
+        """The cheap part of ``densekd doctor`` (:mod:`densekd.health`), one line each: the teacher's weights,
+        every pair and level, and what the guards will log. Rank 0 calls it when the run starts."""
+        if not isinstance(self.model, Distiller):
+            return []
+        t = self.cfg.train
+        checks = [health.teacher_source(self.cfg.model), *health.level_checks(self.model)]
+        if self.guards is not None and self.guards.enabled:
+            every = (f"at iteration 1 and every train.grad_ratio_every={t.grad_ratio_every} iterations"
+                     if t.grad_ratio_every else "never (train.grad_ratio_every=0)")
+            checks.append(health.Check(health.INFO, "guards", (
+                f"KD/task loss ratio every train.log_every={t.log_every}, gradient-norm ratio {every}, feature "
+                f"distance and mask statistics into log.csv and tb/; warnings into {health.HEALTH_FILE}")))
+        else:
+            checks.append(health.Check(health.INFO, "guards", "off (train.guards: false)"))
+        return [c.line() for c in checks]
+
+    def _write_health(self, finished: bool) -> None:
+        g = self.guards
+        health.write_health(self.out, self.iteration, self._start_lines + (g.first_lines if g else []),
+                            g.warnings if g else [], finished)
+
     # ---------------------------------------------------------------- loop
+    def train_step(self, inputs: Sequence[Any], targets: Any, log_now: bool = False) -> tuple[list[str], list[float]]:
+        """One training iteration on a batch already on the device: learning rate, forward, backward (with the
+        guards' gradient norms when due), clipping, optimizer step. Returns the logged names and values.
+        ``log_now``: this iteration's row is logged (the guards then record feature distances)."""
+        t = self.cfg.train
+        it = self.iteration
+        factor = lr_factor(t.schedule, it, t.max_iters)
+        for g, lr in zip(self.optimizer.param_groups, self._base_lrs):
+            g["lr"] = lr * factor
+        self.model.iteration, self.model.max_iterations = it, t.max_iters
+        guards = self.guards
+        if guards is not None:
+            guards.begin(it, log_now)
+        with self.autocast():
+            losses = self.ddp(*inputs, targets=targets)
+        loss = losses["loss"]
+        names = list(losses)
+        values = torch.stack([losses[k].detach().float() for k in names]).tolist()
+        if not all(math.isfinite(v) for v in values):
+            bad = ", ".join(f"{k}={v}" for k, v in zip(names, values))
+            hint = ""
+            if guards is not None and guards.warnings:
+                hint = (f" (after {len(guards.warnings)} health warning(s); the last: "
+                        f"{guards.warnings[-1]['message']})")
+            raise FloatingPointError(f"non-finite loss at iteration {it}: {bad}{hint}")
+        self.optimizer.zero_grad(set_to_none=True)
+        measure = guards is not None and guards.grad_now
+        if measure:
+            guards.kd_gradients(losses, self._student_params,
+                                self.scaler.get_scale() if self.scaler is not None else None)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if measure:
+            guards.task_gradient(self._student_params)
+        if t.grad_clip is not None:
+            gn = torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], t.grad_clip)
+            names.append("grad_norm")
+            values.append(float(gn))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.iteration += 1
+        return names, values
+
+    def log_row(self, window: Mapping[str, float], n_window: int) -> dict[str, float]:
+        """The log row of the iterations since the last one: means over them and ranks, plus the guards'."""
+        row = {k: v / n_window for k, v in window.items()}
+        if self.guards is not None:
+            row.update(self.guards.row_extras())
+        row = du.all_reduce_mean(row, self.device)
+        if self.guards is not None:
+            row.update(self.guards.ratios(row))
+        return row
+
     def run(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         main = du.is_main()
+        self._start_lines: list[str] = []
         if main:
             os.makedirs(self.out, exist_ok=True)
+            removed = ckpt.remove_stale_temporaries(self.out)
+            if removed:
+                self.messages.append(
+                    f"removed {len(removed)} stale temporary checkpoint file(s) left by an interrupted write "
+                    f"({', '.join(n for n, _ in removed)}, {health._size(sum(b for _, b in removed))})")
             with open(os.path.join(self.out, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-            for m in self.messages:
+            self._start_lines = self.start_checks()
+            for m in self.messages + self._start_lines:
                 print(m, flush=True)
         if isinstance(self.model, Distiller):  # KD modules fitted on the frozen teacher first (e.g. MasKD)
             from .prepare import prepare_for_trainer
@@ -265,8 +391,8 @@ class Trainer:
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
-        base_lrs = [t.optimizer.lr for _ in self.optimizer.param_groups]
         metrics: dict[str, Any] = {}
+        finished = False
         try:
             epoch, pos = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_position(epoch, pos)
@@ -282,50 +408,30 @@ class Trainer:
                     self.sampler.set_position(epoch, 0)
                     data = iter(self.loader)
                     continue
-                it = self.iteration
-                factor = lr_factor(t.schedule, it, t.max_iters)
-                for g, lr in zip(self.optimizer.param_groups, base_lrs):
-                    g["lr"] = lr * factor
-                self.model.iteration, self.model.max_iterations = it, t.max_iters
+                n = self.iteration + 1
+                log_now = n == 1 or bool(t.log_every and n % t.log_every == 0) or n == t.max_iters
                 batch = self.task.to_device(batch, self.device)
                 inputs, targets = self.task.model_inputs(batch)
-                with self.autocast():
-                    losses = self.ddp(*inputs, targets=targets)
-                loss = losses["loss"]
-                names = list(losses)
-                values = torch.stack([losses[k].detach().float() for k in names]).tolist()
-                if not all(math.isfinite(v) for v in values):
-                    bad = ", ".join(f"{k}={v}" for k, v in zip(names, values))
-                    raise FloatingPointError(f"non-finite loss at iteration {it}: {bad}")
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-                if t.grad_clip is not None:
-                    gn = torch.nn.utils.clip_grad_norm_(
-                        [p for g in self.optimizer.param_groups for p in g["params"]], t.grad_clip)
-                    names.append("grad_norm")
-                    values.append(float(gn))
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.iteration += 1
+                names, values = self.train_step(inputs, targets, log_now)
                 for k, v in zip(names, values):
                     window[k] = window.get(k, 0.0) + v
                 n_window += 1
                 last = self.iteration == t.max_iters
-                if (t.log_every and self.iteration % t.log_every == 0) or last:
-                    row = du.all_reduce_mean({k: v / n_window for k, v in window.items()}, self.device)
+                if log_now:
+                    row = self.log_row(window, n_window)
                     dt = (time.perf_counter() - t0) / n_window
                     row = {"lr": self.optimizer.param_groups[0]["lr"], **row, "time_per_iter": dt}
                     if self.device.type == "cuda":
                         row["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
                     if logger:
                         logger.log(self.iteration, row)
+                    if self.guards is not None:
+                        lines = self.guards.first_row_checks(row) if self.iteration == 1 else []
+                        lines += [f"health warning: {m}" for m in self.guards.check(self.iteration, row)]
+                        if logger and lines:
+                            for line in lines:
+                                logger.write(line)
+                            self._write_health(finished=False)
                     window, n_window, t0 = {}, 0, time.perf_counter()
                 if logger:
                     logger.bar.update(1)
@@ -348,20 +454,27 @@ class Trainer:
                 metrics = self.evaluate()
                 if logger and metrics:
                     logger.log_eval(self.iteration, metrics)
+            finished = True
             if main:
                 with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
                     json.dump({"iteration": self.iteration, **metrics, "train_seconds": round(train_seconds, 2),
                                "train_iterations": self.iteration - loop_start_iter}, f, indent=2)
                 print(f"finished {self.iteration} iterations; student weights: "
                       f"{os.path.join(self.out, 'student_final.pth')}", flush=True)
+                if self.guards is not None:
+                    print("\n".join(self.guards.summary()), flush=True)
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
             if logger:
                 logger.close()
+            if main:
+                self._write_health(finished)
         return metrics
 
     def close(self) -> None:
+        if self.guards is not None:
+            self.guards.close()
         du.cleanup(self._created_pg)
 
 
@@ -398,7 +511,7 @@ class _Logger:
     def log(self, it: int, row: dict[str, float]) -> None:
         shown = {"lr": f"{row['lr']:.3g}"}
         for k, v in row.items():  # KD terms summed over levels: kd/<level>/loss_x → kd_loss_x
-            if k.startswith("kd/"):
+            if k.startswith("kd/") and k.rsplit("/", 1)[-1].startswith("loss_"):
                 name = "kd_" + k.rsplit("/", 1)[-1]
                 shown[name] = shown.get(name, 0.0) + v
         shown.update({k: v for k, v in row.items() if k in ("loss_task", "loss_kd", "loss")})
@@ -413,6 +526,10 @@ class _Logger:
                 f.write(",".join(self.header) + "\n")
         with open(self.csv_path, "a", encoding="utf-8") as f:
             f.write(",".join([str(it)] + [f"{row[k]:.6g}" if k in row else "" for k in self.header[1:]]) + "\n")
+
+    def write(self, line: str) -> None:
+        """A line printed above the progress bar."""
+        self.bar.write(line)
 
     def log_eval(self, it: int, metrics: Mapping[str, float]) -> None:
         if self.tb is not None:

@@ -306,6 +306,8 @@ class ACAMKD(DistillLoss):
     "spatial": [B,M,H,W], "fused": [B,C,H,W]}`` (detached; only the families that were computed).
     """
 
+    regularizer_terms = ("loss_div",)  # Dice diversity: not a student–teacher distance (densekd.health guards)
+
     def __init__(
         self,
         student_channels: int,

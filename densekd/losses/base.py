@@ -94,6 +94,10 @@ class DistillLoss(nn.Module):
     (``align="identity"``).
     """
 
+    #: terms that regularise the loss's own modules rather than measure the student–teacher discrepancy
+    #: (ACAM-KD's Dice diversity); the KD health guards leave them out of the collapse check (densekd.health)
+    regularizer_terms: tuple[str, ...] = ()
+
     def __init__(self, student_channels: int, teacher_channels: int, align: str = "conv1x1") -> None:
         super().__init__()
         if student_channels <= 0 or teacher_channels <= 0:

@@ -7,7 +7,9 @@ from .attention import (ATTENTION_BLOCK_ELEMENTS, ATTENTION_BLOCK_ELEMENTS_ACCEL
 from .grad import reverse_grad
 from .linear import affine, pointwise
 from .squared_error import SquaredErrorSums, at_least_fp32, squared_error_sums
+from .wavelet import min_side_for, need_ptwt, wavelet_decompose, wavelet_reconstruct
 
 __all__ = ["ATTENTION_BLOCK_ELEMENTS", "ATTENTION_BLOCK_ELEMENTS_ACCELERATOR", "ProjectedAttention", "SquaredErrorSums",
            "affine", "at_least_fp32", "block_rows", "cross_attention", "pointwise", "projected_attention",
-           "reverse_grad", "squared_error_sums"]
+           "reverse_grad", "squared_error_sums", "min_side_for", "need_ptwt", "wavelet_decompose",
+           "wavelet_reconstruct"]

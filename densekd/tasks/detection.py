@@ -48,6 +48,7 @@ class DetectorConfig:
     backbone_checkpoint: str | None = None  # local ImageNet backbone state dict
     checkpoint: str | None = None  # local full-detector weights
     weights: str | None = None  # torchvision hub weights name (downloads unless cached)
+    random_init: bool = False  # teacher only: allow a randomly initialised teacher (tests; it teaches nothing)
 
     def validate(self, prefix: str) -> None:
         det._check_choice(self.arch, det.ARCHS, f"{prefix}.arch")
@@ -127,10 +128,14 @@ class DetectionTask:
         sub = model_cfg.student if role == "student" else model_cfg.teacher
         if sub is None:
             raise ConfigError("model.teacher: required when the config has a distill section")
-        if role == "teacher" and not (sub.checkpoint or sub.weights):
+        if role == "teacher" and sub.random_init and (sub.checkpoint or sub.weights):
+            raise ConfigError("model.teacher.random_init: true contradicts model.teacher."
+                              f"{'checkpoint' if sub.checkpoint else 'weights'}; keep one of them")
+        if role == "teacher" and not (sub.checkpoint or sub.weights or sub.random_init):
             raise ConfigError(
                 "model.teacher: a teacher needs trained weights: set model.teacher.checkpoint (a local file) "
-                "or model.teacher.weights (a torchvision weights name)"
+                "or model.teacher.weights (a torchvision weights name) (or model.teacher.random_init: true, "
+                "tests only)"
             )
         return det.build_detector(
             sub.arch, sub.backbone, num_classes=model_cfg.num_classes, min_size=model_cfg.min_size,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -52,7 +51,8 @@ from ..models.segmentation import SegmentationModel, build_segmentation_model, l
 class SegModelSpec:
     """One network. ``checkpoint``: full model weights (densekd checkpoint, state dict, or torchvision
     ``deeplabv3_*``); ``backbone_checkpoint``: a torchvision ImageNet classification state dict for the
-    backbone only (students start from ImageNet weights in the CIRKD/MasKD protocol). Both are local paths."""
+    backbone only (students start from ImageNet weights in the CIRKD/MasKD protocol). Both are local paths.
+    ``random_init``: a teacher without ``checkpoint`` is refused unless this is true (tests only)."""
 
     arch: str = "deeplabv3"
     backbone: str = "resnet18"
@@ -67,6 +67,7 @@ class SegModelSpec:
     dropout: float = 0.1
     width: int = 16  # arch "tiny" only (the demo's TinySegNet)
     sync_bn: bool = False  # student only: SyncBatchNorm across DDP ranks (CUDA), as the CIRKD/MasKD protocol
+    random_init: bool = False  # teacher only: allow a randomly initialised teacher (tests; it teaches nothing)
 
     def validate(self, where: str = "model") -> None:
         from ..models.segmentation import ARCHS, BACKBONES
@@ -198,6 +199,13 @@ class SegmentationTask:
         spec = getattr(model_cfg, role)
         if spec is None:
             raise ConfigError(f"model.{role} is not configured")
+        if role == "teacher" and spec.random_init and spec.checkpoint:
+            raise ConfigError("model.teacher.random_init: true contradicts model.teacher.checkpoint "
+                              f"{spec.checkpoint!r}; keep one of them")
+        if role == "teacher" and not spec.checkpoint and not spec.random_init:
+            raise ConfigError(
+                "model.teacher.checkpoint: not set, so the teacher would be randomly initialised and teach "
+                "nothing; give the trained teacher's weights (or model.teacher.random_init: true, tests only)")
         model = build_segmentation_model(
             spec.arch,
             spec.backbone,
@@ -214,8 +222,6 @@ class SegmentationTask:
             _load_backbone(model, spec.backbone_checkpoint)
         if spec.checkpoint:  # a file, or asset:<name> (a shipped, checksum-verified teacher)
             load_segmentation_checkpoint(model, resolve_checkpoint(spec.checkpoint, f"model.{role}.checkpoint"))
-        elif role == "teacher":
-            warnings.warn("model.teacher.checkpoint is not set: distilling from a randomly initialised teacher", stacklevel=2)
         if spec.sync_bn and role == "student" and dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # keeps the module names
         return model
