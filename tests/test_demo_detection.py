@@ -81,6 +81,7 @@ def test_each_method_gets_its_weight_and_every_fpn_level(tmp_path):
         (dict(methods=("fitnet",)), "demo: --methods must include the plain student ('baseline')"),
         (dict(methods=("baseline", "hinton_kd")), "hinton_kd distils softmax class scores per pixel"),
         (dict(teacher_backbone="resnet18"), "the shipped detection teacher is"),
+        (dict(methods=("baseline", "cwd")), "demo: no distill.weight chosen on dev for ['cwd']"),
     ],
 )
 def test_bad_config(tmp_path, kwargs, message):

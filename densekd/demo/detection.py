@@ -47,7 +47,11 @@ TEACHER_ASSET = "demo_detection_teacher"
 TEACHER_COMMAND = "densekd demo --task detection --retrain-teacher --threads 1"
 METHOD_LABELS = {"baseline": "student (plain)", "fitnet": "student + FitNet (P3–P7, no mask)",
                  "acam_kd": "student + ACAM-KD (P3–P7)", "acam_kd_paper": "student + ACAM-KD literal (P3–P7)",
-                 "maskd": "student + MasKD (P3–P7)", "fgd": "student + FGD (P3–P7)"}
+                 "maskd": "student + MasKD (P3–P7, fixed teacher mask)", "fgd": "student + FGD (P3–P7)",
+                 "acam_kd_teacher_fusion": "student + ACAM-KD teacher-only masks (P3–P7)",
+                 "acam_kd_spatial": "student + ACAM-KD spatial only (P3–P7)",
+                 "acam_kd_channel": "student + ACAM-KD channel only (P3–P7)",
+                 "acam_kd_student_query": "student + ACAM-KD student query (P3–P7)"}
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -88,6 +92,8 @@ class DemoConfig:
     eval_points: int = 2
     # distillation: every FPN level the head uses; distill.weight per method, chosen on dev from the KD/task ratio
     weights: dict[str, float] = field(default_factory=lambda: {"acam_kd": 1.0, "fitnet": 1.0})
+    # per-method constructor kwargs (distill.kwargs); MasKD's token-fitting stage shortened to the students' length
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"maskd": {"fit_steps": 200}})
     num_masks: int = 6  # methods.md ASCM: M = 6 for detection
     teacher_dtype: str = "float16"  # how the shipped teacher is stored (a few MB); it runs in float32
 
@@ -123,6 +129,10 @@ class DemoConfig:
         if "hinton_kd" in methods:
             raise ConfigError("demo: hinton_kd distils softmax class scores per pixel; the detection heads score "
                               "anchors with sigmoids — it runs on segmentation only")
+        unweighted = [m for m in methods if m not in BASELINE_NAMES and m not in self.weights]
+        if unweighted:
+            raise ConfigError(f"demo: no distill.weight chosen on dev for {unweighted} (the detection demo has "
+                              f"weights for {sorted(self.weights)}; benchmarks/detection_dev_weights.py chooses one)")
 
     # -- what the teacher is (the shipped record must say the same, or --retrain-teacher is needed)
     def teacher_spec(self) -> dict[str, Any]:
@@ -403,7 +413,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     weights = ", ".join(f"{m} {w:g}" for m, w in cfg.weights.items() if m in cfg.methods)
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused); distill.weight {weights}")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log)
+    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log,
+                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods})
 
     # the teacher's own AP on the evaluation split, by the engine's evaluation
     from ..engine import evaluate
