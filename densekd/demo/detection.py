@@ -434,7 +434,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     plot_curves(res, t_ap, figs["curves"], cfg.eval_split)
     common.plot_gains(res, METHOD_LABELS, figs["gains"])
     made = {"curves", "gains"}
-    acam = next((m for m in cfg.methods if m.startswith("acam_kd")), None)
+    acam = "acam_kd" if "acam_kd" in cfg.methods else next((m for m in cfg.methods if m.startswith("acam_kd")), None)
     if acam is not None and plot_masks(_run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
         made.add("spatial_masks")
     figs = {k: v for k, v in figs.items() if k in made}
