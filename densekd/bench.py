@@ -19,6 +19,10 @@ loading is not timed. Reported per method:
   run at the start of ``Trainer.run``, which the benchmark does not call;
 * ``teacher fwd``: median time of the frozen teacher's forward alone (as the Distiller runs it: inference
   mode, stopped once every captured layer has run) — part of ``s/iter``;
+* ``KD modules``: what the method's own modules add to the step (aligners, attention, masks, their losses,
+  backward and optimizer update): the full step minus a plain student step (same student, batch and
+  optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
+  iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
 * ratios to ``plain``;
 * with ``--guards [PAIRS]`` (default 30) also ``guards overhead``: what the KD health guards
   (:mod:`densekd.health`) add to a training step, measured in the same process by :func:`measure_guards`.
@@ -60,17 +64,20 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
     """Markdown table from measured rows.
 
     Each row: ``{"method", "sec_per_iter", "peak_mem_bytes", "mem_kind" ("cuda" | "cpu_rss_delta"),
-    "teacher_fwd_sec" (None without a teacher), "iters", "warmup"}``. Ratios are to the row named
-    ``baseline`` (``—`` if it is absent or zero). Rows keep their order."""
+    "teacher_fwd_sec", "student_step_sec", "modules_sec" (the three None without a teacher), "iters",
+    "warmup"}``. Ratios are to the row named ``baseline`` (``—`` if it is absent or zero), except the last
+    column: the KD modules' time over the plain student step measured in the same process (paired).
+    Rows keep their order."""
     base = next((r for r in rows if r["method"] == baseline), None)
     kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
     guards = any(r.get("guards_overhead") is not None for r in rows)
-    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) |"
-             + (" guards overhead |" if guards else ""),
-             "|---|---|---|---|---|---|" + ("---|" if guards else "")]
+    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) | KD modules (s) "
+             f"| modules / student step |" + (" guards overhead |" if guards else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if guards else "")]
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
+        mod, st = r.get("modules_sec"), r.get("student_step_sec")
         cells = [
             r["method"],
             "—" if t is None else f"{t:.4f}",
@@ -78,6 +85,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
             "—" if m is None else f"{m / 2**20:.1f}",
             _ratio(m, base and base.get("peak_mem_bytes")),
             "—" if tf is None else f"{tf:.4f}",
+            "—" if mod is None else f"{mod:.4f}",
+            "—" if mod is None or not st else f"{100 * mod / st:+.1f} %",
         ]
         if guards:
             g = r.get("guards_overhead")
@@ -89,6 +98,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
         r0 = rows[0]
         lines += ["", f"median over {r0.get('iters')} iterations after {r0.get('warmup')} warm-up, one fixed batch; "
                       f"{'CUDA max_memory_allocated' if kind == 'cuda' else 'CPU: peak RSS during the steps minus RSS before them'}; "
+                      f"KD modules = full step − plain student step − teacher forward, each timed in the same "
+                      f"process, interleaved, median of the per-iteration differences; "
                       f"device: {r0.get('device', '?')}"]
         g = next((r for r in rows if r.get("guards_overhead") is not None), None)
         if g is not None:
@@ -163,7 +174,7 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
     import torch
 
     from .compare import _raw_config, method_overrides
-    from .distiller import Distiller
+    from .distiller import Distiller, task_losses
     from .engine.trainer import Trainer
 
     raw = _raw_config(config, overrides)
@@ -196,36 +207,55 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                     loss.backward()
                     opt.step()
 
+            kd = isinstance(model, Distiller)
+
+            def student_step() -> None:  # the same student, batch and optimizer, without teacher and KD modules
+                with tr.autocast():
+                    loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
+                opt.zero_grad(set_to_none=True)  # KD parameters get no gradient: the optimizer skips them
+                if tr.scaler is not None:
+                    tr.scaler.scale(loss).backward()
+                    tr.scaler.step(opt)
+                    tr.scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+
+            def teacher_forward() -> None:
+                with tr.autocast():
+                    model.teacher_levels(inputs, model.pairs[0].teacher_spec)  # as far as the captures need
+
+            def timed(fn, *a) -> float:
+                sync()
+                t0 = time.perf_counter()
+                fn(*a)
+                sync()
+                return time.perf_counter() - t0
+
             for i in range(warmup):
                 step(i)
             sync()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             rss0 = _rss_bytes()
-            times = []
-            for i in range(iters):
-                t0 = time.perf_counter()
-                step(warmup + i)
-                sync()
-                times.append(time.perf_counter() - t0)
+            times, student_times, teacher_times = [], [], []
+            for i in range(iters):  # interleaved, so that a change of load hits all three alike
+                times.append(timed(step, warmup + i))
+                if kd:
+                    student_times.append(timed(student_step))
+                    teacher_times.append(timed(teacher_forward))
             peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
-            teacher_fwd = None
-            if isinstance(model, Distiller):
-                tt = []
-                for _ in range(max(1, min(iters, 5))):
-                    sync()
-                    t0 = time.perf_counter()
-                    with tr.autocast():
-                        model.teacher_levels(inputs, model.pairs[0].teacher_spec)  # as far as the captures need
-                    sync()
-                    tt.append(time.perf_counter() - t0)
-                teacher_fwd = statistics.median(tt)
+            teacher_fwd = statistics.median(teacher_times) if kd else None
+            student_sec = statistics.median(student_times) if kd else None
+            # KD modules on top: full step − student step − teacher forward, paired per iteration
+            modules = statistics.median(t - s - f for t, s, f in zip(times, student_times, teacher_times)) if kd else None
             guard_cost: dict[str, Any] = {}
             if guard_pairs > 0 and tr.guards is not None:
                 guard_cost = measure_guards(tr, inputs, targets, guard_pairs)
             return {**guard_cost,
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
+                "student_step_sec": student_sec, "modules_sec": modules,
                 "iters": iters, "warmup": warmup,
                 "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             }

@@ -354,6 +354,9 @@ def load_config(
         raise ConfigError("model: required key is missing")
     if data_raw is None:
         raise ConfigError("data: required key is missing")
+    expand = getattr(task, "expand_model_section", None)
+    if callable(expand):  # presets (detection: model.preset) fill keys the config does not set
+        model_raw = expand(model_raw)
     cfg = from_dict(Config, {**raw, "model": None, "data": None})
     cfg.model = from_dict(task.model_config_cls, model_raw, "model")
     cfg.data = from_dict(task.data_config_cls, data_raw, "data")

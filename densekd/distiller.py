@@ -162,7 +162,7 @@ class Distiller(nn.Module):
         self._t_cap = FeatureCapture(teacher, t_specs)
         if context_module is None:
             tr = getattr(student, "transform", None)
-            if tr is not None and type(tr).__name__ == "GeneralizedRCNNTransform":
+            if tr is not None and any(c.__name__ == "GeneralizedRCNNTransform" for c in type(tr).__mro__):
                 context_module = "transform"
         self._ctx_cap = FeatureCapture(student, [context_module]) if context_module else None
         self._context_module = context_module

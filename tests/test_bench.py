@@ -14,16 +14,19 @@ ROWS = [
     {"method": "plain", "sec_per_iter": 0.5, "peak_mem_bytes": 100 * 2**20, "mem_kind": "cuda",
      "teacher_fwd_sec": None, "iters": 10, "warmup": 2, "device": "GPU X"},
     {"method": "acam_kd", "sec_per_iter": 0.75, "peak_mem_bytes": 250 * 2**20, "mem_kind": "cuda",
-     "teacher_fwd_sec": 0.125, "iters": 10, "warmup": 2, "device": "GPU X"},
+     "teacher_fwd_sec": 0.125, "student_step_sec": 0.5, "modules_sec": 0.125, "iters": 10, "warmup": 2,
+     "device": "GPU X"},
 ]
 
 
 def test_bench_table_ratios_and_columns():
     lines = bench_table(ROWS).splitlines()
-    assert lines[0] == "| method | s/iter | × plain | peak CUDA mem (MiB) | × plain | teacher fwd (s) |"
-    assert lines[2] == "| plain | 0.5000 | 1.00× | 100.0 | 1.00× | — |"
-    assert lines[3] == "| acam_kd | 0.7500 | 1.50× | 250.0 | 2.50× | 0.1250 |"
+    assert lines[0] == ("| method | s/iter | × plain | peak CUDA mem (MiB) | × plain | teacher fwd (s) | KD modules (s) "
+                        "| modules / student step |")
+    assert lines[2] == "| plain | 0.5000 | 1.00× | 100.0 | 1.00× | — | — | — |"
+    assert lines[3] == "| acam_kd | 0.7500 | 1.50× | 250.0 | 2.50× | 0.1250 | 0.1250 | +25.0 % |"
     assert "median over 10 iterations after 2 warm-up" in lines[-1] and "GPU X" in lines[-1]
+    assert "KD modules = full step − plain student step − teacher forward" in lines[-1]
 
 
 def test_bench_table_without_baseline_or_zero_memory():
@@ -33,7 +36,7 @@ def test_bench_table_without_baseline_or_zero_memory():
     assert "peak RSS Δ (MiB)" in lines[0]
     assert lines[3].split(" | ")[4] == "—"
     lines = bench_table(cpu[1:]).splitlines()  # no plain row
-    assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 |"
+    assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 | 0.1250 | +25.0 % |"
 
 
 def test_bench_bad_arguments():
@@ -55,12 +58,14 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
     assert rc == 0
     table = capsys.readouterr().out
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| method | s/iter | × plain | peak RSS Δ (MiB) | × plain | teacher fwd (s) |")
+    assert lines[0].startswith("| method | s/iter | × plain | peak RSS Δ (MiB) | × plain | teacher fwd (s) | KD modules")
     assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == ["plain", "fitnet", "cwd"]
-    assert all(len(ln.split(" | ")) == 6 for ln in lines)
+    assert all(len(ln.split(" | ")) == 8 for ln in lines)
     rows = json.load(open(out / "bench.json"))
     assert [r["method"] for r in rows] == ["plain", "fitnet", "cwd"]
-    assert rows[0]["teacher_fwd_sec"] is None and rows[1]["teacher_fwd_sec"] is not None
+    assert rows[0]["teacher_fwd_sec"] is None and rows[0]["modules_sec"] is None
+    for r in rows[1:]:  # the three paired timings of a KD method are all there (values: never asserted)
+        assert r["teacher_fwd_sec"] > 0 and r["student_step_sec"] > 0 and isinstance(r["modules_sec"], float)
     assert all(r["iters"] == 2 and r["mem_kind"] == "cpu_rss_delta" for r in rows)
     assert (out / "bench.md").read_text() == bench_table(rows)
 
@@ -77,9 +82,10 @@ def test_bench_table_guards_column():
     rows = [dict(ROWS[0]), dict(ROWS[1], guards_overhead=0.0061, guards_grad_step=0.55, guards_log_row=0.021,
                                 guards_every=100, guards_log_every=50, guards_pairs=30)]
     lines = bench_table(rows).splitlines()
-    assert lines[0].endswith("| teacher fwd (s) | guards overhead |") and lines[1].count("---") == 7
-    assert lines[2].endswith("| — | — |")
-    assert lines[3].endswith("| 0.1250 | +0.61 % (gradient-norm step +55 %, log row +2.1 %) |")
+    assert lines[0].endswith("| teacher fwd (s) | KD modules (s) | modules / student step | guards overhead |")
+    assert lines[1].count("---") == 9
+    assert lines[2].endswith("| — | — | — | — |")
+    assert lines[3].endswith("| 0.1250 | 0.1250 | +25.0 % | +0.61 % (gradient-norm step +55 %, log row +2.1 %) |")
     assert lines[-1].startswith("guards overhead: (d_grad / 100 + d_log / 50) / plain step")
 
 

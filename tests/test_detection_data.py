@@ -107,3 +107,81 @@ def test_crowd_and_degenerate_boxes_are_not_targets(coco, tmp_path):
         dropped[a["image_id"]] += 1
     for i, k in dropped.items():
         assert n(ds, i) == n(ref, i) - k
+
+
+@pytest.mark.parametrize("bbox", [[40, 30, 50, 20], [70, 5, 10, 10], [-5, 2, 10, 10]])
+def test_box_outside_the_image_names_file_annotation_and_image(coco, tmp_path, bbox):
+    ann, img = _rewrite(coco, tmp_path, lambda d: d["annotations"][0].update(bbox=bbox))
+    with pytest.raises(CocoFormatError) as e:
+        CocoDetection(ann, img)
+    msg = str(e.value)
+    assert msg.startswith(f"{ann}: annotation id 1 (image id 1) has bbox {bbox!r} outside its 64×64 image")
+    assert "[x, y, width, height] in pixels" in msg and "\n" not in msg
+
+
+def test_box_within_rounding_tolerance_is_clipped(coco, tmp_path):
+    ann, img = _rewrite(coco, tmp_path, lambda d: d["annotations"][0].update(bbox=[40, 30, 24.5, 10]))
+    ds = CocoDetection(ann, img)
+    assert ds[0][1]["boxes"][0].tolist() == [40, 30, 64, 40]
+
+
+def test_sizes_checked_against_the_image_file(coco, tmp_path):
+    def no_size(d):
+        for im in d["images"]:
+            im.pop("width"), im.pop("height")
+        d["annotations"][0]["bbox"] = [40, 30, 50, 20]
+    ann, img = _rewrite(coco, tmp_path, no_size)
+    ds = CocoDetection(ann, img)  # no size in the JSON: the box is checked when the image is read
+    with pytest.raises(CocoFormatError, match=r"annotation id 1 \(image id 1\) has bbox \[40, 30, 50, 20\] outside "
+                                              r"its 64×64 image"):
+        ds[0]
+    ann, img = _rewrite(coco, tmp_path, lambda d: d["images"][0].update(width=80))
+    with pytest.raises(CocoFormatError, match=r"image id 1: .*000001.png' is 64×64 pixels, the annotation file says 80×64$"):
+        CocoDetection(ann, img)[0]
+
+
+def test_empty_split_is_one_error(coco, tmp_path):
+    ann, img = _rewrite(coco, tmp_path, lambda d: (d.update(images=[]), d.update(annotations=[])))
+    with pytest.raises(CocoFormatError, match=r"ann.json: the 'images' list is empty: no sample to train on$"):
+        CocoDetection(ann, img, train=True)
+    ann, img = _rewrite(coco, tmp_path, lambda d: d.update(annotations=[]))
+    with pytest.raises(CocoFormatError, match=r"none of its 3 images has a box, so filter_empty leaves no sample"):
+        CocoDetection(ann, img, filter_empty=True)
+
+
+def test_train_max_images_keeps_the_first_images(coco):
+    ann, img = coco
+    ds = CocoDetection(ann, img, max_images=2)
+    assert ds.ids == sorted(CocoDetection(ann, img).ids)[:2]
+
+
+def test_class_id_the_model_lacks_names_file_and_id(coco):
+    from densekd.config import load_config
+    from densekd.errors import ConfigError
+    from densekd.tasks import get_task
+
+    ann, img = coco  # categories 3 and 7 → labels 1 and 2
+    cfg = load_config({"task": "detection", "model": {"num_classes": 1},
+                       "data": {"train_ann": ann, "train_images": img}})
+    task = get_task("detection")
+    ds = task.build_dataset(cfg.data, "train")
+    with pytest.raises(ConfigError, match=rf"^model.num_classes: 1, but {ann} has category id 7 \(label 2\), which a "
+                                          rf"1-class model lacks; set model.num_classes=2$"):
+        task.check_data(cfg.model, ds)
+    cfg.model.num_classes = 5
+    with pytest.raises(ConfigError, match=r"^model.num_classes: expected 2 \(categories in .*\), got 5$"):
+        task.check_data(cfg.model, ds)
+
+
+def test_engine_checks_the_val_set_too(coco, tmp_path):
+    import densekd
+    from densekd.errors import ConfigError
+
+    ann, img = coco
+    val, _ = _rewrite(coco, tmp_path, lambda d: d["categories"].append({"id": 9, "name": "extra"}))
+    cfg = {"task": "detection", "output_dir": str(tmp_path / "out"),
+           "model": {"num_classes": 2, "student": {"arch": "fcos", "backbone": "resnet18"}},
+           "data": {"train_ann": ann, "train_images": img, "val_ann": val, "val_images": img},
+           "train": {"max_iters": 1, "batch_size": 1, "num_workers": 0}}
+    with pytest.raises(ConfigError, match=rf"^model.num_classes: 2, but {val} has category id 9 \(label 3\)"):
+        densekd.train(cfg)

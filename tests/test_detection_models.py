@@ -8,7 +8,7 @@ import torch
 
 from densekd import Distiller, Pair
 from densekd.errors import ConfigError
-from densekd.models.detection import (build_detector, distill_levels, distill_specs, inherit_neck_head,
+from densekd.models.detection import (build_detector, distill_levels, distill_specs, gn_groups, inherit_neck_head,
                                       load_detector_checkpoint)
 
 
@@ -104,8 +104,13 @@ def test_offline_hub_weights_name_is_one_clear_error(tmp_path, monkeypatch):
 def test_bad_builder_arguments():
     with pytest.raises(ConfigError, match="model.student.backbone: expected one of .*got 'resnet152'"):
         build_detector("retinanet", "resnet152", where="model.student")
-    with pytest.raises(ConfigError, match="mobilenet_v3_large is only available with arch faster_rcnn"):
-        build_detector("fcos", "mobilenet_v3_large")
+    with pytest.raises(ConfigError, match=r"^model.head_convs: Faster R-CNN has no convolution tower .*got 2$"):
+        build_detector("faster_rcnn", "resnet18", head_convs=2)
+    with pytest.raises(ConfigError, match=r"^model.fpn_channels: expected a positive int, got 0$"):
+        build_detector("fcos", "resnet18", fpn_channels=0)
+    with pytest.raises(ConfigError, match=r"^model.min_size/max_size: expected 0 < min_size <= max_size, or both "
+                                          r"null \(images keep their own size\), got None/64$"):
+        build_detector("fcos", "resnet18", min_size=None, max_size=64)
     with pytest.raises(ConfigError, match="trainable_layers: expected 0..5, got 7"):
         build_detector("fcos", "resnet18", trainable_layers=7)
 
@@ -123,3 +128,87 @@ def test_inherit_copies_matching_neck_and_head_only():
     big = build_detector("retinanet", "resnet50", num_classes=2, min_size=64, max_size=64)
     copied, total = inherit_neck_head(_small("retinanet"), big)  # R50 FPN inputs are 4× wider
     assert 0 < copied < total
+
+
+# ----------------------------------------------------------------------------------- sizes, presets
+def _cpu(arch, backbone="resnet18", **kw):
+    kw = {"num_classes": 3, "min_size": None, "max_size": None, "norm": "bn", "trainable_layers": 5,
+          "fpn_channels": 64, **kw}
+    return build_detector(arch, backbone, **kw)
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+def test_fpn_and_head_width_and_depth(arch):
+    m = _cpu(arch, fpn_channels=48, head_convs=2).eval()  # 48: GroupNorm falls back to 16 groups
+    with torch.no_grad():
+        feats = m.backbone(torch.rand(1, 3, 64, 64))
+        out = m([torch.rand(3, 64, 64)])
+    assert {v.shape[1] for v in feats.values()} == {48}
+    for branch in (m.head.classification_head, m.head.regression_head):
+        assert len(branch.conv) == 2 if arch == "retinanet" else sum(isinstance(x, torch.nn.Conv2d) for x in branch.conv) == 2
+    if arch == "fcos":
+        gns = [x for x in m.head.classification_head.conv if isinstance(x, torch.nn.GroupNorm)]
+        assert gns and all(g.num_groups == 16 and g.num_channels == 48 for g in gns)
+        assert _cpu(arch).head.classification_head.conv[1].num_groups == 32  # a multiple of 32 keeps torchvision's 32
+        assert [gn_groups(c) for c in (256, 64, 32, 16, 8, 2, 1)] == [32, 32, 16, 8, 4, 1, 1]
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+    assert all(p.requires_grad for p in m.parameters())  # from scratch: every layer trains
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.backbone.body.modules())
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+def test_mobilenet_backbones_give_p3_to_p7(arch, backbone):
+    m = _cpu(arch, backbone, trainable_layers=6).eval()
+    with torch.no_grad():
+        feats = m.backbone(torch.rand(1, 3, 128, 128))
+    assert tuple(feats) == distill_levels(arch, backbone) == ("0", "1", "2", "p6", "p7")
+    assert [v.shape[-1] for v in feats.values()] == [16, 8, 4, 2, 1]  # strides 8, 16, 32, 64, 128
+    frozen = _cpu(arch, backbone, trainable_layers=1)
+    assert not frozen.backbone.body["0"][0].weight.requires_grad and frozen.backbone.fpn.inner_blocks[0][0].weight.requires_grad
+
+
+def test_images_keep_their_own_size():
+    m = _cpu("fcos", "mobilenet_v3_small", trainable_layers=6).eval()
+    assert "keep their own size" in repr(m.transform)
+    images = [torch.rand(3, 40, 72), torch.rand(3, 64, 50)]
+    targets = [{"boxes": torch.tensor([[2.0, 3, 30, 20]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[5.0, 5, 45, 60]]), "labels": torch.tensor([2])}]
+    image_list, out_targets = m.transform(images, targets)
+    assert image_list.image_sizes == [(40, 72), (64, 50)]
+    assert tuple(image_list.tensors.shape[-2:]) == (64, 96)  # padded to a multiple of 32, not resized
+    assert torch.equal(out_targets[0]["boxes"], targets[0]["boxes"])
+    with torch.no_grad():
+        dets = m(images)
+    assert all(d["boxes"].numel() == 0 or d["boxes"][:, 2].max() <= im.shape[-1] for d, im in zip(dets, images))
+    resized = build_detector("fcos", "mobilenet_v3_small", num_classes=3, min_size=128, max_size=128).eval()
+    assert resized.transform(images)[0].image_sizes[0] == (71, 128)  # the usual path still resizes
+
+
+def test_distiller_finds_boxes_through_the_keep_size_transform():
+    s, t = (_cpu("fcos", "mobilenet_v3_small", trainable_layers=6) for _ in range(2))
+    images = [torch.rand(3, 64, 64)]
+    d = Distiller(s, t, [Pair("backbone", loss="fgd")], example_inputs=(images,))
+    assert d._context_module == "transform"
+    out = d(images, targets=[{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([1])}])
+    assert torch.isfinite(out["loss"]) and out["kd/backbone:0/loss_fg"] > 0  # boxes reached FGD
+
+
+def test_cpu_preset_fills_only_what_the_config_leaves_out():
+    from densekd.config import load_config, to_dict
+
+    base = {"task": "detection", "data": {}}
+    cfg = load_config({**base, "model": {"preset": "cpu", "num_classes": 10, "student": {"arch": "fcos"},
+                                         "teacher": {"arch": "fcos", "backbone": "resnet34", "fpn_channels": 128}}})
+    m, s, t = cfg.model, cfg.model.student, cfg.model.teacher
+    assert (m.min_size, m.max_size, m.preset) == (None, None, "cpu")
+    assert (s.backbone, s.norm, s.trainable_layers, s.fpn_channels, s.head_convs) == ("resnet18", "bn", 5, 64, 4)
+    assert (t.backbone, t.norm, t.fpn_channels) == ("resnet34", "bn", 128)  # the config's own keys win
+    assert load_config(to_dict(cfg)) == cfg  # config.yaml written by a run loads back to the same config
+    over = load_config({**base, "model": {"num_classes": 2, "student": {"arch": "fcos"}}},
+                       ["model.preset=cpu", "model.min_size=32", "model.max_size=64"])
+    assert (over.model.min_size, over.model.max_size, over.model.student.fpn_channels) == (32, 64, 64)
+    plain = load_config({**base, "model": {"num_classes": 2}})
+    assert (plain.model.min_size, plain.model.student.fpn_channels, plain.model.student.norm) == (800, 256, "frozen_bn")
+    with pytest.raises(ConfigError, match=r"^model.preset: expected one of cpu or null, got 'gpu'$"):
+        load_config({**base, "model": {"preset": "gpu"}})

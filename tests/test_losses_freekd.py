@@ -305,7 +305,7 @@ def test_segmentation_default_pairs_fitted_with_cross_entropy(tmp_path, capsys):
     cfg = {
         "task": "segmentation", "output_dir": str(tmp_path / "o"),
         "model": {"student": {"arch": "pspnet", "backbone": "resnet18", **tiny},
-                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", **tiny}},
+                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", "random_init": True, **tiny}},
         "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [40, 40]},  # logits 5×5
         "distill": {"method": "freekd", "kwargs": {"fit_steps": 2, "fit_lr": 0.05}},
         "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},

@@ -5,10 +5,12 @@ Samples are ``(image, target)`` with ``image`` a float [3, H, W] tensor in [0, 1
 "labels": [n] int64 in 1..K, "image_id": int}``. Category ids are mapped to contiguous labels 1..K in
 ascending id order (0 is torchvision's background); :attr:`CocoDetection.label_to_cat` maps back.
 
-The annotation file is checked once, up front: a bbox that is not four finite numbers with w, h >= 0, an
-unknown category or image id, or a missing image file is one error naming the JSON file and the id.
+The annotation file is checked once, up front: a bbox that is not four finite numbers with w, h >= 0, a box
+that reaches outside its image by more than :data:`BOX_TOLERANCE` pixels (checked against the image's
+``width``/``height``, or against the image file's size when the JSON has none), an unknown category or image
+id, a missing image file, or a split without images is one error naming the JSON file and the id.
 Zero-area boxes and crowd regions are not training targets (MMDetection / torchvision references);
-boxes are clipped to the image.
+boxes within the tolerance are clipped to the image.
 """
 from __future__ import annotations
 
@@ -28,6 +30,16 @@ class CocoFormatError(ConfigError):
     """A malformed COCO annotation file or a missing image."""
 
 
+#: pixels a box may reach beyond its image (rounding in exported annotations) before it is an error
+BOX_TOLERANCE = 1.0
+
+
+def _outside(box: list[float], w: float, h: float) -> bool:
+    x1, y1, x2, y2 = box
+    t = BOX_TOLERANCE
+    return x1 < -t or y1 < -t or x2 > w + t or y2 > h + t
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -41,6 +53,7 @@ class CocoDetection(Dataset):
         train: training transforms (random horizontal flip with ``flip_prob``) instead of evaluation ones.
         filter_empty: drop images without any (non-crowd, non-degenerate) box, as MMDetection does for training.
         label_map: "contiguous" (labels 1..K in category-id order) or "category_id" (label = category id).
+        max_images: keep only the first N images in image-id order (after ``filter_empty``).
     """
 
     def __init__(
@@ -52,6 +65,7 @@ class CocoDetection(Dataset):
         filter_empty: bool = False,
         check_files: bool = True,
         label_map: str = "contiguous",
+        max_images: int | None = None,
     ) -> None:
         self.ann_file = str(ann_file)
         self.img_dir = str(img_dir)
@@ -77,6 +91,7 @@ class CocoDetection(Dataset):
             self.images[int(im["id"])] = im
         boxes: dict[int, list[list[float]]] = {i: [] for i in self.images}
         labels: dict[int, list[int]] = {i: [] for i in self.images}
+        ann_ids: dict[int, list[Any]] = {i: [] for i in self.images}
         for a in data["annotations"]:
             aid = a.get("id", "?") if isinstance(a, dict) else "?"
             if not isinstance(a, dict) or "image_id" not in a or "bbox" not in a or "category_id" not in a:
@@ -101,22 +116,40 @@ class CocoDetection(Dataset):
             w, h = im.get("width"), im.get("height")
             x1, y1, x2, y2 = b[0], b[1], b[0] + b[2], b[1] + b[3]
             if _is_num(w) and _is_num(h):
+                if _outside([x1, y1, x2, y2], w, h):
+                    raise self._outside_error(aid, img_id, b, w, h)
                 x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
                 y1, y2 = min(max(y1, 0), h), min(max(y2, 0), h)
             if x2 <= x1 or y2 <= y1:
                 continue
             boxes[img_id].append([x1, y1, x2, y2])
             labels[img_id].append(self.cat_to_label[a["category_id"]])
-        self._boxes, self._labels = boxes, labels
+            ann_ids[img_id].append(aid)
+        self._boxes, self._labels, self._ann_ids = boxes, labels, ann_ids
         ids = sorted(self.images)
+        if not ids:
+            raise CocoFormatError(f"{self.ann_file}: the 'images' list is empty: no sample to "
+                                  f"{'train on' if train else 'evaluate'}")
         if filter_empty:
             ids = [i for i in ids if boxes[i]]
+            if not ids:
+                raise CocoFormatError(f"{self.ann_file}: none of its {len(self.images)} images has a box, so "
+                                      f"filter_empty leaves no sample (set data.filter_empty=false?)")
+        if max_images is not None:
+            ids = ids[:max_images]
         self.ids = ids
         if check_files:
             for i in self.ids:
                 p = self.path(i)
                 if not os.path.isfile(p):
                     raise CocoFormatError(f"{self.ann_file}: image id {i}: image file {p!r} does not exist")
+
+    def _outside_error(self, aid: Any, img_id: int, bbox: Any, w: float, h: float) -> CocoFormatError:
+        return CocoFormatError(
+            f"{self.ann_file}: annotation id {aid} (image id {img_id}) has bbox {bbox!r} outside its {w:g}×{h:g} "
+            f"image (more than {BOX_TOLERANCE:g} px beyond an edge); expected [x, y, width, height] in pixels, "
+            f"not [x1, y1, x2, y2] or normalised"
+        )
 
     def _read(self, path: str) -> dict[str, Any]:
         if not os.path.isfile(path):
@@ -159,10 +192,31 @@ class CocoDetection(Dataset):
             raise CocoFormatError(f"{self.ann_file}: image id {image_id}: cannot read {p!r}: {e}") from None
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
+    def _check_size(self, image_id: int, img: Tensor) -> None:
+        """The image file against the JSON's width/height, or (without them) the boxes against the file."""
+        h, w = img.shape[-2:]
+        im = self.images[image_id]
+        jw, jh = im.get("width"), im.get("height")
+        if _is_num(jw) and _is_num(jh):
+            if (int(jw), int(jh)) != (w, h):
+                raise CocoFormatError(f"{self.ann_file}: image id {image_id}: {self.path(image_id)!r} is {w}×{h} "
+                                      f"pixels, the annotation file says {jw}×{jh}")
+            return
+        for box, aid in zip(self._boxes[image_id], self._ann_ids[image_id]):
+            if _outside(box, w, h):
+                x1, y1, x2, y2 = box
+                raise self._outside_error(aid, image_id, [x1, y1, x2 - x1, y2 - y1], w, h)
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]
         img = self.load_image(image_id)
+        self._check_size(image_id, img)
         boxes = torch.tensor(self._boxes[image_id], dtype=torch.float32).reshape(-1, 4)
+        if boxes.numel() and not (_is_num(self.images[image_id].get("width"))
+                                  and _is_num(self.images[image_id].get("height"))):
+            h, w = img.shape[-2:]  # within the tolerance: clip, as with a known size
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         labels = torch.tensor(self._labels[image_id], dtype=torch.int64)
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             img = img.flip(-1)

@@ -155,7 +155,9 @@ class Trainer:
         self.train_set = self.task.build_dataset(cfg.data, "train")
         self.val_set = self.task.build_dataset(cfg.data, "val")
         if hasattr(self.task, "check_data"):
-            self.task.check_data(cfg.model, self.train_set)
+            for ds in (self.train_set, self.val_set):
+                if ds is not None:
+                    self.task.check_data(cfg.model, ds)
         self.sampler = ResumableBatchSampler(len(self.train_set), t.batch_size, self.world, self.rank, cfg.seed)
         self.iters_per_epoch = len(self.sampler)
         if self.iters_per_epoch == 0:

@@ -1,6 +1,13 @@
 """torchvision detectors (RetinaNet, FCOS, Faster R-CNN) with ResNet-18/34/50/101-FPN or MobileNetV3-FPN
 backbones, and their canonical distillation points.
 
+Sizes: ``fpn_channels`` sets the FPN width, which is also the width of every head (torchvision's default and
+the paper's: 256); ``head_convs`` the number of 3×3 convolutions in each RetinaNet/FCOS head tower (4). The
+FCOS head's GroupNorm keeps torchvision's 32 groups at widths that are multiples of 32 from 64 on, else
+:func:`gn_groups` picks a divisor that leaves ≥ 2 channels per group, so any width works. ``min_size = max_size = None`` keeps every image at its own size
+(no resize; the usual 800/1333 would upscale a 64-pixel image twelvefold). :data:`PRESETS` ``"cpu"`` gathers
+the settings of a detector a laptop trains from scratch in minutes (benchmarks/detection_cpu_preset.py).
+
 Nothing is ever downloaded implicitly: models are built with ``weights=None`` and no backbone weights.
 Weights come from a local file (``checkpoint``: a torchvision state dict, a torchvision reference-script
 checkpoint ``{"model": ...}`` or a densekd checkpoint ``{"student": ...}``), from a local ImageNet backbone
@@ -13,23 +20,38 @@ RetinaNet/FCOS P3–P7 = backbone keys "0", "1", "2", "p6", "p7"; Faster R-CNN P
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.backbone_utils import _mobilenet_extractor, resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError
 from .weights import load_strict
 
 ARCHS = ("retinanet", "fcos", "faster_rcnn")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-BACKBONES = RESNETS + ("mobilenet_v3_large",)
+MOBILENETS = ("mobilenet_v3_large", "mobilenet_v3_small")
+BACKBONES = RESNETS + MOBILENETS
+
+#: Named presets of per-detector and model-level keys; a config's own keys win over them (like an
+#: MMDetection ``_base_``). "cpu": a small detector trained from scratch on CPU — ResNet-18, 64-channel FPN
+#: and heads, batch-statistics BatchNorm with every layer trainable, images at their own size.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "model": {"min_size": None, "max_size": None},
+        "detector": {"backbone": "resnet18", "norm": "bn", "trainable_layers": 5, "fpn_channels": 64,
+                     "head_convs": 4},
+    },
+}
 
 #: FPN output keys the head uses, per (arch, backbone family).
 FPN_LEVELS: dict[str, tuple[str, ...]] = {
@@ -37,6 +59,7 @@ FPN_LEVELS: dict[str, tuple[str, ...]] = {
     "fcos": ("0", "1", "2", "p6", "p7"),  # P3–P7
     "faster_rcnn": ("0", "1", "2", "3", "pool"),  # P2–P6
     "faster_rcnn/mobilenet_v3_large": ("0", "1", "pool"),
+    "faster_rcnn/mobilenet_v3_small": ("0", "1", "pool"),
 }
 
 
@@ -59,51 +82,57 @@ def build_detector(
     arch: str,
     backbone: str = "resnet50",
     num_classes: int = 80,
-    min_size: int = 800,
-    max_size: int = 1333,
+    min_size: int | None = 800,
+    max_size: int | None = 1333,
     trainable_layers: int = 3,
     norm: str = "frozen_bn",
     checkpoint: str | None = None,
     backbone_checkpoint: str | None = None,
     weights: str | None = None,
     where: str = "model",
+    fpn_channels: int = 256,
+    head_convs: int = 4,
 ) -> nn.Module:
     """A torchvision detector for ``num_classes`` object categories (labels 1..K; torchvision's class 0 is
     background, so the heads have K + 1 outputs).
 
-    ``where`` is the config key used in error messages (e.g. ``"model.teacher"``).
+    ``min_size``/``max_size``: torchvision's resize (shorter side / cap on the longer side); both ``None``:
+    images keep their own size. ``fpn_channels``: width of the FPN and the heads; ``head_convs``: 3×3
+    convolutions per RetinaNet/FCOS head tower. ``where`` is the config key used in error messages (e.g.
+    ``"model.teacher"``).
     """
     _check_choice(arch, ARCHS, f"{where}.arch")
     _check_choice(backbone, BACKBONES, f"{where}.backbone")
     _check_choice(norm, ("frozen_bn", "bn"), f"{where}.norm")
-    if backbone == "mobilenet_v3_large" and arch != "faster_rcnn":
-        raise ConfigError(f"{where}.backbone: mobilenet_v3_large is only available with arch faster_rcnn, got {arch!r}")
-    max_layers = 6 if backbone == "mobilenet_v3_large" else 5
+    max_layers = 6 if backbone in MOBILENETS else 5
     if not 0 <= trainable_layers <= max_layers:
         raise ConfigError(f"{where}.trainable_layers: expected 0..{max_layers}, got {trainable_layers}")
     if num_classes < 1:
         raise ConfigError(f"model.num_classes: expected a positive int, got {num_classes}")
+    check_sizes(min_size, max_size, "model")
+    if not isinstance(fpn_channels, int) or fpn_channels < 1:
+        raise ConfigError(f"{where}.fpn_channels: expected a positive int, got {fpn_channels!r}")
+    if not isinstance(head_convs, int) or head_convs < 0:
+        raise ConfigError(f"{where}.head_convs: expected an int >= 0, got {head_convs!r}")
+    if arch == "faster_rcnn" and head_convs != 4:
+        raise ConfigError(f"{where}.head_convs: Faster R-CNN has no convolution tower (RPN: one conv, box head: "
+                          f"two fully connected layers); leave it at 4, got {head_convs}")
     norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
-    kw: dict[str, Any] = dict(num_classes=num_classes + 1, min_size=min_size, max_size=max_size)
+    kw: dict[str, Any] = dict(num_classes=num_classes + 1, min_size=min_size or 1, max_size=max_size or 1)
+    C = fpn_channels
 
-    if backbone == "mobilenet_v3_large":
-        from torchvision.models import mobilenet_v3_large
+    if backbone in MOBILENETS:
+        from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 
-        body = mobilenet_v3_large(weights=None, norm_layer=norm_layer)
+        body = {"mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small}[backbone](
+            weights=None, norm_layer=norm_layer)
         _load_backbone(body, backbone_checkpoint, f"{where}.backbone_checkpoint")
-        fpn = _mobilenet_extractor(body, True, trainable_layers)
-        from torchvision.models.detection.anchor_utils import AnchorGenerator
-
-        anchor_sizes = ((32, 64, 128, 256, 512),) * 3
-        aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
-        model: nn.Module = FasterRCNN(
-            fpn, rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios), rpn_score_thresh=0.05, **kw
-        )
+        fpn = _mobilenet_fpn(body, arch, trainable_layers, C)
     else:
         if arch == "faster_rcnn":
             returned, extra = [1, 2, 3, 4], LastLevelMaxPool()
         else:  # RetinaNet / FCOS: P3–P5 from C3–C5, P6/P7 from P5 (torchvision's v1 models)
-            returned, extra = [2, 3, 4], LastLevelP6P7(256, 256)
+            returned, extra = [2, 3, 4], LastLevelP6P7(C, C)
         fpn = resnet_fpn_backbone(
             backbone_name=backbone,
             weights=None,
@@ -112,16 +141,116 @@ def build_detector(
             returned_layers=returned,
             extra_blocks=extra,
         )
+        if C != 256:  # resnet_fpn_backbone fixes 256 channels: rebuild the FPN at the asked width
+            fpn.fpn = FeaturePyramidNetwork(_fpn_in_channels(fpn), C, extra_blocks=extra)
+            fpn.out_channels = C
         _load_backbone(fpn.body, backbone_checkpoint, f"{where}.backbone_checkpoint")
         _freeze_resnet(fpn.body, trainable_layers)
-        cls = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN}[arch]
-        model = cls(fpn, **kw)
+    if arch == "faster_rcnn":
+        anchor = None
+        if backbone in MOBILENETS:  # torchvision's fasterrcnn_mobilenet_v3_large_fpn anchors
+            from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+            sizes = ((32, 64, 128, 256, 512),) * 3
+            anchor = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+            kw["rpn_score_thresh"] = 0.05
+        model: nn.Module = FasterRCNN(fpn, rpn_anchor_generator=anchor, **kw)
+    elif arch == "retinanet":
+        from torchvision.models.detection.retinanet import RetinaNetHead, _default_anchorgen
+
+        anchors = _default_anchorgen()
+        head = RetinaNetHead(C, anchors.num_anchors_per_location()[0], num_classes + 1)
+        for branch in (head.classification_head, head.regression_head):
+            branch.conv = branch.conv[:head_convs]
+        model = RetinaNet(fpn, anchor_generator=anchors, head=head, **kw)
+    else:
+        from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+
+        gn = partial(nn.GroupNorm, gn_groups(C))
+        head = FCOSHead(C, 1, num_classes + 1, num_convs=0)
+        head.classification_head = FCOSClassificationHead(C, 1, num_classes + 1, head_convs, norm_layer=gn)
+        head.regression_head = FCOSRegressionHead(C, 1, head_convs, norm_layer=gn)
+        model = FCOS(fpn, head=head, **kw)
+    if min_size is None:
+        model.transform = KeepSizeTransform.like(model.transform)
 
     if weights:
         load_hub_weights(model, weights, f"{where}.weights")
     if checkpoint:
         load_detector_checkpoint(model, checkpoint, f"{where}.checkpoint")
     return model
+
+
+def gn_groups(channels: int) -> int:
+    """GroupNorm groups of an FCOS head of width ``channels``: torchvision's 32 when the width is a multiple of 32
+    of at least 64, else the largest power-of-two divisor up to 32 that leaves ≥ 2 channels per group (a 1×1 P7
+    map of a small image must still give each group more than one value to normalise)."""
+    if channels % 32 == 0 and channels >= 64:
+        return 32
+    g = math.gcd(channels, 32)
+    while g > 1 and channels // g < 2:
+        g //= 2
+    return g
+
+
+def check_sizes(min_size: int | None, max_size: int | None, where: str) -> None:
+    """Both ``None`` (images keep their size) or ``0 < min_size <= max_size``."""
+    if min_size is None and max_size is None:
+        return
+    if min_size is None or max_size is None or min_size < 1 or max_size < min_size:
+        raise ConfigError(f"{where}.min_size/max_size: expected 0 < min_size <= max_size, or both null (images "
+                          f"keep their own size), got {min_size}/{max_size}")
+
+
+class KeepSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detector transform (normalise, batch with padding to a multiple of 32) without the
+    resize: every image, and its boxes, stays at its own size (model ``min_size = max_size = None``)."""
+
+    @classmethod
+    def like(cls, t: GeneralizedRCNNTransform) -> "KeepSizeTransform":
+        return cls(1, 1, t.image_mean, t.image_std, size_divisible=t.size_divisible)
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(images keep their own size, Normalize(mean={self.image_mean}, "
+                f"std={self.image_std}))")
+
+
+def _fpn_in_channels(fpn: nn.Module) -> list[int]:
+    return [blk[0].in_channels for blk in fpn.fpn.inner_blocks]
+
+
+def _mobilenet_fpn(body: nn.Module, arch: str, trainable_layers: int, channels: int) -> nn.Module:
+    """MobileNetV3 features + FPN. RetinaNet/FCOS: the last block at strides 8, 16 and 32 → P3–P5, then
+    P6/P7 (the ResNet models' levels). Faster R-CNN: torchvision's fasterrcnn_mobilenet_v3_*_fpn layout
+    (the strided last stage and the last layer, plus a max-pooled level)."""
+    feats = body.features
+    stage_indices = [0] + [i for i, b in enumerate(feats) if getattr(b, "_is_cn", False)] + [len(feats) - 1]
+    num_stages = len(stage_indices)
+    freeze_before = len(feats) if trainable_layers == 0 else stage_indices[num_stages - trainable_layers]
+    for b in feats[:freeze_before]:
+        for p in b.parameters():
+            p.requires_grad_(False)
+    if arch == "faster_rcnn":
+        idx = [stage_indices[num_stages - 2], stage_indices[num_stages - 1]]
+        extra: nn.Module = LastLevelMaxPool()
+    else:
+        strided = [i for i, b in enumerate(feats) if getattr(b, "_is_cn", False)]  # stride 4, 8, 16, 32 (+ stem 2)
+        # last block before each of the next two downsamplings, and the last layer (stride 32)
+        idx = [strided[-2] - 1, strided[-1] - 1, len(feats) - 1]
+        extra = LastLevelP6P7(channels, channels)
+    in_channels = [_out_channels(feats[i]) for i in idx]
+    return BackboneWithFPN(feats, {str(i): str(k) for k, i in enumerate(idx)}, in_channels, channels,
+                           extra_blocks=extra)
+
+
+def _out_channels(block: nn.Module) -> int:
+    if hasattr(block, "out_channels"):
+        return int(block.out_channels)
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return int(convs[-1].out_channels)
 
 
 def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:

@@ -52,8 +52,12 @@ class Task(Protocol):
 
 # Optional hooks the engine calls when a task defines them (``hasattr``), not part of the required protocol:
 #
-#   check_data(model_cfg, train_dataset) -> None
-#       raise a ConfigError when model and data disagree (e.g. detection: model.num_classes vs categories).
+#   check_data(model_cfg, dataset) -> None
+#       raise a ConfigError when model and data disagree (e.g. detection: model.num_classes vs categories);
+#       called on the train set and, when there is one, the val set.
+#   expand_model_section(raw_model_dict) -> dict
+#       called by load_config on the raw ``model:`` mapping before validation (detection: ``model.preset``
+#       fills the keys the config does not set).
 #   inherit(student, teacher, model_cfg) -> str | None
 #       initialise the student from the teacher after both are built (detection: the paper's "inheriting"
 #       of neck and head); the returned message is printed by rank 0.

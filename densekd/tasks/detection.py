@@ -3,11 +3,13 @@
 Config sections::
 
     model:
+      preset: null             # "cpu": defaults for a small from-scratch detector (keys given here win)
       num_classes: 80          # object categories (without background); must match the data
-      min_size: 800            # torchvision GeneralizedRCNNTransform (shorter side)
+      min_size: 800            # torchvision GeneralizedRCNNTransform (shorter side); null + null: no resize
       max_size: 1333
       inherit: true            # paper's "inheriting": student neck/head initialised from the teacher
       student: {arch: retinanet, backbone: resnet50, trainable_layers: 3, norm: frozen_bn,
+                fpn_channels: 256, head_convs: 4,
                 backbone_checkpoint: null, checkpoint: null, weights: null}
       teacher: {arch: retinanet, backbone: resnet101, checkpoint: path/to/teacher.pth}
     data:
@@ -18,6 +20,7 @@ Config sections::
       flip_prob: 0.5
       filter_empty: true
       label_map: contiguous    # or category_id (labels = COCO ids, K = 90: torchvision hub weights)
+      train_max_images: null   # N: train on the first N images (id order) only, e.g. a small labelled subset
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ from ..models import detection as det
 @dataclass
 class DetectorConfig:
     arch: str = "retinanet"  # retinanet | fcos | faster_rcnn
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3_large
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3_large | _small
     trainable_layers: int = 3
     norm: str = "frozen_bn"  # frozen_bn (torchvision/MMDetection default) | bn
+    fpn_channels: int = 256  # width of the FPN and of the heads
+    head_convs: int = 4  # 3×3 convs per RetinaNet/FCOS head tower
     backbone_checkpoint: str | None = None  # local ImageNet backbone state dict
     checkpoint: str | None = None  # local full-detector weights
     weights: str | None = None  # torchvision hub weights name (downloads unless cached)
@@ -49,6 +54,10 @@ class DetectorConfig:
         det._check_choice(self.arch, det.ARCHS, f"{prefix}.arch")
         det._check_choice(self.backbone, det.BACKBONES, f"{prefix}.backbone")
         det._check_choice(self.norm, ("frozen_bn", "bn"), f"{prefix}.norm")
+        if self.fpn_channels < 1:
+            raise ConfigError(f"{prefix}.fpn_channels: expected a positive int, got {self.fpn_channels}")
+        if self.head_convs < 0:
+            raise ConfigError(f"{prefix}.head_convs: expected an int >= 0, got {self.head_convs}")
 
 
 @dataclass
@@ -56,16 +65,35 @@ class DetectionModelConfig:
     student: DetectorConfig = field(default_factory=DetectorConfig)
     teacher: DetectorConfig | None = None
     num_classes: int = 80
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: int | None = 800  # null together with max_size: images keep their own size
+    max_size: int | None = 1333
     inherit: bool = False
+    preset: str | None = None  # filled in by expand_model_section; kept for the record
 
     def validate(self, prefix: str) -> None:
         if self.num_classes < 1:
             raise ConfigError(f"{prefix}.num_classes: expected a positive int, got {self.num_classes}")
-        if self.min_size < 1 or self.max_size < self.min_size:
-            raise ConfigError(f"{prefix}.min_size/max_size: expected 0 < min_size <= max_size, got "
-                              f"{self.min_size}/{self.max_size}")
+        det.check_sizes(self.min_size, self.max_size, prefix)
+        if self.preset is not None:
+            det._check_choice(self.preset, tuple(det.PRESETS), f"{prefix}.preset")
+
+
+def expand_model_section(raw: Any) -> Any:
+    """``model.preset`` (:data:`densekd.models.detection.PRESETS`) → its keys, wherever the config does not
+    set them itself (the config's keys win, as over an MMDetection ``_base_``); ``student`` and ``teacher``
+    each get the per-detector keys."""
+    if not isinstance(raw, Mapping) or raw.get("preset") is None:
+        return raw
+    name = raw["preset"]
+    if name not in det.PRESETS:
+        raise ConfigError(f"model.preset: expected one of {', '.join(det.PRESETS)} or null, got {name!r}")
+    preset = det.PRESETS[name]
+    out = {**preset["model"], **raw}
+    for role in ("student", "teacher"):
+        sub = out.get(role, {} if role == "student" else None)
+        if isinstance(sub, Mapping):
+            out[role] = {**preset["detector"], **sub}
+    return out
 
 
 @dataclass
@@ -77,9 +105,12 @@ class DetectionDataConfig:
     flip_prob: float = 0.5
     filter_empty: bool = False
     label_map: str = "contiguous"  # or "category_id" (label = COCO category id; for torchvision hub weights)
+    train_max_images: int | None = None  # train on the first N images (image-id order) of train_ann only
 
     def validate(self, prefix: str) -> None:
         det._check_choice(self.label_map, ("contiguous", "category_id"), f"{prefix}.label_map")
+        if self.train_max_images is not None and self.train_max_images < 1:
+            raise ConfigError(f"{prefix}.train_max_images: expected a positive int or null, got {self.train_max_images}")
 
 
 #: registered methods that cannot run on detection, with the reason given in the error
@@ -94,6 +125,7 @@ class DetectionTask:
     name = "detection"
     model_config_cls = DetectionModelConfig
     data_config_cls = DetectionDataConfig
+    expand_model_section = staticmethod(expand_model_section)
 
     # -------------------------------------------------------------- models
     def build_model(self, model_cfg: DetectionModelConfig, role: str) -> nn.Module:
@@ -112,8 +144,9 @@ class DetectionTask:
         return det.build_detector(
             sub.arch, sub.backbone, num_classes=model_cfg.num_classes, min_size=model_cfg.min_size,
             max_size=model_cfg.max_size, trainable_layers=sub.trainable_layers, norm=sub.norm,
-            checkpoint=resolve_checkpoint(sub.checkpoint, f"model.{role}.checkpoint"), backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
-            where=f"model.{role}",
+            checkpoint=resolve_checkpoint(sub.checkpoint, f"model.{role}.checkpoint"),
+            backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
+            where=f"model.{role}", fpn_channels=sub.fpn_channels, head_convs=sub.head_convs,
         )
 
     def inherit(self, student: nn.Module, teacher: nn.Module, model_cfg: DetectionModelConfig) -> str | None:
@@ -153,7 +186,7 @@ class DetectionTask:
                 raise ConfigError("data.train_ann / data.train_images: required for training")
             return CocoDetection(data_cfg.train_ann, data_cfg.train_images, train=True,
                                  flip_prob=data_cfg.flip_prob, filter_empty=data_cfg.filter_empty,
-                                 label_map=data_cfg.label_map)
+                                 label_map=data_cfg.label_map, max_images=data_cfg.train_max_images)
         if not data_cfg.val_ann:
             return None
         if not data_cfg.val_images:
@@ -161,11 +194,17 @@ class DetectionTask:
         return CocoDetection(data_cfg.val_ann, data_cfg.val_images, train=False, label_map=data_cfg.label_map)
 
     def check_data(self, model_cfg: DetectionModelConfig, dataset: CocoDetection) -> None:
-        """Optional Task hook: the model's classes must cover the data's categories."""
-        if dataset.num_classes != model_cfg.num_classes:
+        """Optional Task hook (train and val sets): the model's classes must be the data's categories."""
+        k = model_cfg.num_classes
+        if dataset.num_classes > k:
+            label = min(lbl for lbl in dataset.label_to_cat if lbl > k)
             raise ConfigError(
-                f"model.num_classes: expected {dataset.num_classes} (categories in {dataset.ann_file}), "
-                f"got {model_cfg.num_classes}"
+                f"model.num_classes: {k}, but {dataset.ann_file} has category id {dataset.label_to_cat[label]} "
+                f"(label {label}), which a {k}-class model lacks; set model.num_classes={dataset.num_classes}"
+            )
+        if dataset.num_classes != k:
+            raise ConfigError(
+                f"model.num_classes: expected {dataset.num_classes} (categories in {dataset.ann_file}), got {k}"
             )
 
     def collate(self, batch: Sequence[Any]) -> Any:

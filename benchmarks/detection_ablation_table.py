@@ -1,0 +1,68 @@
+"""The paper's ACAM-KD ablations (Tables 8–10) on the detection demo's setting, from finished runs: AP ± std over
+seeds, the gain over the plain student paired by seed (± std, per seed, > 2 std), and the paper's COCO numbers
+beside ours (RetinaNet R101 → R50; /work/shared/papers). Reads only what the runs wrote (``metrics.json``); trains
+nothing. The runs come from
+
+    python -m densekd demo --task detection --seeds 3 --threads 1 --out runs/demo_val \\
+        --methods baseline fitnet maskd acam_kd_teacher_fusion acam_kd acam_kd_spatial acam_kd_channel \\
+        acam_kd_student_query acam_kd_paper
+
+    python benchmarks/detection_ablation_table.py runs/demo_val/runs-det-<hash>
+
+A method with fewer finished seeds than the others is shown with its own n (and left out when it has none).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from densekd.compare import paired_gains
+from densekd.demo import common
+
+#: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
+PAPER = {
+    "baseline": ("—", "student (plain)", 37.4),
+    "fitnet": ("10", "no mask (FitNet)", 37.4),
+    "maskd": ("10", "fixed teacher mask (MasKD)", 39.8),
+    "acam_kd_teacher_fusion": ("10", "adaptive teacher mask", 39.9),
+    "acam_kd": ("8–10", "ACAM-KD (STCA-FF + spatial & channel, teacher query)", 41.2),
+    "acam_kd_spatial": ("8", "spatial masks only", 40.9),
+    "acam_kd_channel": ("8", "channel masks only", 40.4),
+    "acam_kd_student_query": ("9", "student query", 41.0),
+    "acam_kd_paper": ("—", "ACAM-KD, literal mask objective (acam_kd_paper)", None),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(argv[0])
+    runs: dict[str, list[dict]] = {}
+    for m in PAPER:
+        for d in sorted((root / m).glob("seed*")):
+            f = d / "metrics.json"
+            if f.is_file():
+                runs.setdefault(m, []).append({"seed": int(d.name[4:]), **json.loads(f.read_text())})
+    gains = {g.method: g for g in paired_gains(runs, "baseline", "AP", list(runs))}
+    base = PAPER["baseline"][2]
+    rows = []
+    for m, (table, label, paper) in PAPER.items():
+        if m not in runs:
+            rows.append([table, label, m, "not run", "—", "—", "—",
+                         "—" if paper is None else f"{paper:.1f}", "—" if paper is None or m == "baseline"
+                         else f"{paper - base:+.1f}"])
+            continue
+        ap = common.mean_std([100 * r["AP"] for r in runs[m]])
+        g = gains.get(m)
+        rows.append([table, label, m, common.fmt(*ap), str(len(runs[m])),
+                     "—" if g is None else common.fmt(100 * g.mean, 100 * g.std, sign=True),
+                     "—" if g is None else f"{g.verdict()} ({', '.join(f'{100 * v:+.2f}' for v in g.per_seed.values())})",
+                     "—" if paper is None else f"{paper:.1f}",
+                     "—" if paper is None or m == "baseline" else f"{paper - base:+.1f}"])
+    print(common.markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
+                                 "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""``densekd demo --task detection``: does ACAM-KD make a small detector better, on a laptop, with no download?
+
+The same realistic case as the segmentation demo — a teacher that knows more than the student can learn from its
+own labels — on detection, where the paper's claims live:
+
+1. Data: the built-in digits canvases with boxes (:mod:`densekd.data.digits`, real handwritten digits on 64×64
+   canvases, COCO-format ``annotations.json`` per split, category id = digit + 1), read by the real COCO loader
+   (:class:`densekd.data.coco.CocoDetection`). Built once into the cache: the teacher's pool (``train``), ``dev``
+   (where every setting here was chosen) and ``val`` (reported on; its source digits are used by no other split).
+2. Teacher: FCOS with a MobileNetV3-Small backbone and the ``cpu`` preset (64-channel FPN and heads, BatchNorm,
+   trained from scratch, images at their own size), shipped inside the package in half precision
+   (``densekd/assets/demo_detection_teacher.*``: the state dict and its record — command, data seed, metric on
+   dev and val, checksums). Verified by checksum, never trained by a cold demo; ``--retrain-teacher`` rebuilds it
+   with the engine (written to the output folder, never over the shipped files) and says whether it is bit for bit
+   the shipped one.
+3. Students: the same detector trained from scratch on the first ``n_student`` canvases of the pool with a short
+   schedule — plain, FitNet (the "no mask" control of the paper's Table 10) and ACAM-KD, distilled on every FPN
+   level the head uses (P3–P7, methods.md "Where it is applied"), each at the ``distill.weight`` chosen on dev from
+   its KD/task loss ratio — every run through the engine (:func:`densekd.compare.compare_runs`, the project's one
+   training loop; finished runs are reused).
+4. COCO AP / AP50 / AP75 on ``val`` by pycocotools (mean ± std over seeds, each method's gain over the plain
+   student paired by seed with the std of the paired gains and whether it exceeds 2 std), the verdict lines, the
+   KD health warnings, and figures: the gains, the AP curves, and the ACAM-KD spatial masks at P3 over a val image
+   with its boxes drawn (each panel titled with its spatial std).
+
+``quick=True`` is the CI smoke run (tiny sizes; its numbers mean nothing and it says so).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..data.digits import DIGIT_CLASSES, make_digits_dataset
+from ..errors import ConfigError
+from . import common
+
+#: the shipped teacher's artefact name (densekd/assets/<name>.pt / .json)
+TEACHER_ASSET = "demo_detection_teacher"
+#: the command that made the shipped teacher (recorded beside it)
+TEACHER_COMMAND = "densekd demo --task detection --retrain-teacher --threads 1"
+METHOD_LABELS = {"baseline": "student (plain)", "fitnet": "student + FitNet (P3–P7, no mask)",
+                 "acam_kd": "student + ACAM-KD (P3–P7)", "acam_kd_paper": "student + ACAM-KD literal (P3–P7)",
+                 "maskd": "student + MasKD (P3–P7, fixed teacher mask)", "fgd": "student + FGD (P3–P7)",
+                 "acam_kd_teacher_fusion": "student + ACAM-KD teacher-only masks (P3–P7)",
+                 "acam_kd_spatial": "student + ACAM-KD spatial only (P3–P7)",
+                 "acam_kd_channel": "student + ACAM-KD channel only (P3–P7)",
+                 "acam_kd_student_query": "student + ACAM-KD student query (P3–P7)"}
+METRICS = ("AP", "AP50", "AP75")
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of the detection demo; the defaults are the documented run (chosen on ``dev``)."""
+
+    task: str = "detection"
+    seeds: int = 3
+    quick: bool = False
+    eval_split: str = "val"  # "dev" while choosing settings, "val" to report
+    cache_dir: str = "~/.cache/densekd"
+    out_dir: str = "densekd-demo"
+    threads: int = 0  # 0: leave torch's default
+    retrain_teacher: bool = False
+    methods: tuple[str, ...] = ("baseline", "fitnet", "acam_kd")
+    # data: the teacher's labelled pool is the train split; the student sees its first n_student canvases
+    canvas: int = 64
+    n_pool: int = 2000
+    n_student: int = 400
+    n_dev: int = 300
+    n_val: int = 300
+    data_seed: int = 0
+    # models: FCOS, cpu preset (densekd.models.detection.PRESETS)
+    arch: str = "fcos"
+    teacher_backbone: str = "mobilenet_v3_small"
+    student_backbone: str = "mobilenet_v3_small"
+    fpn_channels: int = 64
+    student_fpn_channels: int = 64
+    # schedule (AdamW, cosine, batch 16; the teacher trains longer on more data)
+    batch_size: int = 16
+    teacher_iters: int = 3000
+    student_iters: int = 200
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_iters: int = 20
+    teacher_warmup_iters: int = 100
+    eval_points: int = 2
+    # distillation: every FPN level the head uses; distill.weight per method, chosen on dev
+    # (benchmarks/acam_ablations_detection.md, "Weights"): acam_kd and fitnet by dev AP over a few weights (2 seeds);
+    # the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start (≈ 4.3,
+    # total over P3–P7), from each variant's own ratio at weight 1 measured on dev
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "acam_kd": 0.004, "fitnet": 0.0005, "maskd": 0.005, "acam_kd_teacher_fusion": 0.003, "acam_kd_spatial": 0.007,
+        "acam_kd_channel": 0.007, "acam_kd_student_query": 0.003, "acam_kd_paper": 0.008})
+    # per-method constructor kwargs (distill.kwargs); MasKD's token-fitting stage shortened to the students' length
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"maskd": {"fit_steps": 200}})
+    num_masks: int = 6  # methods.md ASCM: M = 6 for detection
+    teacher_dtype: str = "float16"  # how the shipped teacher is stored (a few MB); it runs in float32
+
+    @staticmethod
+    def quick_config(**kw: Any) -> "DemoConfig":
+        base = DemoConfig(quick=True, seeds=1, n_pool=24, n_student=16, n_dev=8, n_val=8, student_fpn_channels=16,
+                          batch_size=4, teacher_iters=6, student_iters=3, eval_points=1, warmup_iters=0,
+                          teacher_warmup_iters=0)
+        return replace(base, **kw)
+
+    def validate(self) -> None:
+        from ..compare import BASELINE_NAMES, check_methods
+
+        if self.task != "detection":
+            raise ConfigError(f"demo: --task must be 'segmentation' or 'detection', got {self.task!r}")
+        if self.seeds < 1:
+            raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
+        if self.eval_split not in ("val", "dev"):
+            raise ConfigError(f"demo: --eval-split must be 'val' or 'dev', got {self.eval_split!r}")
+        for k in ("teacher_iters", "student_iters", "batch_size", "eval_points", "n_pool", "n_student", "n_dev",
+                  "n_val", "canvas", "fpn_channels", "student_fpn_channels", "num_masks"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"demo: {k} must be ≥ 1, got {getattr(self, k)}")
+        if self.n_student > self.n_pool:
+            raise ConfigError(f"demo: n_student ({self.n_student}) must be ≤ n_pool ({self.n_pool}): the student's "
+                              "labelled set is part of the teacher's pool")
+        if self.teacher_dtype not in ("float16", "float32"):
+            raise ConfigError(f"demo: teacher_dtype must be 'float16' or 'float32', got {self.teacher_dtype!r}")
+        methods = list(self.methods)
+        if not any(m in BASELINE_NAMES for m in methods):
+            raise ConfigError(f"demo: --methods must include the plain student ('baseline'), got {methods}")
+        check_methods(methods)
+        if "hinton_kd" in methods:
+            raise ConfigError("demo: hinton_kd distils softmax class scores per pixel; the detection heads score "
+                              "anchors with sigmoids — it runs on segmentation only")
+        unweighted = [m for m in methods if m not in BASELINE_NAMES and m not in self.weights]
+        if unweighted:
+            raise ConfigError(f"demo: no distill.weight chosen on dev for {unweighted} (the detection demo has "
+                              f"weights for {sorted(self.weights)}; benchmarks/detection_dev_weights.py chooses one)")
+
+    # -- what the teacher is (the shipped record must say the same, or --retrain-teacher is needed)
+    def teacher_spec(self) -> dict[str, Any]:
+        return {"arch": self.arch, "backbone": self.teacher_backbone, "fpn_channels": self.fpn_channels,
+                "preset": "cpu", "num_classes": len(DIGIT_CLASSES)}
+
+    def data_params(self) -> dict[str, Any]:
+        return dict(seed=self.data_seed, n_train=self.n_pool, n_val=self.n_val, n_dev=self.n_dev, canvas=self.canvas,
+                    scale=[self.canvas // 4, self.canvas // 2])
+
+
+# --------------------------------------------------------------------------------------------- configs
+def _detector(backbone: str, fpn_channels: int) -> dict[str, Any]:
+    from ..models.detection import MOBILENETS
+
+    return {"backbone": backbone, "fpn_channels": fpn_channels, "trainable_layers": 6 if backbone in MOBILENETS else 5}
+
+
+def _data_section(root: Path, split: str, max_images: int | None) -> dict[str, Any]:
+    return {"train_ann": str(root / "train" / "annotations.json"), "train_images": str(root / "train" / "images"),
+            "val_ann": str(root / split / "annotations.json"), "val_images": str(root / split / "images"),
+            "flip_prob": 0.0,  # a mirrored digit is another glyph
+            "train_max_images": max_images}
+
+
+def _train_section(cfg: DemoConfig, iters: int, warmup: int | None = None) -> dict[str, Any]:
+    every = max(1, iters // cfg.eval_points)
+    warmup = cfg.warmup_iters if warmup is None else warmup
+    return {"max_iters": iters, "batch_size": cfg.batch_size, "num_workers": 0,
+            "optimizer": {"type": "adamw", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            "schedule": {"type": "cosine", "warmup_iters": min(warmup, iters - 1), "warmup_factor": 0.01},
+            "checkpoint_every": max(iters // 2, 1), "log_every": max(1, min(50, iters // 10)),
+            "eval_every": every if every < iters else 0}
+
+
+def _model_section(cfg: DemoConfig) -> dict[str, Any]:
+    return {"preset": "cpu", "num_classes": len(DIGIT_CLASSES), "inherit": False}
+
+
+def teacher_config(cfg: DemoConfig, root: Path, out: Path) -> dict[str, Any]:
+    """The engine config that trains the teacher on the whole pool (its curve evaluated on dev)."""
+    return {"task": "detection", "output_dir": str(out), "seed": 0,
+            "model": {**_model_section(cfg),
+                      "student": {"arch": cfg.arch, **_detector(cfg.teacher_backbone, cfg.fpn_channels)}},
+            "data": _data_section(root, "dev", None),
+            "train": {**_train_section(cfg, cfg.teacher_iters, cfg.teacher_warmup_iters),
+                      "checkpoint_every": max(cfg.teacher_iters // 6, 1), "log_every": 50,
+                      "eval_every": max(cfg.teacher_iters // 6, 1)},
+            "eval": {"batch_size": 50}}
+
+
+def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """The engine config of every student run (compare sets the method, seed and output folder per run);
+    ``teacher_checkpoint``: a file, or ``asset:<name>`` for the shipped teacher (verified when loaded)."""
+    return {"task": "detection", "output_dir": str(out), "seed": 0,
+            "model": {**_model_section(cfg),
+                      "student": {"arch": cfg.arch, **_detector(cfg.student_backbone, cfg.student_fpn_channels)},
+                      "teacher": {"arch": cfg.arch, **_detector(cfg.teacher_backbone, cfg.fpn_channels),
+                                  "checkpoint": str(teacher_checkpoint)}},
+            "data": _data_section(root, cfg.eval_split, cfg.n_student),
+            # pairs: null → every FPN level the head uses (P3–P7); M = 6 for ACAM-KD (default_pairs)
+            "distill": {"method": "acam_kd", "kwargs": {"num_masks": cfg.num_masks}, "weight": 1.0, "pairs": None},
+            "train": _train_section(cfg, cfg.student_iters), "eval": {"batch_size": 50}}
+
+
+def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
+    """Per-method engine overrides: each method's ``distill.weight`` (chosen on dev from its KD/task ratio)."""
+    return {m: [f"distill.weight={cfg.weights[m]}"] for m in cfg.methods if m in cfg.weights}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def build_data(cfg: DemoConfig, cache: Path):
+    """The demo's digits dataset with boxes (built once into ``cache``, keyed by its parameters)."""
+    dparams = cfg.data_params()
+    return make_digits_dataset(Path(cache) / f"digits-{_hash(dparams)}", **dparams)
+
+
+# --------------------------------------------------------------------------------------------- teacher
+def _check_record(cfg: DemoConfig, record: Mapping[str, Any]) -> None:
+    spec = record.get("model")
+    if spec != cfg.teacher_spec():
+        raise ConfigError(f"demo: the shipped detection teacher is {spec}, this demo asks for {cfg.teacher_spec()}; "
+                          "run `densekd demo --task detection --retrain-teacher` to train the teacher this config "
+                          "describes")
+
+
+def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None]) -> Callable[[], tuple[dict, dict]]:
+    def run() -> tuple[dict, dict]:
+        import torch
+
+        from ..assets import load_state_dict
+        from ..engine import evaluate, train
+
+        threads = torch.get_num_threads()
+        log(f"teacher: training FCOS {cfg.teacher_backbone} (cpu preset) on the {cfg.n_pool}-canvas pool for "
+            f"{cfg.teacher_iters} iterations through the engine ({out}), 1 thread for reproducibility")
+        torch.set_num_threads(1)
+        try:
+            conf = teacher_config(cfg, root, out)
+            train(conf, ["train.resume=false"])
+            sd = load_state_dict(out / "student_final.pth")
+            if cfg.teacher_dtype == "float16":  # shipped small; the metric below is the stored weights'
+                sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+            metrics: dict[str, float] = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                stored = Path(tmp) / "teacher.pt"
+                torch.save(sd, stored)
+                for split in ("dev", "val"):
+                    m = evaluate(conf, str(stored), [f"data.val_ann={root / split / 'annotations.json'}",
+                                                     f"data.val_images={root / split / 'images'}",
+                                                     f"output_dir={out / ('eval_' + split)}"])
+                    metrics.update({f"{split} {k}": round(100 * m[k], 2) for k in METRICS})
+        finally:
+            torch.set_num_threads(threads)
+        record = {"kind": "densekd demo teacher (detection)", "command": TEACHER_COMMAND,
+                  "model": cfg.teacher_spec(), "dtype": cfg.teacher_dtype,
+                  "data": {"generator": "densekd.data.digits.make_digits_dataset", **cfg.data_params(),
+                           "split": "train (the whole pool)"},
+                  "train": conf["train"], "seed": 0, "threads": 1, "metric": metrics,
+                  "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
+        return sd, record
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------- figures
+def _run_dirs(res: common.StudentResults, method: str) -> list[Path]:
+    return [res.out / method / f"seed{r['seed']}" for r in res.runs.get(method, [])]
+
+
+def plot_curves(res: common.StudentResults, teacher_ap: float | None, path: Path, split: str) -> Path:
+    plt = common.pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, m in enumerate(res.runs):
+        colour = f"C{i}"
+        for j, d in enumerate(_run_dirs(res, m)):
+            rows = common.read_csv_rows(d / "log.csv")
+            lab = METHOD_LABELS.get(m, m) if j == 0 else None
+            if rows:
+                a1.plot([r["iter"] for r in rows], [r.get("loss_task", math.nan) for r in rows], color=colour,
+                        alpha=0.6, label=lab)
+            pts = common.read_eval_curve(d, "AP")
+            if pts:
+                a2.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colour, alpha=0.6, marker="o", ms=3,
+                        label=lab)
+    if teacher_ap is not None:
+        a2.axhline(teacher_ap, color="k", ls="--", label="teacher")
+    a1.set(xlabel="iteration", ylabel="task loss (FCOS: focal + GIoU + centerness)",
+           title="training loss (one line per seed)")
+    a2.set(xlabel="iteration", ylabel=f"COCO AP (%) on {split}", title=f"{split} AP during training")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def acam_masks(run_dir: Path, image_index: int = 0, level: str = "0") -> dict[str, Any] | None:
+    """The trained ACAM-KD modules of ``run_dir`` (rebuilt by the engine from its checkpoint) on one image of its
+    evaluation split: the student and the teacher in eval mode, their FPN level ``level`` (P3 = ``"0"``) through the
+    level's ACAM-KD module. Returns the image, its boxes and labels, the spatial masks [M, h, w] and the student's
+    detections, or None when the run has no checkpoint or no ACAM-KD module at that level."""
+    import torch
+
+    from ..engine.trainer import Trainer
+
+    if not (run_dir / "checkpoint.pth").is_file():
+        return None
+    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])  # loads student + KD modules
+    try:
+        image, target = trainer.val_set[image_index]
+        distiller = trainer.model
+        mod = next((m for k, m in distiller.kd_losses.items() if k.endswith(f"backbone:{level}")), None)
+        if mod is None or not hasattr(mod, "mask_statistics"):
+            return None
+        student, teacher = distiller.student.eval(), distiller.teacher.eval()
+        mod.eval()
+        with torch.no_grad():
+            batch = student.transform([image])[0].tensors
+            s_feat = student.backbone(batch)[level]
+            t_feat = teacher.backbone(teacher.transform([image])[0].tensors)[level]
+            mod(s_feat, t_feat)
+            dets = student([image])[0]
+        if "spatial" not in mod.last_masks:
+            return None
+        return {"image": image, "boxes": target["boxes"], "labels": target["labels"],
+                "spatial": mod.last_masks["spatial"][0].float(), "padded": tuple(batch.shape[-2:]), "detections": dets,
+                "label_to_cat": trainer.val_set.label_to_cat}
+    finally:
+        trainer.close()
+
+
+def plot_masks(run_dir: Path, image_index: int, path: Path, split: str, score: float = 0.5) -> Path | None:
+    """Every ACAM-KD spatial mask at P3 over one ``split`` image with its ground-truth boxes drawn (each panel: its
+    own colour range, titled with its spatial std), beside the image with the student's detections."""
+    import torch.nn.functional as F
+
+    got = acam_masks(run_dir, image_index)
+    if got is None:
+        return None
+    plt = common.pyplot()
+    from matplotlib.patches import Rectangle
+
+    image, sp = got["image"], got["spatial"]
+    h, w = image.shape[-2:]
+    ph, pw = got["padded"]
+    # the masks cover the padded batch (a multiple of 32): upsample to it and crop to the image
+    up = F.interpolate(sp[None], size=(ph, pw), mode="nearest")[0, :, :h, :w]
+    m = sp.shape[0]
+    cols = min(4, m + 1)
+    rows = math.ceil((m + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows))
+    axes = [a for a in (axes.ravel() if hasattr(axes, "ravel") else [axes])]
+    rgb = image.permute(1, 2, 0).numpy()
+
+    def boxes(ax, bxs, labels, colour, scores=None):
+        for k, (b, lab) in enumerate(zip(bxs.tolist(), labels.tolist())):
+            ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False, ec=colour, lw=1.2))
+            digit = got["label_to_cat"].get(int(lab), int(lab)) - 1
+            txt = f"{digit}" if scores is None else f"{digit} {scores[k]:.2f}"
+            ax.text(b[0], b[1] - 1, txt, color=colour, fontsize=6, va="bottom")
+
+    axes[0].imshow(rgb)
+    d = got["detections"]
+    keep = d["scores"] >= score
+    boxes(axes[0], got["boxes"], got["labels"], "white")
+    boxes(axes[0], d["boxes"][keep], d["labels"][keep], "yellow", d["scores"][keep].tolist())
+    axes[0].set_title(f"{split} image: boxes (white),\nACAM-KD student ≥ {score} (yellow)", fontsize=7)
+    for i in range(m):
+        mi = up[i].numpy()
+        ax = axes[i + 1]
+        ax.imshow(rgb, alpha=0.35)
+        ax.imshow(mi, cmap="viridis", alpha=0.75, interpolation="nearest")
+        boxes(ax, got["boxes"], got["labels"], "white")
+        ax.set_title(f"mask {i}: spatial std {float(sp[i].std(unbiased=False)):.2g}\n"
+                     f"[{float(sp[i].min()):.2g}, {float(sp[i].max()):.2g}]", fontsize=7)
+    for a in axes:
+        a.axis("off")
+    fig.suptitle(f"ACAM-KD spatial masks at P3 ({sp.shape[-2]}×{sp.shape[-1]}) after training, over a {split} "
+                 "image with its boxes (each panel: its own colour range)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- main
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the detection demo; returns the table text, the per-run results, the verdicts and the figure paths."""
+    cfg.validate()
+    common.set_threads(cfg.threads)
+    t_start = time.perf_counter()
+    cache = Path(os.path.expanduser(cfg.cache_dir))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from .. import losses  # noqa: F401  (registers every method)
+
+    ds = build_data(cfg, cache)
+    log(f"data: {ds.root} ({'built' if ds.built else 'cached'}; digits canvases with COCO boxes; teacher's pool "
+        f"{cfg.n_pool} canvases, the student sees the first {cfg.n_student}; dev {cfg.n_dev}, val {cfg.n_val}; "
+        f"{cfg.canvas}×{cfg.canvas}; the splits share no source digit)")
+
+    hint = "run `densekd demo --task detection --retrain-teacher` to rebuild it with our own command"
+    teacher = common.resolve_teacher(TEACHER_ASSET, cfg.retrain_teacher, _retrain(cfg, ds.root, out / "teacher", log),
+                                     out / "teacher", hint, log)
+    _check_record(cfg, teacher.record)
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "quick",
+                                                                  "retrain_teacher", "methods", "task")}
+    runs_dir = out / f"runs-det-{_hash([settings, teacher.record['weights_sha256']])}"
+    ckpt = f"asset:{TEACHER_ASSET}" if teacher.origin == "shipped" else teacher.path
+    conf = student_config(cfg, ds.root, ckpt, runs_dir)
+    seeds = list(range(cfg.seeds))
+    weights = ", ".join(f"{m} {w:g}" for m, w in cfg.weights.items() if m in cfg.methods)
+    log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
+        f"the engine (runs in {runs_dir}; finished runs are reused); distill.weight {weights}")
+    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log,
+                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods})
+
+    # the teacher's own AP on the evaluation split, by the engine's evaluation
+    from ..engine import evaluate
+
+    t_conf = teacher_config(cfg, ds.root, out / "teacher_eval")
+    t_metrics = evaluate(t_conf, str(teacher.path), [f"data.val_ann={ds.root / cfg.eval_split / 'annotations.json'}",
+                                                     f"data.val_images={ds.root / cfg.eval_split / 'images'}"])
+    t_ap = 100 * t_metrics["AP"]
+
+    figs = {"gains": out / "det_gains.png", "curves": out / "det_curves.png",
+            "spatial_masks": out / "det_acam_spatial_masks.png"}
+    plot_curves(res, t_ap, figs["curves"], cfg.eval_split)
+    common.plot_gains(res, METHOD_LABELS, figs["gains"])
+    made = {"curves", "gains"}
+    acam = "acam_kd" if "acam_kd" in cfg.methods else next((m for m in cfg.methods if m.startswith("acam_kd")), None)
+    if acam is not None and plot_masks(_run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
+        made.add("spatial_masks")
+    figs = {k: v for k, v in figs.items() if k in made}
+
+    split_n = cfg.n_val if cfg.eval_split == "val" else cfg.n_dev
+    teacher_row = [f"teacher ({teacher.origin}, FCOS {cfg.teacher_backbone})", common.fmt(t_ap), "", "", "—", "1"]
+    table = common.results_table(res, METHOD_LABELS, teacher_row=teacher_row)
+    ap_table = _ap_table(res, {k: 100 * t_metrics[k] for k in METRICS})
+    verdicts = [common.verdict_line(res, m, METHOD_LABELS.get(m, m).replace("student + ", ""))
+                for m in cfg.methods if m not in ("baseline", "student")]
+    title = ("densekd demo --task detection — SMOKE RUN (--quick: tiny sizes, numbers mean nothing)" if cfg.quick else
+             "densekd demo --task detection — FCOS on the built-in digits canvases with boxes")
+    health = [f"  {m}: {w}" for m, ws in res.health.items() for w in ws]
+    wall = time.perf_counter() - t_start
+    text = "\n".join([
+        title,
+        f"COCO box AP (%) by pycocotools on '{cfg.eval_split}' ({split_n} canvases); students: FCOS "
+        f"{cfg.student_backbone} from scratch ({_params(cfg, 'student'):,} parameters, KD modules dropped after "
+        f"training), {cfg.n_student} labelled canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; "
+        f"teacher: FCOS {cfg.teacher_backbone} ({_params(cfg, 'teacher'):,} parameters), trained on "
+        f"{teacher.record.get('data', {}).get('n_train', '?')} canvases for "
+        f"{teacher.record.get('train', {}).get('max_iters', '?')} iterations",
+        table, ap_table, *[v for v in verdicts if v],
+        *(["KD health warnings from the runs:", *health] if health else []),
+        f"total wall time {wall:.0f} s (threads: {_threads()})",
+        "figures:", *[f"  {k}: {v}" for k, v in figs.items()],
+    ])
+    log(text)
+    gains = {g.method: {"mean": g.mean, "std": g.std, "n": g.n, "per_seed": g.per_seed, "beyond_2std": g.beyond_2std}
+             for g in res.gains}
+    summary = {"config": asdict(cfg), "table": text, "wall_seconds": wall, "teacher": {
+        "origin": teacher.origin, "path": str(teacher.path), "record": teacher.record, "note": teacher.note,
+        "metrics": t_metrics}, "runs": res.runs, "gains": gains, "health": res.health,
+        "figures": {k: str(v) for k, v in figs.items()}}
+    (out / "summary_detection.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _ap_table(res: common.StudentResults, teacher: Mapping[str, float]) -> str:
+    """AP, AP50 and AP75 (mean ± std over seeds) of the teacher and every method."""
+    rows = [["teacher", *[common.fmt(teacher[k]) for k in METRICS]]]
+    for r in res.rows:
+        rows.append([METHOD_LABELS.get(r.method, r.method),
+                     *[common.fmt(r.stats[k][0] * 100, r.stats[k][1] * 100) if k in r.stats else "—" for k in METRICS]])
+    return common.markdown_table(["model", *METRICS], rows)
+
+
+def _params(cfg: DemoConfig, role: str) -> int:
+    from ..models.detection import build_detector
+
+    backbone = cfg.teacher_backbone if role == "teacher" else cfg.student_backbone
+    width = cfg.fpn_channels if role == "teacher" else cfg.student_fpn_channels
+    m = build_detector(cfg.arch, backbone, num_classes=len(DIGIT_CLASSES), min_size=None, max_size=None, norm="bn",
+                       trainable_layers=0, fpn_channels=width)
+    return sum(p.numel() for p in m.parameters())
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "acam_masks", "build_data", "method_settings", "plot_masks",
+           "run_demo", "student_config", "teacher_config"]

@@ -1,0 +1,147 @@
+"""``densekd demo --task detection``: the --quick smoke run end to end through the engine with the shipped
+detection teacher (verified, never overwritten; corrupt, missing or mismatched files refused with one line that offers
+--retrain-teacher), --retrain-teacher, the mask figure over a val image, and bad arguments."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+from densekd import assets
+from densekd.cli import main
+from densekd.demo.detection import TEACHER_ASSET, DemoConfig, acam_masks, method_settings, run_demo, student_config
+from densekd.errors import ConfigError, DenseKDError
+
+
+def _shipped_hashes():
+    return {p.name: assets.file_sha256(p) for p in sorted(assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"))}
+
+
+def test_the_shipped_detection_teacher_and_its_record():
+    path, record = assets.shipped_teacher(TEACHER_ASSET)
+    assert path.stat().st_size < 4 * 2**20  # "a few MB at most"
+    for key in ("command", "model", "data", "train", "seed", "threads", "metric", "torch", "sha256", "weights_sha256"):
+        assert key in record, key
+    assert record["command"].startswith("densekd demo --task detection --retrain-teacher")
+    cfg = DemoConfig()
+    assert record["model"] == cfg.teacher_spec()
+    assert record["data"]["seed"] == cfg.data_seed and record["data"]["n_train"] == cfg.n_pool
+    assert record["train"]["max_iters"] == cfg.teacher_iters
+    assert record["weights_sha256"] == assets.weights_sha256(assets.load_state_dict(path))
+    assert record["metric"]["dev AP"] > 50  # a teacher worth distilling from, measured when it was made
+
+
+def test_quick_detection_demo_end_to_end(tmp_path, capsys):
+    before = _shipped_hashes()
+    argv = ["demo", "--task", "detection", "--quick", "--seeds", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "--threads", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "SMOKE RUN" in text and "teacher: shipped with densekd" in text and "verified" in text
+    for row in ("| teacher (shipped", "| student (plain)", "| student + FitNet", "| student + ACAM-KD"):
+        assert row in text, row
+    assert "| model" in text and "AP50" in text and "AP75" in text
+    assert "ACAM-KD (P3–P7) − plain = " in text and "paired over 2 seeds" in text
+    summary = json.loads((tmp_path / "out" / "summary_detection.json").read_text())
+    assert summary["teacher"]["origin"] == "shipped"
+    assert set(summary["runs"]) == {"baseline", "fitnet", "acam_kd"} and all(len(v) == 2 for v in summary["runs"].values())
+    assert all({"AP", "AP50", "AP75"} <= set(r) for v in summary["runs"].values() for r in v)
+    for key in ("gains", "curves", "spatial_masks"):
+        path = summary["figures"][key]
+        assert path in text
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    runs_dir = next((tmp_path / "out").glob("runs-det-*"))
+    cfg = yaml.safe_load((runs_dir / "acam_kd" / "seed0" / "config.yaml").read_text())
+    assert cfg["distill"]["method"] == "acam_kd" and cfg["model"]["teacher"]["checkpoint"] == f"asset:{TEACHER_ASSET}"
+    # the figure's masks are the run's own ACAM-KD modules on a val image: one per unit, over P3, in (0, 1)
+    got = acam_masks(runs_dir / "acam_kd" / "seed1")
+    assert got["spatial"].shape == (DemoConfig().num_masks, 8, 8)  # P3 of a 64-pixel canvas
+    assert 0 < float(got["spatial"].min()) and float(got["spatial"].max()) < 1 and got["boxes"].shape[1] == 4
+    assert _shipped_hashes() == before
+
+
+def test_each_method_gets_its_weight_and_every_fpn_level(tmp_path):
+    cfg = DemoConfig()
+    assert method_settings(cfg) == {m: [f"distill.weight={cfg.weights[m]}"] for m in ("fitnet", "acam_kd")}
+    conf = student_config(cfg, tmp_path, "asset:x", tmp_path / "runs")
+    assert conf["distill"]["pairs"] is None and conf["distill"]["kwargs"] == {"num_masks": 6}  # P3–P7, M = 6
+    assert conf["data"]["train_max_images"] == cfg.n_student and conf["data"]["val_ann"].endswith("val/annotations.json")
+    assert conf["model"]["preset"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(seeds=0), "demo: --seeds must be ≥ 1, got 0"),
+        (dict(n_student=64, n_pool=32), "demo: n_student (64) must be ≤ n_pool (32)"),
+        (dict(methods=("fitnet",)), "demo: --methods must include the plain student ('baseline')"),
+        (dict(methods=("baseline", "hinton_kd")), "hinton_kd distils softmax class scores per pixel"),
+        (dict(teacher_backbone="resnet18"), "the shipped detection teacher is"),
+        (dict(methods=("baseline", "cwd")), "demo: no distill.weight chosen on dev for ['cwd']"),
+    ],
+)
+def test_bad_config(tmp_path, kwargs, message):
+    cfg = DemoConfig.quick_config(cache_dir=str(tmp_path), out_dir=str(tmp_path / "out"), **kwargs)
+    with pytest.raises(ConfigError) as exc:
+        run_demo(cfg, log=lambda *_: None)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_retrain_teacher_with_a_changed_config_leaves_the_shipped_teacher_untouched(tmp_path, capsys):
+    before = _shipped_hashes()
+    argv = ["demo", "--task", "detection", "--quick", "--retrain-teacher", "--methods", "baseline", "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--threads", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "teacher: retrained" in text and "differs from the shipped teacher" in text
+    assert "the shipped files are untouched" in text
+    assert _shipped_hashes() == before
+    record = json.loads((tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.json").read_text())
+    assert record["train"]["max_iters"] == DemoConfig.quick_config().teacher_iters  # the changed config
+    assert record["sha256"] == assets.file_sha256(tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.pt")
+    assert record["command"] == "densekd demo --task detection --retrain-teacher --threads 1"
+    assert {"dev AP", "val AP", "dev AP50", "val AP75"} <= set(record["metric"])
+    summary = json.loads((tmp_path / "out" / "summary_detection.json").read_text())
+    assert summary["teacher"]["origin"] == "retrained" and summary["teacher"]["path"].startswith(str(tmp_path))
+
+
+@pytest.fixture
+def fake_assets(tmp_path, monkeypatch):
+    """A copy of the shipped detection teacher in a folder the test may damage."""
+    d = tmp_path / "assets"
+    d.mkdir()
+    for p in assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"):
+        shutil.copy(p, d / p.name)
+    monkeypatch.setattr(assets, "ASSETS_DIR", d)
+    return d
+
+
+def test_a_corrupt_shipped_teacher_says_so_and_offers_the_retrain(fake_assets, tmp_path, capsys):
+    pt = fake_assets / f"{TEACHER_ASSET}.pt"
+    data = bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    argv = ["demo", "--task", "detection", "--quick", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is corrupt or was replaced" in err
+    assert "densekd demo --task detection --retrain-teacher" in err
+
+
+def test_a_missing_shipped_teacher_says_so(fake_assets, tmp_path):
+    (fake_assets / f"{TEACHER_ASSET}.pt").unlink()
+    with pytest.raises(DenseKDError, match=r"weights file .* is missing; run `densekd demo --task detection "
+                                           r"--retrain-teacher`"):
+        run_demo(DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o")),
+                 log=lambda *_: None)
+
+
+def test_a_teacher_the_config_does_not_describe_is_refused(tmp_path):
+    cfg = DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o"), fpn_channels=32)
+    with pytest.raises(ConfigError, match=r"the shipped detection teacher is .*'fpn_channels': 64.*"
+                                          r"'fpn_channels': 32.*--retrain-teacher"):
+        run_demo(cfg, log=lambda *_: None)
