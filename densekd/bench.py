@@ -194,11 +194,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 if cuda:
                     torch.cuda.synchronize(device)
 
-            def step(i: int) -> None:
-                model.iteration = i
-                with tr.autocast():
-                    loss = tr.ddp(*inputs, targets=targets)["loss"]
-                opt.zero_grad(set_to_none=True)
+            def optimise(loss: Any) -> None:  # the engine's update, with or without its grad scaler
+                opt.zero_grad(set_to_none=True)  # KD parameters get no gradient in a student step: skipped
                 if tr.scaler is not None:
                     tr.scaler.scale(loss).backward()
                     tr.scaler.step(opt)
@@ -206,20 +203,19 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 else:
                     loss.backward()
                     opt.step()
+
+            def step(i: int) -> None:
+                model.iteration = i
+                with tr.autocast():
+                    loss = tr.ddp(*inputs, targets=targets)["loss"]
+                optimise(loss)
 
             kd = isinstance(model, Distiller)
 
             def student_step() -> None:  # the same student, batch and optimizer, without teacher and KD modules
                 with tr.autocast():
                     loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
-                opt.zero_grad(set_to_none=True)  # KD parameters get no gradient: the optimizer skips them
-                if tr.scaler is not None:
-                    tr.scaler.scale(loss).backward()
-                    tr.scaler.step(opt)
-                    tr.scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                optimise(loss)
 
             def teacher_forward() -> None:
                 with tr.autocast():
