@@ -229,3 +229,37 @@ def set_threads(threads: int) -> None:
 
 __all__ = ["StudentResults", "TeacherChoice", "fmt", "markdown_table", "mean_std", "plot_gains", "pyplot", "read_csv_rows",
            "read_eval_curve", "resolve_teacher", "results_table", "set_threads", "train_students", "verdict_line"]
+
+
+def run_dirs(res: StudentResults, method: str) -> list[Path]:
+    """The run folders of ``method``'s students, in seed order."""
+    return [res.out / method / f"seed{r['seed']}" for r in res.runs.get(method, [])]
+
+
+def plot_curves(res: StudentResults, teacher_metric: float | None, path: Path, split: str, *, metric: str,
+                metric_label: str, loss_label: str, labels: Mapping[str, str]) -> Path:
+    """Task loss and the eval metric over training, one line per seed and method (both demos)."""
+    plt = pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, m in enumerate(res.runs):
+        colour = f"C{i}"
+        for j, d in enumerate(run_dirs(res, m)):
+            rows = read_csv_rows(d / "log.csv")
+            lab = labels.get(m, m) if j == 0 else None
+            if rows:
+                a1.plot([r["iter"] for r in rows], [r.get("loss_task", math.nan) for r in rows], color=colour,
+                        alpha=0.6, label=lab)
+            pts = read_eval_curve(d, metric)
+            if pts:
+                a2.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colour, alpha=0.6, marker="o", ms=3,
+                        label=lab)
+    if teacher_metric is not None:
+        a2.axhline(teacher_metric, color="k", ls="--", label="teacher")
+    a1.set(xlabel="iteration", ylabel=f"task loss ({loss_label})", title="training loss (one line per seed)")
+    a2.set(xlabel="iteration", ylabel=f"{metric_label} (%) on {split}", title=f"{split} {metric_label} during training")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

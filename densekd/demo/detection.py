@@ -267,38 +267,6 @@ def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None])
 
 
 # --------------------------------------------------------------------------------------------- figures
-def _run_dirs(res: common.StudentResults, method: str) -> list[Path]:
-    return [res.out / method / f"seed{r['seed']}" for r in res.runs.get(method, [])]
-
-
-def plot_curves(res: common.StudentResults, teacher_ap: float | None, path: Path, split: str) -> Path:
-    plt = common.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, m in enumerate(res.runs):
-        colour = f"C{i}"
-        for j, d in enumerate(_run_dirs(res, m)):
-            rows = common.read_csv_rows(d / "log.csv")
-            lab = METHOD_LABELS.get(m, m) if j == 0 else None
-            if rows:
-                a1.plot([r["iter"] for r in rows], [r.get("loss_task", math.nan) for r in rows], color=colour,
-                        alpha=0.6, label=lab)
-            pts = common.read_eval_curve(d, "AP")
-            if pts:
-                a2.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colour, alpha=0.6, marker="o", ms=3,
-                        label=lab)
-    if teacher_ap is not None:
-        a2.axhline(teacher_ap, color="k", ls="--", label="teacher")
-    a1.set(xlabel="iteration", ylabel="task loss (FCOS: focal + GIoU + centerness)",
-           title="training loss (one line per seed)")
-    a2.set(xlabel="iteration", ylabel=f"COCO AP (%) on {split}", title=f"{split} AP during training")
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def acam_masks(run_dir: Path, image_index: int = 0, level: str = "0") -> dict[str, Any] | None:
     """The trained ACAM-KD modules of ``run_dir`` (rebuilt by the engine from its checkpoint) on one image of its
     evaluation split: the student and the teacher in eval mode, their FPN level ``level`` (P3 = ``"0"``) through the
@@ -431,11 +399,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
 
     figs = {"gains": out / "det_gains.png", "curves": out / "det_curves.png",
             "spatial_masks": out / "det_acam_spatial_masks.png"}
-    plot_curves(res, t_ap, figs["curves"], cfg.eval_split)
+    common.plot_curves(res, t_ap, figs["curves"], cfg.eval_split, metric="AP", metric_label="COCO AP",
+                       loss_label="FCOS: focal + GIoU + centerness", labels=METHOD_LABELS)
     common.plot_gains(res, METHOD_LABELS, figs["gains"])
     made = {"curves", "gains"}
     acam = "acam_kd" if "acam_kd" in cfg.methods else next((m for m in cfg.methods if m.startswith("acam_kd")), None)
-    if acam is not None and plot_masks(_run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
+    if acam is not None and plot_masks(common.run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
         made.add("spatial_masks")
     figs = {k: v for k, v in figs.items() if k in made}
 

@@ -231,37 +231,6 @@ def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None])
 
 
 # --------------------------------------------------------------------------------------------- figures
-def _run_dirs(res: common.StudentResults, method: str) -> list[Path]:
-    return [res.out / method / f"seed{r['seed']}" for r in res.runs.get(method, [])]
-
-
-def plot_curves(res: common.StudentResults, teacher_metric: float | None, path: Path, split: str) -> Path:
-    plt = common.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, m in enumerate(res.runs):
-        colour = f"C{i}"
-        for j, d in enumerate(_run_dirs(res, m)):
-            rows = common.read_csv_rows(d / "log.csv")
-            lab = METHOD_LABELS.get(m, m) if j == 0 else None
-            if rows:
-                a1.plot([r["iter"] for r in rows], [r.get("loss_task", math.nan) for r in rows], color=colour,
-                        alpha=0.6, label=lab)
-            pts = common.read_eval_curve(d, res.metric)
-            if pts:
-                a2.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colour, alpha=0.6, marker="o", ms=3,
-                        label=lab)
-    if teacher_metric is not None:
-        a2.axhline(teacher_metric, color="k", ls="--", label="teacher")
-    a1.set(xlabel="iteration", ylabel="task loss (cross-entropy)", title="training loss (one line per seed)")
-    a2.set(xlabel="iteration", ylabel=f"mIoU (%) on {split}", title=f"{split} mIoU during training")
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def _acam_level(distiller: Any) -> Any:
     for mod in distiller.kd_losses.values():
         if hasattr(mod, "mask_statistics"):
@@ -331,7 +300,7 @@ def plot_mask_stats(res: common.StudentResults, method: str, path: Path) -> Path
     """Each mask family's statistics over training, from the runs' log.csv (columns ``kd/<level>/masks/<family>/
     <stat>``, written by the engine), one line per seed."""
     series: dict[str, list[tuple[list[float], list[float]]]] = {}
-    for d in _run_dirs(res, method):
+    for d in common.run_dirs(res, method):
         rows = common.read_csv_rows(d / "log.csv")
         cols = sorted({k for r in rows for k in r if "/masks/" in k})
         for c in cols:
@@ -399,12 +368,13 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
 
     figs = {"gains": out / "gains.png", "curves": out / "curves.png", "spatial_masks": out / "acam_spatial_masks.png",
             "channel_masks": out / "acam_channel_masks.png", "mask_stats": out / "acam_mask_stats.png"}
-    plot_curves(res, t_miou, figs["curves"], cfg.eval_split)
+    common.plot_curves(res, t_miou, figs["curves"], cfg.eval_split, metric=res.metric, metric_label="mIoU",
+                       loss_label="cross-entropy", labels=METHOD_LABELS)
     common.plot_gains(res, METHOD_LABELS, figs["gains"])
     acam = next((m for m in cfg.methods if m.startswith("acam_kd")), None)
     made = {"curves", "gains"}
     if acam is not None:
-        last = _run_dirs(res, acam)[-1]
+        last = common.run_dirs(res, acam)[-1]
         if plot_masks(last, 0, (figs["spatial_masks"], figs["channel_masks"]), cfg.eval_split):
             made |= {"spatial_masks", "channel_masks"}
         if plot_mask_stats(res, acam, figs["mask_stats"]):
