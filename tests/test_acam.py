@@ -53,6 +53,9 @@ def naive_reference(mod: ACAMKD, fs, ft):
             div = div + naive_dice(mc)
     if mod.ascm.spatial_units is not None:
         z = fused.flatten(2)
+        if mod.ascm.z_norm == "spatial":  # each channel standardised over its H·W positions (unbiased; 1×1: std 0)
+            n = z.shape[2]
+            z = (z - z.sum(2, keepdim=True) / n) / (z.std(2, keepdim=True, unbiased=n > 1) + 1e-5)
         ms = torch.stack([torch.sigmoid((mod.ascm.spatial_units[m].view(1, c, 1) * z).sum(1)) for m in range(mod.num_masks)], 1)
         msl = to_loss(ms)
         ls = 0.0
@@ -252,7 +255,7 @@ def _shapes_seen(fn):
 def test_attention_never_materialises_hw_by_hw(monkeypatch):
     """methods.md, STCA-FF: no N×N tensor in forward or backward (P is formed a few query rows at a time)."""
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 120 * 7)  # 7 rows of N = 120 per block
-    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
+    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2, z_norm="none")
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
     prof, shapes = _shapes_seen(lambda: sum(mod(fs, ft).values()).backward())
     n = 12 * 10
@@ -263,10 +266,12 @@ def test_attention_never_materialises_hw_by_hw(monkeypatch):
 
 
 def test_explicit_path_uses_the_memory_efficient_sdpa_kernel():
-    """z_norm="spatial" needs F_fuse itself: it goes through SDPA's flash kernel, never an explicit softmax."""
+    """z_norm="spatial" (the default) needs F_fuse itself: it goes through SDPA's flash kernel, never an explicit
+    softmax."""
     from torch.profiler import profile
 
-    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2, z_norm="spatial")
+    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
+    assert mod.ascm.z_norm == "spatial"
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
     with profile() as prof:
         sum(mod(fs, ft).values()).backward()
@@ -375,7 +380,7 @@ def test_module_pickles_after_a_forward_without_its_masks():
 
 
 def test_fused_refuses_a_feature_map_changed_in_place_after_the_forward():
-    mod = make(align="identity", student_channels=8)
+    mod = make(align="identity", student_channels=8, z_norm="none")  # the lazy record of the projected path
     fs, ft = feats(cs=8)
     mod(fs, ft)
     fs.mul_(2.0)  # the student map F̂_S = F_S that the record would read
@@ -385,7 +390,8 @@ def test_fused_refuses_a_feature_map_changed_in_place_after_the_forward():
 
 @pytest.mark.parametrize("shape", [dict(b=1, h=1, w=1), dict(b=1, h=7, w=3), dict(b=3, h=2, w=5)])
 @pytest.mark.parametrize("kw", [dict(num_masks=1), dict(teacher_channels=7, student_channels=5),
-                                dict(fusion="teacher"), dict(align="identity", student_channels=8)])
+                                dict(fusion="teacher"), dict(align="identity", student_channels=8),
+                                dict(num_masks=1, z_norm="none"), dict(fusion="teacher", z_norm="none")])
 def test_odd_shapes_match_the_naive_formula_with_gradients(shape, kw, monkeypatch):
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2)  # as few rows per block as possible
     mod = make(**kw)
@@ -403,3 +409,25 @@ def test_odd_shapes_match_the_naive_formula_with_gradients(shape, kw, monkeypatc
     for n, p in mod.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-6, atol=1e-9, msg=n)
     torch.testing.assert_close(grads["fs"], fs.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_z_norm_spatial_is_defined_on_a_1x1_map():
+    """A 1×1 map (P6/P7 of a 64-pixel image) has no spatial spread: with z_norm="spatial" (the default) its
+    standardised Z is 0, its spatial masks are σ(0) = 0.5, and the loss and every gradient are finite (the unbiased
+    std over one position used to be NaN and killed the detection demo at iteration 0)."""
+    for fusion in ("cross_attention", "teacher"):
+        mod = build_loss("acam_kd", student_channels=6, teacher_channels=8, num_masks=3, fusion=fusion)
+        fs, ft = torch.randn(4, 6, 1, 1, requires_grad=True), torch.randn(4, 8, 1, 1)
+        out = mod(fs, ft)
+        assert all(torch.isfinite(v) for v in out.values()), out
+        torch.testing.assert_close(mod.last_masks["spatial"], torch.full((4, 3, 1, 1), 0.5))
+        sum(out.values()).backward()
+        assert torch.isfinite(fs.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in mod.parameters() if p.grad is not None)
+
+
+def test_default_z_norm_is_spatial_and_the_paper_preset_keeps_none():
+    assert build_loss("acam_kd", student_channels=4, teacher_channels=4).ascm.z_norm == "spatial"
+    paper = build_loss("acam_kd_paper", student_channels=4, teacher_channels=4)
+    assert paper.ascm.z_norm == "none"
+    assert build_loss("acam_kd_paper", student_channels=4, teacher_channels=4, z_norm="spatial").ascm.z_norm == "spatial"

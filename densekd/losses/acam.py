@@ -137,7 +137,7 @@ class ASCM(nn.Module):
     """
 
     def __init__(self, channels: int, num_masks: int, channel_units: str = "vector", init_std: float = 0.01,
-                 spatial: bool = True, channel: bool = True, z_norm: str = "none") -> None:
+                 spatial: bool = True, channel: bool = True, z_norm: str = "spatial") -> None:
         super().__init__()
         _check_choice("channel_units", channel_units)
         _check_choice("z_norm", z_norm)
@@ -155,9 +155,12 @@ class ASCM(nn.Module):
         logits = mean = None
         if self.spatial_units is not None:
             z = fused.flatten(2)  # Z: [B, C, HW]
-            if self.z_norm == "spatial":  # not in methods.md: each channel standardised over space, so that
-                # S_s Z varies over positions instead of saturating σ on Z's spatial mean (measured on the demo)
-                z = (z - z.mean(dim=2, keepdim=True)) / (z.std(dim=2, keepdim=True) + 1e-5)
+            if self.z_norm == "spatial":  # methods.md, "spatial masks must be spatial" (Decision, default): each
+                # channel standardised over space, so that S_s Z varies over positions instead of saturating σ on
+                # Z's spatial mean. Unbiased std over H·W > 1 positions; a 1×1 map (P6/P7 of a small image) has no
+                # spatial spread: its standardised Z is 0 and its spatial masks σ(0) = 0.5 (never NaN)
+                n = z.shape[2]
+                z = (z - z.mean(dim=2, keepdim=True)) / (z.std(dim=2, keepdim=True, unbiased=n > 1) + 1e-5)
             logits = torch.einsum("mc,bcn->bmn", self.spatial_units.to(z.dtype), z)  # S_s Z
         if self.channel_units is not None:
             mean = fused.mean(dim=(2, 3))  # v: [B, C]
@@ -294,8 +297,10 @@ class ACAMKD(DistillLoss):
             (L_c, L_s are then proportional to the masks' scale). ``"detached"``: L_c + L_s does not reach the
             mask modules at all (trained by Dice only; a control). In ``"adversarial"`` and ``"detached"``
             STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
-        z_norm: ``"none"`` (default, methods.md ASCM) or ``"spatial"``: Z standardised per channel over space
-            before the spatial units (the demo's spatial masks otherwise saturate to constant 0/1 gates).
+        z_norm: ``"spatial"`` (default, methods.md "spatial masks must be spatial", revised 2026-12-05): Z
+            standardised per channel over space before the spatial units (otherwise, on post-ReLU features and on
+            detection's P4–P7, the spatial masks saturate to constant 0/1 gates, measured); defined for every map
+            size (a 1×1 map gives masks 0.5). ``"none"``: the literal ASCM (the preset ``acam_kd_paper``).
         mask_norm: ``"square"`` (default, methods.md "Optimisation of the mask modules" Decision: divide by
             Σ M², so the loss is a mask-weighted mean of D², invariant to the masks' scale; adversarial masks
             with the Σ M norm saturate at 1, measured) or ``"sum"`` (divide by Σ M, MasKD's form; the preset
@@ -325,7 +330,7 @@ class ACAMKD(DistillLoss):
         keep_masks: bool = True,
         mask_objective: str = "adversarial",  # methods.md, "Optimisation of the mask modules" (Decision)
         mask_norm: str = "square",  # idem: adversarial and the Σ M² norm go together
-        z_norm: str = "none",
+        z_norm: str = "spatial",  # methods.md, "spatial masks must be spatial" (Decision, revised 2026-12-05)
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
         for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
