@@ -66,6 +66,9 @@ COLLAPSE_FRACTION = 0.01
 DISTANCE_FALLEN = 0.5
 #: ACAM-KD mask mean band and smallest per-mask spatial std
 MASK_MEAN_LOW, MASK_MEAN_HIGH, MASK_STD_MIN = 0.01, 0.99, 1e-3
+#: a spatial mask "was spatial" once its per-mask spatial std reached this (fresh masks under z_norm="spatial" start
+#: at a spatial std of ~1e-3: units N(0, 0.01²) over a standardised Z — not yet a selection that can "fall")
+MASK_STD_WAS_SPATIAL = 1e-2
 #: a mask whose mean is this far from 0.5 (its initial value) is a gate, not a fresh mask
 MASK_GATE_SHIFT = 0.25
 #: the teacher "scores at chance" below chance + this margin (metric on a 0–1 scale)
@@ -692,20 +695,20 @@ class TrainingGuards:
                                       f"{MASK_MEAN_HIGH:g}, so they select nothing and the term is a plain "
                                       f"feature distance"))
         std = row.get(f"kd/{level}/masks/spatial/std_min")
-        # freshly initialised masks are ≈ 0.5 everywhere, constant too: the warning needs masks that were
-        # spatial at an earlier row (std_min ≥ 1e-3: it "fell") or that have become gates ≈ 0 or 1 everywhere
+        # freshly initialised masks are ≈ 0.5 everywhere, (nearly) constant too: the warning needs masks that were
+        # spatial at an earlier row (std_min ≥ 1e-2: it "fell") or that have become gates ≈ 0 or 1 everywhere
         peak = self.peaks.get(f"spatial_std_min/{level}", 0.0)
         if std is not None:
             self.peaks[f"spatial_std_min/{level}"] = max(peak, std)
         mean = row.get(f"kd/{level}/masks/spatial/mean")
         collapsed = mean is not None and not MASK_MEAN_LOW <= mean <= MASK_MEAN_HIGH  # said above, better
         gates = row.get(f"kd/{level}/masks/spatial/shift_max", 0.0) > MASK_GATE_SHIFT
-        if std is not None and std < MASK_STD_MIN and (peak >= MASK_STD_MIN or gates) and not collapsed:
+        if std is not None and std < MASK_STD_MIN and (peak >= MASK_STD_WAS_SPATIAL or gates) and not collapsed:
             what = "; some masks are gates ≈ 0 or ≈ 1 everywhere" if gates else ""
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
                 f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
-                f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "
-                f"(methods.md)")))
+                f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
+                f"\"spatial\" (the default) standardises the fused map over space (methods.md)")))
         return out
 
     def first_row_checks(self, row: Mapping[str, float]) -> list[str]:

@@ -196,6 +196,9 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
                "kd/encoder/masks/channel/mean": 0.45}
     # freshly initialised masks are ≈ 0.5 everywhere: constant, but not yet a warning
     assert guards.check(1, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 2e-4})) == []
+    # fresh masks under z_norm="spatial" wobble around a spatial std of 1e-3: not yet a selection that can fall
+    assert guards.check(2, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 3e-3})) == []
+    assert guards.check(3, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 8e-4})) == []
     assert guards.check(10, _row(**healthy)) == []
     low = guards.check(50, _row(**{**healthy, "kd/encoder/masks/spatial/mean": 0.004}))
     assert len(low) == 1 and "ACAM-KD spatial masks at encoder collapsed: mean 0.004 < 0.01" in low[0] and fragment in low[0]
@@ -206,8 +209,8 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
     assert len(high) == 1 and "channel masks at encoder saturated at 1: mean 0.995 > 0.99" in high[0]
     flat = guards.check(70, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 2e-6}))
     assert flat == ["iteration 70: ACAM-KD spatial masks at encoder are constant over the image (per-mask spatial "
-                    "std 2e-06 < 0.001): ASCM's spatial selection is off; try distill.kwargs.z_norm=spatial "
-                    "(methods.md)"]
+                    "std 2e-06 < 0.001): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
+                    "\"spatial\" (the default) standardises the fused map over space (methods.md)"]
 
 
 def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
@@ -219,8 +222,9 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
                                    "kd/encoder/masks/spatial/std_min": 0.0,
                                    "kd/encoder/masks/spatial/shift_max": 0.5}))
     assert new == ["iteration 50: ACAM-KD spatial masks at encoder are constant over the image (per-mask spatial std "
-                   "0 < 0.001; some masks are gates ≈ 0 or ≈ 1 everywhere): ASCM's spatial selection is off; try "
-                   "distill.kwargs.z_norm=spatial (methods.md)"]
+                   "0 < 0.001; some masks are gates ≈ 0 or ≈ 1 everywhere): ASCM's spatial selection is off; is "
+                   "distill.kwargs.z_norm \"none\"? \"spatial\" (the default) standardises the fused map over space "
+                   "(methods.md)"]
 
 
 def test_mask_shifts_from_the_mask_record():

@@ -65,7 +65,8 @@ class MasKD(ACAMKD):
                          align=align, init_std=init_std, keep_masks=keep_masks,
                          # MasKD's own form: the Σ M normalisation; the tokens are frozen, so L_c + L_s never
                          # reaches them ("detached") and the student learns from D alone
-                         mask_objective="detached", mask_norm="sum")
+                         mask_objective="detached", mask_norm="sum",
+                         z_norm="none")  # MasKD's tokens read the teacher's map as it is (no standardisation)
         self.fit_steps, self.fit_lr = int(fit_steps), float(fit_lr)
         self.ascm.requires_grad_(False)  # the receptive tokens are fixed during distillation
         self.register_buffer("tokens_fitted", torch.tensor(False))
