@@ -212,3 +212,45 @@ def test_cpu_preset_fills_only_what_the_config_leaves_out():
     assert (plain.model.min_size, plain.model.student.fpn_channels, plain.model.student.norm) == (800, 256, "frozen_bn")
     with pytest.raises(ConfigError, match=r"^model.preset: expected one of cpu or null, got 'gpu'$"):
         load_config({**base, "model": {"preset": "gpu"}})
+
+
+def test_mobilenet_width_mult_and_a_classification_pretrained_backbone(tmp_path):
+    """A torchvision MobileNetV3 classifier's weights (its classifier head ignored) load into the detector's
+    backbone at the same width; the student of the detection demo is a ×0.5 MobileNetV3-Small."""
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    net = mobilenet_v3_small(weights=None, num_classes=10, width_mult=0.5, norm_layer=torch.nn.BatchNorm2d)
+    p = tmp_path / "mbv3s_05.pth"
+    torch.save(net.state_dict(), p)
+    m = build_detector("fcos", "mobilenet_v3_small", num_classes=10, min_size=None, max_size=None, norm="bn",
+                       trainable_layers=6, fpn_channels=32, width_mult=0.5, backbone_checkpoint=str(p))
+    assert torch.equal(m.backbone.body["3"].block[0][0].weight, net.features[3].block[0][0].weight)
+    full = build_detector("fcos", "mobilenet_v3_small", num_classes=10, min_size=None, max_size=None, norm="bn",
+                          trainable_layers=6, fpn_channels=32)
+    assert sum(q.numel() for q in m.backbone.body.parameters()) < 0.4 * sum(q.numel() for q in full.backbone.body.parameters())
+    with torch.no_grad():
+        feats = m.eval().backbone(torch.rand(1, 3, 64, 64))
+    assert [v.shape[-1] for v in feats.values()] == [8, 4, 2, 1, 1]
+
+
+def test_a_backbone_of_another_width_is_one_line_naming_the_key_and_both_shapes(tmp_path):
+    from torchvision.models import mobilenet_v3_small
+
+    p = tmp_path / "mbv3s_10.pth"
+    torch.save(mobilenet_v3_small(weights=None).state_dict(), p)
+    with pytest.raises(ConfigError) as e:
+        build_detector("fcos", "mobilenet_v3_small", num_classes=10, width_mult=0.5, backbone_checkpoint=str(p),
+                       where="model.student")
+    msg = str(e.value)
+    assert msg.startswith(f"model.student.backbone_checkpoint: '{p}' is a backbone of another architecture: "
+                          "features.0.0.weight is (16, 3, 3, 3) in the file but (8, 3, 3, 3) in the configured "
+                          "MobileNetV3 (")
+    assert "check backbone and width_mult" in msg and "\n" not in msg
+
+
+def test_width_mult_is_checked():
+    with pytest.raises(ConfigError, match=r"^model.width_mult: only MobileNetV3 backbones take a width multiplier "):
+        build_detector("fcos", "resnet18", width_mult=0.5)
+    with pytest.raises(ConfigError, match=r"^model.student.width_mult: expected a positive number, got 0$"):
+        build_detector("fcos", "mobilenet_v3_small", width_mult=0, where="model.student")

@@ -99,7 +99,12 @@ def resolve_checkpoint(value: str | None, where: str = "checkpoint") -> str | No
         return value
     name = str(value)[len(ASSET_PREFIX):]
     try:
-        path, _ = verified_artifact(name, ASSETS_DIR)
+        command = read_record(name, ASSETS_DIR).get("command")
+    except AssetError:
+        command = None
+    hint = f"rebuild it with `{command}`" if command else ""
+    try:
+        path, _ = verified_artifact(name, ASSETS_DIR, retrain_hint=hint)
     except AssetError as e:
         raise AssetError(f"{where}: {e}") from None
     return str(path)

@@ -4,7 +4,8 @@
     densekd demo --seeds 5              # the README's table
     densekd demo --retrain-teacher      # rebuild the shipped teacher with our own command first
     densekd demo --quick                # CI smoke run
-    densekd demo --task detection       # FCOS on the digits canvases with boxes (shipped teacher, 3 seeds)
+    densekd demo --task detection       # FCOS on the digits canvases with boxes (shipped teacher and student
+                                        # backbone, 3 seeds)
 
 Each task's demo is one module (``segmentation.py``, ``detection.py``); what they share (the shipped teacher, the students
 trained through the engine, the paired-gain table) is :mod:`densekd.demo.common`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from .detection import DemoConfig as DetectionDemoConfig
 from .detection import run_demo as run_detection_demo
 from .segmentation import DemoConfig, run_demo
@@ -31,6 +33,9 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--retrain-teacher", action="store_true",
                    help="train the teacher with our own command instead of loading the shipped one (written to "
                         "OUT/teacher; the shipped files are never changed) and say whether it matches")
+    p.add_argument("--retrain-backbone", action="store_true",
+                   help="detection: pretrain the student's backbone (digit classification) with our own command instead "
+                        "of loading the shipped one (written to OUT/backbone; the shipped files are never changed)")
     p.add_argument("--quick", action="store_true", help="smoke run for CI (about a minute); shows no gain")
     p.add_argument("--cache-dir", default="~/.cache/densekd", help="where the generated dataset is kept")
     p.add_argument("--out", default="densekd-demo", help="folder for the runs, figures and summary.json")
@@ -46,6 +51,11 @@ def config_from_args(args) -> Any:
         kw["seeds"] = args.seeds
     if args.methods is not None:
         kw["methods"] = tuple(args.methods)
+    if getattr(args, "retrain_backbone", False):
+        if args.task != "detection":
+            raise ConfigError("demo: --retrain-backbone belongs to --task detection (the segmentation students start "
+                              "from scratch)")
+        kw["retrain_backbone"] = True
     cls = DetectionDemoConfig if args.task == "detection" else DemoConfig
     return cls.quick_config(**kw) if args.quick else cls(**kw)
 

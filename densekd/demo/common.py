@@ -30,13 +30,14 @@ class TeacherChoice:
 
 
 def resolve_teacher(name: str, retrain: bool, retrain_fn: Callable[[], tuple[dict, dict]], out_dir: Path,
-                    retrain_hint: str, log: Callable[[str], None]) -> TeacherChoice:
-    """The shipped teacher ``name`` (checksum verified; a corrupt or missing file is one error line that offers
+                    retrain_hint: str, log: Callable[[str], None], role: str = "teacher") -> TeacherChoice:
+    """The shipped artefact ``name`` (checksum verified; a corrupt or missing file is one error line that offers
     ``retrain_hint``), or with ``retrain`` a new one from ``retrain_fn() -> (state_dict, record)`` written to
-    ``out_dir`` (never into the package) and compared with the shipped one bit for bit."""
+    ``out_dir`` (never into the package) and compared with the shipped one bit for bit. ``role`` names it in the
+    lines (the demos' teachers; the detection demo's pretrained backbone)."""
     if not retrain:
         path, record = assets.shipped_teacher(name, retrain_hint=retrain_hint)
-        log(f"teacher: shipped with densekd ({path.name}, sha256 {record['sha256'][:12]}… verified; "
+        log(f"{role}: shipped with densekd ({path.name}, sha256 {record['sha256'][:12]}… verified; "
             f"{_metric_text(record)}; made by `{record.get('command', '?')}`)")
         return TeacherChoice(path, record, "shipped")
     t0 = time.perf_counter()
@@ -50,12 +51,12 @@ def resolve_teacher(name: str, retrain: bool, retrain_fn: Callable[[], tuple[dic
     if shipped is None:
         note = "no shipped record to compare with"
     elif shipped.get("weights_sha256") == record["weights_sha256"]:
-        note = "identical to the shipped teacher, bit for bit (weights_sha256 matches)"
+        note = f"identical to the shipped {role}, bit for bit (weights_sha256 matches)"
     else:
-        note = (f"differs from the shipped teacher (weights_sha256 {record['weights_sha256'][:12]}… vs "
+        note = (f"differs from the shipped {role} (weights_sha256 {record['weights_sha256'][:12]}… vs "
                 f"{str(shipped.get('weights_sha256'))[:12]}…; {_metric_text(record)} vs shipped {_metric_text(shipped)}): "
                 "another torch build, CPU or setting changes floating-point rounding; the shipped files are untouched")
-    log(f"teacher: retrained in {record['train_seconds']:.0f} s → {path} ({note})")
+    log(f"{role}: retrained in {record['train_seconds']:.0f} s → {path} ({note})")
     return TeacherChoice(path, record, "retrained", note)
 
 

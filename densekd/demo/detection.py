@@ -40,18 +40,46 @@ from typing import Any, Callable, Mapping
 from ..data.digits import DIGIT_CLASSES, make_digits_dataset
 from ..errors import ConfigError
 from . import common
+from .backbone import pretrain_backbone
 
 #: the shipped teacher's artefact name (densekd/assets/<name>.pt / .json)
 TEACHER_ASSET = "demo_detection_teacher"
 #: the command that made the shipped teacher (recorded beside it)
 TEACHER_COMMAND = "densekd demo --task detection --retrain-teacher --threads 1"
-METHOD_LABELS = {"baseline": "student (plain)", "fitnet": "student + FitNet (P3–P7, no mask)",
-                 "acam_kd": "student + ACAM-KD (P3–P7)", "acam_kd_paper": "student + ACAM-KD literal (P3–P7)",
-                 "maskd": "student + MasKD (P3–P7, fixed teacher mask)", "fgd": "student + FGD (P3–P7)",
-                 "acam_kd_teacher_fusion": "student + ACAM-KD teacher-only masks (P3–P7)",
-                 "acam_kd_spatial": "student + ACAM-KD spatial only (P3–P7)",
-                 "acam_kd_channel": "student + ACAM-KD channel only (P3–P7)",
-                 "acam_kd_student_query": "student + ACAM-KD student query (P3–P7)"}
+#: the student's pretrained backbone (densekd/assets/<name>.pt / .json) and the command that made it
+BACKBONE_ASSET = "demo_detection_backbone"
+BACKBONE_COMMAND = "densekd demo --task detection --retrain-backbone --threads 1"
+#: the demo's labels; "{levels}" is the distilled FPN levels (e.g. "P3–P5"), filled in by :func:`method_labels`
+_LABELS = {"baseline": "student (plain)", "fitnet": "student + FitNet ({levels}, no mask)",
+           "acam_kd": "student + ACAM-KD ({levels})", "acam_kd_paper": "student + ACAM-KD literal ({levels})",
+           "maskd": "student + MasKD ({levels}, fixed teacher mask)", "fgd": "student + FGD ({levels})",
+           "mgd": "student + MGD ({levels})", "pkd": "student + PKD ({levels})", "cwd": "student + CWD ({levels})",
+           "dmkd": "student + DMKD ({levels})", "freekd": "student + FreeKD ({levels})",
+           "samkd": "student + SAMKD ({levels})",
+           "acam_kd_teacher_fusion": "student + ACAM-KD teacher-only masks ({levels})",
+           "acam_kd_spatial": "student + ACAM-KD spatial only ({levels})",
+           "acam_kd_channel": "student + ACAM-KD channel only ({levels})",
+           "acam_kd_student_query": "student + ACAM-KD student query ({levels})"}
+#: FPN output key → the paper's level name (RetinaNet/FCOS: P3–P5 from C3–C5, P6/P7 from P5)
+LEVEL_NAMES = {"0": "P3", "1": "P4", "2": "P5", "p6": "P6", "p7": "P7"}
+
+
+def level_span(levels: tuple[str, ...] | list[str]) -> str:
+    """("0", "1", "2") → "P3–P5"; a non-contiguous set is listed ("P3, P5")."""
+    names = [LEVEL_NAMES.get(k, k) for k in levels]
+    order = list(LEVEL_NAMES)
+    idx = [order.index(k) for k in levels if k in order]
+    if len(names) > 1 and len(idx) == len(names) and idx == list(range(idx[0], idx[0] + len(idx))):
+        return f"{names[0]}–{names[-1]}"
+    return ", ".join(names)
+
+
+def method_labels(levels: tuple[str, ...] | list[str]) -> dict[str, str]:
+    span = level_span(levels)
+    return {m: text.format(levels=span) for m, text in _LABELS.items()}
+
+
+METHOD_LABELS = method_labels(("0", "1", "2"))
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -67,6 +95,7 @@ class DemoConfig:
     out_dir: str = "densekd-demo"
     threads: int = 0  # 0: leave torch's default
     retrain_teacher: bool = False
+    retrain_backbone: bool = False
     methods: tuple[str, ...] = ("baseline", "fitnet", "acam_kd")
     # data: the teacher's labelled pool is the train split; the student sees its first n_student canvases
     canvas: int = 64
@@ -81,10 +110,15 @@ class DemoConfig:
     student_backbone: str = "mobilenet_v3_small"
     fpn_channels: int = 64
     student_fpn_channels: int = 64
+    # the student is smaller than its teacher where the features are made: a MobileNetV3-Small backbone half as
+    # wide, started from the shipped digit-classification pretraining (densekd.demo.backbone; None: from scratch)
+    student_width_mult: float = 0.5
+    student_pretrained: bool = True
+    inherit: bool = False  # the paper's inheriting: student FPN/head tensors of matching shape from the teacher
     # schedule (AdamW, cosine, batch 16; the teacher trains longer on more data)
     batch_size: int = 16
     teacher_iters: int = 3000
-    student_iters: int = 200
+    student_iters: int = 1000
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_iters: int = 20
@@ -95,8 +129,13 @@ class DemoConfig:
     # the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start (≈ 4.3,
     # total over P3–P7), from each variant's own ratio at weight 1 measured on dev
     weights: dict[str, float] = field(default_factory=lambda: {
-        "acam_kd": 0.004, "fitnet": 0.0005, "maskd": 0.005, "acam_kd_teacher_fusion": 0.003, "acam_kd_spatial": 0.007,
-        "acam_kd_channel": 0.007, "acam_kd_student_query": 0.003, "acam_kd_paper": 0.008})
+        "acam_kd": 0.01, "fitnet": 0.03, "maskd": 0.01, "acam_kd_teacher_fusion": 0.01, "acam_kd_spatial": 0.01,
+        "acam_kd_channel": 0.01, "acam_kd_student_query": 0.01, "acam_kd_paper": 0.01})
+    # the FPN levels distilled (backbone output keys: "0"–"2" = P3–P5, "p6", "p7") and a weight per level that
+    # multiplies distill.weight (methods.md "Where it is applied": every level the head uses; the 1×1 P6/P7 maps of a
+    # 64-pixel canvas carry no spatial structure and their KD terms dominate the others — chosen on dev)
+    levels: tuple[str, ...] = ("0", "1", "2")
+    level_weights: dict[str, float] = field(default_factory=dict)
     # per-method constructor kwargs (distill.kwargs); MasKD's token-fitting stage shortened to the students' length
     kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"maskd": {"fit_steps": 200}})
     num_masks: int = 6  # methods.md ASCM: M = 6 for detection
@@ -122,6 +161,14 @@ class DemoConfig:
                   "n_val", "canvas", "fpn_channels", "student_fpn_channels", "num_masks"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"demo: {k} must be ≥ 1, got {getattr(self, k)}")
+        if not self.levels or any(k not in LEVEL_NAMES for k in self.levels):
+            raise ConfigError(f"demo: levels must be FPN keys among {', '.join(LEVEL_NAMES)} (P3–P7), got "
+                              f"{list(self.levels)}")
+        stray = sorted(set(self.level_weights) - set(self.levels))
+        if stray:
+            raise ConfigError(f"demo: level_weights names level(s) {stray} that are not distilled (levels "
+                              f"{list(self.levels)})")
+
         if self.n_student > self.n_pool:
             raise ConfigError(f"demo: n_student ({self.n_student}) must be ≤ n_pool ({self.n_pool}): the student's "
                               "labelled set is part of the teacher's pool")
@@ -139,6 +186,13 @@ class DemoConfig:
             raise ConfigError(f"demo: no distill.weight chosen on dev for {unweighted} (the detection demo has "
                               f"weights for {sorted(self.weights)}; benchmarks/detection_dev_weights.py chooses one)")
 
+    def backbone_spec(self):
+        """The student's pretrained backbone (densekd.demo.backbone): what is shipped, or what --retrain-backbone makes."""
+        from .backbone import BackboneSpec
+
+        return BackboneSpec(backbone=self.student_backbone, width_mult=self.student_width_mult,
+                            **({"iters": 20, "batch_size": 8, "eval_images": 20} if self.quick else {}))
+
     # -- what the teacher is (the shipped record must say the same, or --retrain-teacher is needed)
     def teacher_spec(self) -> dict[str, Any]:
         return {"arch": self.arch, "backbone": self.teacher_backbone, "fpn_channels": self.fpn_channels,
@@ -150,10 +204,35 @@ class DemoConfig:
 
 
 # --------------------------------------------------------------------------------------------- configs
-def _detector(backbone: str, fpn_channels: int) -> dict[str, Any]:
+def _detector(backbone: str, fpn_channels: int, width_mult: float = 1.0,
+              backbone_checkpoint: str | None = None) -> dict[str, Any]:
     from ..models.detection import MOBILENETS
 
-    return {"backbone": backbone, "fpn_channels": fpn_channels, "trainable_layers": 6 if backbone in MOBILENETS else 5}
+    out = {"backbone": backbone, "fpn_channels": fpn_channels, "trainable_layers": 6 if backbone in MOBILENETS else 5}
+    if width_mult != 1.0:
+        out["width_mult"] = width_mult
+    if backbone_checkpoint:
+        out["backbone_checkpoint"] = str(backbone_checkpoint)
+    return out
+
+
+def distill_pairs(cfg: DemoConfig, method: str = "acam_kd") -> list[dict[str, Any]]:
+    """One pair per distilled FPN level with its level weight; SAMKD's logit term reads the head's classification
+    logits of the same levels (the shared classifier's call i is level i)."""
+    from ..models.detection import distill_levels
+
+    order = list(distill_levels(cfg.arch, cfg.student_backbone))
+    pairs = []
+    for key in cfg.levels:
+        pair: dict[str, Any] = {"student": f"backbone:{key}"}
+        w = cfg.level_weights.get(key, 1.0)
+        if w != 1.0:
+            pair["weight"] = w
+        if method == "samkd":
+            call = f"head.classification_head.cls_logits[{order.index(key)}]"
+            pair["aux"] = {"logits": [call, call]}
+        pairs.append(pair)
+    return pairs
 
 
 def _data_section(root: Path, split: str, max_images: int | None) -> dict[str, Any]:
@@ -189,23 +268,47 @@ def teacher_config(cfg: DemoConfig, root: Path, out: Path) -> dict[str, Any]:
             "eval": {"batch_size": 50}}
 
 
-def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, out: Path) -> dict[str, Any]:
+def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, out: Path,
+                   backbone_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """The engine config of every student run (compare sets the method, seed and output folder per run);
-    ``teacher_checkpoint``: a file, or ``asset:<name>`` for the shipped teacher (verified when loaded)."""
+    ``teacher_checkpoint``: a file, or ``asset:<name>`` for the shipped teacher (verified when loaded);
+    ``backbone_checkpoint``: the student's pretrained backbone (a file or ``asset:<name>``), None: from scratch."""
     return {"task": "detection", "output_dir": str(out), "seed": 0,
-            "model": {**_model_section(cfg),
-                      "student": {"arch": cfg.arch, **_detector(cfg.student_backbone, cfg.student_fpn_channels)},
+            "model": {**_model_section(cfg), "inherit": cfg.inherit,
+                      "student": {"arch": cfg.arch, **_detector(cfg.student_backbone, cfg.student_fpn_channels,
+                                                                cfg.student_width_mult, backbone_checkpoint)},
                       "teacher": {"arch": cfg.arch, **_detector(cfg.teacher_backbone, cfg.fpn_channels),
                                   "checkpoint": str(teacher_checkpoint)}},
             "data": _data_section(root, cfg.eval_split, cfg.n_student),
-            # pairs: null → every FPN level the head uses (P3–P7); M = 6 for ACAM-KD (default_pairs)
-            "distill": {"method": "acam_kd", "kwargs": {"num_masks": cfg.num_masks}, "weight": 1.0, "pairs": None},
+            # one pair per distilled level (cfg.levels) with its level weight; M = 6 for ACAM-KD (methods.md)
+            "distill": {"method": "acam_kd", "kwargs": {"num_masks": cfg.num_masks}, "weight": 1.0,
+                        "pairs": distill_pairs(cfg)},
             "train": _train_section(cfg, cfg.student_iters), "eval": {"batch_size": 50}}
 
 
+def student_runs_dir(cfg: DemoConfig, teacher_record: Mapping[str, Any],
+                     backbone_record: Mapping[str, Any] | None) -> Path:
+    """The folder of this setting's student runs (``<out>/runs-det-<hash>``): keyed by every setting but the run
+    bookkeeping, and by the teacher's and the backbone's weights, so a finished run is reused only when it is the
+    same run."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "quick",
+                                                                  "retrain_teacher", "retrain_backbone", "methods",
+                                                                  "task")}
+    bb_sha = backbone_record["weights_sha256"] if backbone_record is not None else None
+    return Path(cfg.out_dir) / f"runs-det-{_hash([settings, teacher_record['weights_sha256'], bb_sha])}"
+
+
 def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
-    """Per-method engine overrides: each method's ``distill.weight`` (chosen on dev from its KD/task ratio)."""
-    return {m: [f"distill.weight={cfg.weights[m]}"] for m in cfg.methods if m in cfg.weights}
+    """Per-method engine overrides: each method's ``distill.weight`` (chosen on dev) and, where a method reads
+    more than the FPN maps (SAMKD's logits), its own pairs."""
+    out: dict[str, list[str]] = {}
+    for m in cfg.methods:
+        sets = [f"distill.weight={cfg.weights[m]}"] if m in cfg.weights else []
+        if m == "samkd":
+            sets.append("distill.pairs=" + json.dumps(distill_pairs(cfg, m)))
+        if sets:
+            out[m] = sets
+    return out
 
 
 def _hash(obj: Any) -> str:
@@ -376,12 +479,23 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     teacher = common.resolve_teacher(TEACHER_ASSET, cfg.retrain_teacher, _retrain(cfg, ds.root, out / "teacher", log),
                                      out / "teacher", hint, log)
     _check_record(cfg, teacher.record)
+    backbone = None
+    if cfg.student_pretrained:
+        spec = cfg.backbone_spec()
+        backbone = common.resolve_teacher(
+            BACKBONE_ASSET, cfg.retrain_backbone,
+            lambda: pretrain_backbone(spec, cfg.data_params(), BACKBONE_COMMAND, log), out / "backbone",
+            "run `densekd demo --task detection --retrain-backbone` to rebuild it with our own command", log,
+            role="pretrained backbone")
+        if backbone.record.get("model") != spec.model_spec():
+            raise ConfigError(f"demo: the shipped pretrained backbone is {backbone.record.get('model')}, this demo asks "
+                              f"for {spec.model_spec()}; run `densekd demo --task detection --retrain-backbone` to "
+                              "make the one this config describes")
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "quick",
-                                                                  "retrain_teacher", "methods", "task")}
-    runs_dir = out / f"runs-det-{_hash([settings, teacher.record['weights_sha256']])}"
+    runs_dir = student_runs_dir(cfg, teacher.record, backbone.record if backbone is not None else None)
     ckpt = f"asset:{TEACHER_ASSET}" if teacher.origin == "shipped" else teacher.path
-    conf = student_config(cfg, ds.root, ckpt, runs_dir)
+    bb_ckpt = None if backbone is None else (f"asset:{BACKBONE_ASSET}" if backbone.origin == "shipped" else backbone.path)
+    conf = student_config(cfg, ds.root, ckpt, runs_dir, bb_ckpt)
     seeds = list(range(cfg.seeds))
     weights = ", ".join(f"{m} {w:g}" for m, w in cfg.weights.items() if m in cfg.methods)
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
@@ -397,11 +511,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
                                                      f"data.val_images={ds.root / cfg.eval_split / 'images'}"])
     t_ap = 100 * t_metrics["AP"]
 
+    labels = method_labels(cfg.levels)
     figs = {"gains": out / "det_gains.png", "curves": out / "det_curves.png",
             "spatial_masks": out / "det_acam_spatial_masks.png"}
     common.plot_curves(res, t_ap, figs["curves"], cfg.eval_split, metric="AP", metric_label="COCO AP",
-                       loss_label="FCOS: focal + GIoU + centerness", labels=METHOD_LABELS)
-    common.plot_gains(res, METHOD_LABELS, figs["gains"])
+                       loss_label="FCOS: focal + GIoU + centerness", labels=labels)
+    common.plot_gains(res, labels, figs["gains"])
     made = {"curves", "gains"}
     acam = "acam_kd" if "acam_kd" in cfg.methods else next((m for m in cfg.methods if m.startswith("acam_kd")), None)
     if acam is not None and plot_masks(common.run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
@@ -410,9 +525,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
 
     split_n = cfg.n_val if cfg.eval_split == "val" else cfg.n_dev
     teacher_row = [f"teacher ({teacher.origin}, FCOS {cfg.teacher_backbone})", common.fmt(t_ap), "", "", "—", "1"]
-    table = common.results_table(res, METHOD_LABELS, teacher_row=teacher_row)
-    ap_table = _ap_table(res, {k: 100 * t_metrics[k] for k in METRICS})
-    verdicts = [common.verdict_line(res, m, METHOD_LABELS.get(m, m).replace("student + ", ""))
+    table = common.results_table(res, labels, teacher_row=teacher_row)
+    ap_table = _ap_table(res, {k: 100 * t_metrics[k] for k in METRICS}, labels)
+    verdicts = [common.verdict_line(res, m, labels.get(m, m).replace("student + ", ""))
                 for m in cfg.methods if m not in ("baseline", "student")]
     title = ("densekd demo --task detection — SMOKE RUN (--quick: tiny sizes, numbers mean nothing)" if cfg.quick else
              "densekd demo --task detection — FCOS on the built-in digits canvases with boxes")
@@ -421,8 +536,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     text = "\n".join([
         title,
         f"COCO box AP (%) by pycocotools on '{cfg.eval_split}' ({split_n} canvases); students: FCOS "
-        f"{cfg.student_backbone} from scratch ({_params(cfg, 'student'):,} parameters, KD modules dropped after "
-        f"training), {cfg.n_student} labelled canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; "
+        f"{cfg.student_backbone} ×{cfg.student_width_mult:g} "
+        f"{'from the shipped digit-classification pretraining' if cfg.student_pretrained else 'from scratch'} "
+        f"({_params(cfg, 'student'):,} parameters, KD modules dropped after training), {cfg.n_student} labelled "
+        f"canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; "
         f"teacher: FCOS {cfg.teacher_backbone} ({_params(cfg, 'teacher'):,} parameters), trained on "
         f"{teacher.record.get('data', {}).get('n_train', '?')} canvases for "
         f"{teacher.record.get('train', {}).get('max_iters', '?')} iterations",
@@ -442,11 +559,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     return summary
 
 
-def _ap_table(res: common.StudentResults, teacher: Mapping[str, float]) -> str:
+def _ap_table(res: common.StudentResults, teacher: Mapping[str, float], labels: Mapping[str, str]) -> str:
     """AP, AP50 and AP75 (mean ± std over seeds) of the teacher and every method."""
     rows = [["teacher", *[common.fmt(teacher[k]) for k in METRICS]]]
     for r in res.rows:
-        rows.append([METHOD_LABELS.get(r.method, r.method),
+        rows.append([labels.get(r.method, r.method),
                      *[common.fmt(r.stats[k][0] * 100, r.stats[k][1] * 100) if k in r.stats else "—" for k in METRICS]])
     return common.markdown_table(["model", *METRICS], rows)
 
@@ -456,8 +573,9 @@ def _params(cfg: DemoConfig, role: str) -> int:
 
     backbone = cfg.teacher_backbone if role == "teacher" else cfg.student_backbone
     width = cfg.fpn_channels if role == "teacher" else cfg.student_fpn_channels
+    mult = 1.0 if role == "teacher" else cfg.student_width_mult
     m = build_detector(cfg.arch, backbone, num_classes=len(DIGIT_CLASSES), min_size=None, max_size=None, norm="bn",
-                       trainable_layers=0, fpn_channels=width)
+                       trainable_layers=0, fpn_channels=width, width_mult=mult)
     return sum(p.numel() for p in m.parameters())
 
 
@@ -467,5 +585,6 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "acam_masks", "build_data", "method_settings", "plot_masks",
+__all__ = ["BACKBONE_ASSET", "DemoConfig", "LEVEL_NAMES", "METHOD_LABELS", "TEACHER_ASSET", "acam_masks", "distill_pairs",
+           "level_span", "method_labels", "student_runs_dir", "build_data", "method_settings", "plot_masks",
            "run_demo", "student_config", "teacher_config"]

@@ -92,14 +92,16 @@ def build_detector(
     where: str = "model",
     fpn_channels: int = 256,
     head_convs: int = 4,
+    width_mult: float = 1.0,
 ) -> nn.Module:
     """A torchvision detector for ``num_classes`` object categories (labels 1..K; torchvision's class 0 is
     background, so the heads have K + 1 outputs).
 
     ``min_size``/``max_size``: torchvision's resize (shorter side / cap on the longer side); both ``None``:
     images keep their own size. ``fpn_channels``: width of the FPN and the heads; ``head_convs``: 3×3
-    convolutions per RetinaNet/FCOS head tower. ``where`` is the config key used in error messages (e.g.
-    ``"model.teacher"``).
+    convolutions per RetinaNet/FCOS head tower. ``width_mult``: MobileNetV3's channel multiplier (torchvision's
+    ``width_mult``; e.g. 0.5 halves every backbone stage; MobileNets only). ``where`` is the config key used in
+    error messages (e.g. ``"model.teacher"``).
     """
     _check_choice(arch, ARCHS, f"{where}.arch")
     _check_choice(backbone, BACKBONES, f"{where}.backbone")
@@ -114,6 +116,11 @@ def build_detector(
         raise ConfigError(f"{where}.fpn_channels: expected a positive int, got {fpn_channels!r}")
     if not isinstance(head_convs, int) or head_convs < 0:
         raise ConfigError(f"{where}.head_convs: expected an int >= 0, got {head_convs!r}")
+    if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool) or not width_mult > 0:
+        raise ConfigError(f"{where}.width_mult: expected a positive number, got {width_mult!r}")
+    if width_mult != 1.0 and backbone not in MOBILENETS:
+        raise ConfigError(f"{where}.width_mult: only MobileNetV3 backbones take a width multiplier "
+                          f"({', '.join(MOBILENETS)}), got backbone {backbone!r} with width_mult {width_mult}")
     if arch == "faster_rcnn" and head_convs != 4:
         raise ConfigError(f"{where}.head_convs: Faster R-CNN has no convolution tower (RPN: one conv, box head: "
                           f"two fully connected layers); leave it at 4, got {head_convs}")
@@ -125,7 +132,7 @@ def build_detector(
         from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 
         body = {"mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small}[backbone](
-            weights=None, norm_layer=norm_layer)
+            weights=None, norm_layer=norm_layer, width_mult=float(width_mult))
         _load_backbone(body, backbone_checkpoint, f"{where}.backbone_checkpoint")
         fpn = _mobilenet_fpn(body, arch, trainable_layers, C)
     else:
@@ -267,12 +274,20 @@ def _load_backbone(body: nn.Module, path: str | None, where: str) -> None:
     if not path:
         return
     sd = _read_state_dict(path, where)
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.") and not k.startswith("classifier.")}
-    own = body.state_dict()
+    head = ("fc.", "classifier.")  # an ImageNet classifier's head: not part of the detector's backbone
+    sd = {k: v for k, v in sd.items() if not k.startswith(head)}
+    own = {k: v for k, v in body.state_dict().items() if not k.startswith(head)}
     missing = [k for k in own if k not in sd and "num_batches_tracked" not in k]
     if missing:
         raise ConfigError(f"{where}: {path!r} is not a {type(body).__name__} state dict (no {missing[0]!r})")
-    _load_checked(body, {k: v for k, v in sd.items() if k in own}, path, where)
+    keep = {k: v for k, v in sd.items() if k in own}
+    wrong = [k for k in own if k in keep and tuple(own[k].shape) != tuple(keep[k].shape)]
+    if wrong:  # another width or depth of the same family: one line naming the first mismatched key
+        k = wrong[0]
+        raise ConfigError(f"{where}: {path!r} is a backbone of another architecture: {k} is {tuple(keep[k].shape)} in "
+                          f"the file but {tuple(own[k].shape)} in the configured {type(body).__name__} "
+                          f"({len(wrong)} mismatched tensor(s); check backbone and width_mult)")
+    body.load_state_dict({**body.state_dict(), **keep}, strict=True)
 
 
 def _read_state_dict(path: str, where: str) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ Config sections::
       max_size: 1333
       inherit: true            # paper's "inheriting": student neck/head initialised from the teacher
       student: {arch: retinanet, backbone: resnet50, trainable_layers: 3, norm: frozen_bn,
-                fpn_channels: 256, head_convs: 4,
+                fpn_channels: 256, head_convs: 4, width_mult: 1.0,
                 backbone_checkpoint: null, checkpoint: null, weights: null}
       teacher: {arch: retinanet, backbone: resnet101, checkpoint: path/to/teacher.pth}
     data:
@@ -45,7 +45,8 @@ class DetectorConfig:
     norm: str = "frozen_bn"  # frozen_bn (torchvision/MMDetection default) | bn
     fpn_channels: int = 256  # width of the FPN and of the heads
     head_convs: int = 4  # 3×3 convs per RetinaNet/FCOS head tower
-    backbone_checkpoint: str | None = None  # local ImageNet backbone state dict
+    width_mult: float = 1.0  # MobileNetV3 channel multiplier (e.g. 0.5: a backbone with every stage half as wide)
+    backbone_checkpoint: str | None = None  # local ImageNet backbone state dict, or asset:<name> (shipped, verified)
     checkpoint: str | None = None  # local full-detector weights
     weights: str | None = None  # torchvision hub weights name (downloads unless cached)
     random_init: bool = False  # teacher only: allow a randomly initialised teacher (tests; it teaches nothing)
@@ -145,8 +146,10 @@ class DetectionTask:
             sub.arch, sub.backbone, num_classes=model_cfg.num_classes, min_size=model_cfg.min_size,
             max_size=model_cfg.max_size, trainable_layers=sub.trainable_layers, norm=sub.norm,
             checkpoint=resolve_checkpoint(sub.checkpoint, f"model.{role}.checkpoint"),
-            backbone_checkpoint=sub.backbone_checkpoint, weights=sub.weights,
+            backbone_checkpoint=resolve_checkpoint(sub.backbone_checkpoint, f"model.{role}.backbone_checkpoint"),
+            weights=sub.weights,
             where=f"model.{role}", fpn_channels=sub.fpn_channels, head_convs=sub.head_convs,
+            width_mult=sub.width_mult,
         )
 
     def inherit(self, student: nn.Module, teacher: nn.Module, model_cfg: DetectionModelConfig) -> str | None:

@@ -1,0 +1,166 @@
+"""Choosing the detection demo's setting on ``dev``: every candidate, its command, its dev numbers.
+
+Each candidate is a named set of :class:`densekd.demo.detection.DemoConfig` overrides (below). A run trains the
+candidate's students through the demo (the engine; finished runs are reused) and evaluates them on ``dev`` — never
+on ``val``. The write-up table (``--table``) lists every candidate run so far with the plain student's AP, each
+method's paired gain over it and ACAM-KD − FitNet, per seed.
+
+    python benchmarks/detection_setting.py run CANDIDATE [CANDIDATE ...] [--seeds 2] [--methods baseline fitnet acam_kd]
+    python benchmarks/detection_setting.py table            # → benchmarks/results/detection_setting.md
+    python benchmarks/detection_setting.py list             # the candidates and their overrides
+
+Runs go to ``$DENSEKD_BENCH_OUT`` (default ``runs/detection_setting``), one folder per candidate; the table reads
+their ``summary_detection.json``. Two candidates may run at once in two processes (``--threads 1`` each).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from densekd.demo.detection import DemoConfig, run_demo
+
+P35 = ("0", "1", "2")
+P37 = ("0", "1", "2", "p6", "p7")
+
+#: name → (what it tests, DemoConfig overrides). Every candidate evaluates on dev.
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    # the student: half-width MobileNetV3-Small backbone, pretrained, 64-channel FPN/heads as the teacher
+    "w05-pre-1000": ("pretrained ×0.5 backbone, 1000 it, P3–P5", {}),
+    "w05-scratch-1000": ("×0.5 backbone from scratch, 1000 it, P3–P5", {"student_pretrained": False}),
+    "w05-pre-600": ("pretrained ×0.5 backbone, 600 it, P3–P5", {"student_iters": 600}),
+    "w05-pre-1500": ("pretrained ×0.5 backbone, 1500 it, P3–P5", {"student_iters": 1500}),
+    "w05-pre-1000-p37": ("pretrained ×0.5 backbone, 1000 it, P3–P7 (every level the head uses)", {"levels": P37}),
+    "w05-pre-1000-inherit": ("pretrained ×0.5 backbone, 1000 it, P3–P5, FPN/head inherited from the teacher",
+                             {"inherit": True}),
+    "w05-pre-1000-fpn32": ("pretrained ×0.5 backbone, 32-channel FPN/heads, 1000 it, P3–P5",
+                           {"student_fpn_channels": 32}),
+}
+
+
+def out_root() -> Path:
+    return Path(os.environ.get("DENSEKD_BENCH_OUT", "runs/detection_setting"))
+
+
+#: settings that change only the distilled students: candidates equal in everything else share the plain runs
+DISTILL_ONLY = ("weights", "levels", "level_weights", "kwargs", "num_masks", "methods", "seeds", "out_dir", "threads",
+                "quick", "retrain_teacher", "retrain_backbone", "cache_dir")
+
+
+def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",), threads: int = 1,
+              weights: dict[str, float] | None = None) -> DemoConfig:
+    if name not in CANDIDATES:
+        raise SystemExit(f"unknown candidate {name!r}; `list` shows them")
+    over = dict(CANDIDATES[name][1])
+    if weights:
+        over["weights"] = {**DemoConfig().weights, **over.get("weights", {}), **weights}
+    return DemoConfig(eval_split="dev", seeds=seeds, methods=tuple(methods), threads=threads,
+                      out_dir=str(out_root() / name), **over)
+
+
+def _shipped_records() -> tuple[dict, dict]:
+    from densekd import assets
+    from densekd.demo.detection import BACKBONE_ASSET, TEACHER_ASSET
+
+    return assets.read_record(TEACHER_ASSET), assets.read_record(BACKBONE_ASSET)
+
+
+def share_plain_runs(cfg: DemoConfig) -> None:
+    """Copy finished plain-student runs of another candidate with the same student setting (they are the same runs:
+    distillation settings do not touch the plain student) into ``cfg``'s runs folder."""
+    from dataclasses import asdict
+
+    from densekd.demo.detection import student_runs_dir
+
+    teacher, backbone = _shipped_records()
+    key = {k: v for k, v in asdict(cfg).items() if k not in DISTILL_ONLY}
+    dst = student_runs_dir(cfg, teacher, backbone if cfg.student_pretrained else None) / "baseline"
+    for other in CANDIDATES:
+        o = config_of(other, cfg.seeds)
+        if other == Path(cfg.out_dir).name or {k: v for k, v in asdict(o).items() if k not in DISTILL_ONLY} != key:
+            continue
+        src = student_runs_dir(o, teacher, backbone if o.student_pretrained else None) / "baseline"
+        for seed_dir in sorted(src.glob("seed*")):
+            if (seed_dir / "metrics.json").is_file() and not (dst / seed_dir.name / "metrics.json").is_file():
+                shutil.copytree(seed_dir, dst / seed_dir.name, dirs_exist_ok=True)
+                print(f"share: {other}/{seed_dir.name} plain run reused for {Path(cfg.out_dir).name}")
+
+
+def run(names: list[str], seeds: int, methods: list[str], threads: int, weights: dict[str, float]) -> None:
+    for name in names:
+        cfg = config_of(name, seeds, tuple(methods), threads, weights)
+        share_plain_runs(cfg)
+        run_demo(cfg)
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    m = sum(v) / len(v)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan"))
+
+
+def _fmt(m: float, s: float, sign: bool = False) -> str:
+    a = f"{m:+.2f}" if sign else f"{m:.2f}"
+    return a if math.isnan(s) else f"{a} ± {s:.2f}"
+
+
+def table() -> str:
+    lines = ["| candidate | what it tests | iters | plain AP (dev) | method | weight | AP (dev) | gain vs plain (paired) "
+             "| per seed | ACAM-KD − FitNet (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (what, _) in CANDIDATES.items():
+        path = out_root() / name / "summary_detection.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        cfg, runs = s["config"], s["runs"]
+        ap = {m: {r["seed"]: 100 * r["AP"] for r in rs} for m, rs in runs.items()}
+        base = ap.get("baseline", {})
+        bm, bs = _mean_std(list(base.values()))
+        diff = ""
+        if "acam_kd" in ap and "fitnet" in ap:
+            common = sorted(set(ap["acam_kd"]) & set(ap["fitnet"]))
+            d = [ap["acam_kd"][k] - ap["fitnet"][k] for k in common]
+            diff = _fmt(*_mean_std(d), sign=True) if d else ""
+        for m, by_seed in ap.items():
+            if m == "baseline":
+                continue
+            common = sorted(set(by_seed) & set(base))
+            g = [by_seed[k] - base[k] for k in common]
+            lines.append(f"| {name} | {what} | {cfg['student_iters']} | {_fmt(bm, bs)} | {m} | "
+                         f"{cfg['weights'].get(m, '')} | {_fmt(*_mean_std(list(by_seed.values())))} | "
+                         f"{_fmt(*_mean_std(g), sign=True) if g else ''} | {', '.join(f'{x:+.1f}' for x in g)} | "
+                         f"{diff if m == 'acam_kd' else ''} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("names", nargs="+")
+    r.add_argument("--seeds", type=int, default=2)
+    r.add_argument("--methods", nargs="+", default=["baseline", "fitnet", "acam_kd"])
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--weight", action="append", default=[], metavar="METHOD=W",
+                   help="override a method's distill.weight (repeatable)")
+    sub.add_parser("table")
+    sub.add_parser("list")
+    a = p.parse_args()
+    if a.cmd == "run":
+        run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in (w.split("=", 1) for w in a.weight)})
+    elif a.cmd == "list":
+        for name, (what, over) in CANDIDATES.items():
+            print(f"{name}: {what} {over}")
+    else:
+        text = table()
+        out = Path("benchmarks/results/detection_setting.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
