@@ -351,3 +351,28 @@ def test_samkd_detection_pairs_need_dense_logits():
     fcos = from_dict(det.model_config_cls, {"student": {"arch": "fcos"}}, "model")
     (pair,) = det.default_pairs(fcos, "samkd", {})
     assert pair.aux == {"logits": ("head.classification_head.cls_logits",) * 2}
+
+
+def test_parallel_jobs_give_the_same_runs_as_one_at_a_time(toy_seg, tmp_path, capsys):
+    """``--jobs 2``: runs train in two spawned workers (1 torch thread each here), each run's console output in its
+    own console.log; the metrics are those of the same runs trained one after the other with 1 thread."""
+    conf = seg_config(toy_seg, tmp_path / "o")
+    conf["train"]["max_iters"] = 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random teacher
+            _, one = cmp.compare_runs(conf, ["baseline", "fitnet"], 2, str(tmp_path / "one"), log=lambda *_: None)
+            lines: list[str] = []
+            _, two = cmp.compare_runs(conf, ["baseline", "fitnet"], 2, str(tmp_path / "two"), log=lines.append, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    def metrics(runs):
+        return {m: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs] for m, rs in runs.items()}
+
+    assert metrics(one) == metrics(two)  # everything but the wall time
+    assert any("4 run(s) in 2 parallel worker(s), 1 torch thread(s) each" in x for x in lines)
+    assert (tmp_path / "two" / "fitnet" / "seed1" / "console.log").is_file()
+    with pytest.raises(ConfigError, match=r"^--jobs: expected a positive number of parallel runs, got 0$"):
+        cmp.compare_runs(conf, ["baseline"], 1, str(tmp_path / "x"), jobs=0)

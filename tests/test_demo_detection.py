@@ -97,6 +97,7 @@ def test_level_weights_and_samkd_logits_follow_the_levels():
     "kwargs, message",
     [
         (dict(seeds=0), "demo: --seeds must be ≥ 1, got 0"),
+        (dict(jobs=0), "demo: --jobs must be ≥ 1, got 0"),
         (dict(n_student=64, n_pool=32), "demo: n_student (64) must be ≤ n_pool (32)"),
         (dict(methods=("fitnet",)), "demo: --methods must include the plain student ('baseline')"),
         (dict(methods=("baseline", "hinton_kd")), "hinton_kd distils softmax class scores per pixel"),

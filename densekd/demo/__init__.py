@@ -42,6 +42,9 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--eval-split", default="val", choices=["val", "dev"],
                    help="report on val (default); dev is the split the settings were chosen on")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="students trained at once in worker processes, the threads split between them (default: 1 "
+                        "for segmentation, 2 for detection)")
 
 
 def config_from_args(args) -> Any:
@@ -49,6 +52,8 @@ def config_from_args(args) -> Any:
                               threads=args.threads, retrain_teacher=args.retrain_teacher)
     if args.seeds is not None:
         kw["seeds"] = args.seeds
+    if getattr(args, "jobs", None) is not None:
+        kw["jobs"] = args.jobs
     if args.methods is not None:
         kw["methods"] = tuple(args.methods)
     if getattr(args, "retrain_backbone", False):

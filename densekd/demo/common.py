@@ -79,11 +79,12 @@ class StudentResults:
 
 def train_students(config: Mapping[str, Any], methods: Sequence[str], seeds: Sequence[int], out: Path,
                    method_set: Mapping[str, Sequence[str]] | None, log: Callable[[str], None],
-                   method_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> StudentResults:
+                   method_kwargs: Mapping[str, Mapping[str, Any]] | None = None, jobs: int = 1) -> StudentResults:
     """Every method × seed through the engine (:func:`densekd.compare.compare_runs`; finished runs in ``out`` are
-    reused, an interrupted one resumes), then the paired gains over the baseline in the primary metric."""
+    reused, an interrupted one resumes; ``jobs`` runs at once), then the paired gains over the baseline in the
+    primary metric."""
     rows, runs = compare_runs(dict(config), list(methods), list(seeds), str(out), log=log, method_set=method_set,
-                              method_kwargs=method_kwargs)
+                              method_kwargs=method_kwargs, jobs=jobs)
     metric = primary_metric(rows)
     baseline = next(m for m in methods if m in BASELINE_NAMES)
     gains = paired_gains(runs, baseline, metric, methods)

@@ -94,6 +94,7 @@ class DemoConfig:
     cache_dir: str = "~/.cache/densekd"
     out_dir: str = "densekd-demo"
     threads: int = 0  # 0: leave torch's default
+    jobs: int = 2  # students trained at once (worker processes; the threads split between them)
     retrain_teacher: bool = False
     retrain_backbone: bool = False
     methods: tuple[str, ...] = ("baseline", "fitnet", "acam_kd")
@@ -143,7 +144,7 @@ class DemoConfig:
 
     @staticmethod
     def quick_config(**kw: Any) -> "DemoConfig":
-        base = DemoConfig(quick=True, seeds=1, n_pool=24, n_student=16, n_dev=8, n_val=8, student_fpn_channels=16,
+        base = DemoConfig(quick=True, seeds=1, jobs=1, n_pool=24, n_student=16, n_dev=8, n_val=8, student_fpn_channels=16,
                           batch_size=4, teacher_iters=6, student_iters=3, eval_points=1, warmup_iters=0,
                           teacher_warmup_iters=0)
         return replace(base, **kw)
@@ -155,6 +156,8 @@ class DemoConfig:
             raise ConfigError(f"demo: --task must be 'segmentation' or 'detection', got {self.task!r}")
         if self.seeds < 1:
             raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
+        if self.jobs < 1:
+            raise ConfigError(f"demo: --jobs must be ≥ 1, got {self.jobs}")
         if self.eval_split not in ("val", "dev"):
             raise ConfigError(f"demo: --eval-split must be 'val' or 'dev', got {self.eval_split!r}")
         for k in ("teacher_iters", "student_iters", "batch_size", "eval_points", "n_pool", "n_student", "n_dev",
@@ -291,9 +294,9 @@ def student_runs_dir(cfg: DemoConfig, teacher_record: Mapping[str, Any],
     """The folder of this setting's student runs (``<out>/runs-det-<hash>``): keyed by every setting but the run
     bookkeeping, and by the teacher's and the backbone's weights, so a finished run is reused only when it is the
     same run."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "quick",
-                                                                  "retrain_teacher", "retrain_backbone", "methods",
-                                                                  "task")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "jobs",
+                                                                  "quick", "retrain_teacher", "retrain_backbone",
+                                                                  "methods", "task")}
     bb_sha = backbone_record["weights_sha256"] if backbone_record is not None else None
     return Path(cfg.out_dir) / f"runs-det-{_hash([settings, teacher_record['weights_sha256'], bb_sha])}"
 
@@ -501,7 +504,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused); distill.weight {weights}")
     res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log,
-                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods})
+                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods}, jobs=cfg.jobs)
 
     # the teacher's own AP on the evaluation split, by the engine's evaluation
     from ..engine import evaluate

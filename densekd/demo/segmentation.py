@@ -60,6 +60,7 @@ class DemoConfig:
     cache_dir: str = "~/.cache/densekd"
     out_dir: str = "densekd-demo"
     threads: int = 0  # 0: leave torch's default
+    jobs: int = 1  # students trained at once (worker processes; the threads split between them)
     retrain_teacher: bool = False
     methods: tuple[str, ...] = ("baseline", "hinton_kd", "fitnet", "acam_kd")
     # data: the teacher's labelled pool is the train split; the student sees its first n_student canvases
@@ -101,6 +102,8 @@ class DemoConfig:
             raise ConfigError(f"demo: --task must be 'segmentation' or 'detection', got {self.task!r}")
         if self.seeds < 1:
             raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
+        if self.jobs < 1:
+            raise ConfigError(f"demo: --jobs must be ≥ 1, got {self.jobs}")
         if self.eval_split not in ("val", "dev"):
             raise ConfigError(f"demo: --eval-split must be 'val' or 'dev', got {self.eval_split!r}")
         for k in ("teacher_iters", "student_iters", "batch_size", "teacher_width", "student_width", "eval_points",
@@ -349,7 +352,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
                                      out / "teacher", hint, log)
     _check_record(cfg, teacher.record)
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "quick",
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "jobs", "quick",
                                                                   "retrain_teacher", "methods", "task")}
     runs_dir = out / f"runs-{_hash([settings, teacher.record['weights_sha256']])}"
     ckpt = f"asset:{TEACHER_ASSET}" if teacher.origin == "shipped" else teacher.path
@@ -357,7 +360,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     seeds = list(range(cfg.seeds))
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused)")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log, method_kwargs(cfg))
+    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log, method_kwargs(cfg),
+                                cfg.jobs)
 
     # the teacher's own metric on the evaluation split, by the engine's evaluation
     from ..engine import evaluate
