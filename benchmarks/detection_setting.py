@@ -53,9 +53,16 @@ DISTILL_ONLY = ("weights", "levels", "level_weights", "kwargs", "num_masks", "me
 
 def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",), threads: int = 1,
               weights: dict[str, float] | None = None) -> DemoConfig:
-    if name not in CANDIDATES:
-        raise SystemExit(f"unknown candidate {name!r}; `list` shows them")
-    over = dict(CANDIDATES[name][1])
+    """``name``: a candidate, or ``CANDIDATE+METHOD@WEIGHT`` — that candidate with one method at one
+    distill.weight (a point of a weight grid; trains the plain student and that method)."""
+    base, _, point = name.partition("+")
+    if base not in CANDIDATES:
+        raise SystemExit(f"unknown candidate {base!r}; `list` shows them")
+    over = dict(CANDIDATES[base][1])
+    if point:
+        method, _, w = point.partition("@")
+        weights = {**(weights or {}), method: float(w)}
+        methods = ("baseline", method)
     if weights:
         over["weights"] = {**DemoConfig().weights, **over.get("weights", {}), **weights}
     return DemoConfig(eval_split="dev", seeds=seeds, methods=tuple(methods), threads=threads,
@@ -79,8 +86,12 @@ def share_plain_runs(cfg: DemoConfig) -> None:
     teacher, backbone = _shipped_records()
     key = {k: v for k, v in asdict(cfg).items() if k not in DISTILL_ONLY}
     dst = student_runs_dir(cfg, teacher, backbone if cfg.student_pretrained else None) / "baseline"
-    for other in CANDIDATES:
-        o = config_of(other, cfg.seeds)
+    done = sorted({p.parent.name for p in out_root().glob("*/summary_detection.json")} | set(CANDIDATES))
+    for other in done:
+        try:
+            o = config_of(other, cfg.seeds)
+        except SystemExit:
+            continue
         if other == Path(cfg.out_dir).name or {k: v for k, v in asdict(o).items() if k not in DISTILL_ONLY} != key:
             continue
         src = student_runs_dir(o, teacher, backbone if o.student_pretrained else None) / "baseline"
@@ -110,10 +121,12 @@ def _fmt(m: float, s: float, sign: bool = False) -> str:
 def table() -> str:
     lines = ["| candidate | what it tests | iters | plain AP (dev) | method | weight | AP (dev) | gain vs plain (paired) "
              "| per seed | ACAM-KD − FitNet (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (what, _) in CANDIDATES.items():
+    names = sorted({p.parent.name for p in out_root().glob("*/summary_detection.json")},
+                   key=lambda n: (list(CANDIDATES).index(n.partition("+")[0]) if n.partition("+")[0] in CANDIDATES
+                                  else 99, n))
+    for name in names:
         path = out_root() / name / "summary_detection.json"
-        if not path.is_file():
-            continue
+        what = CANDIDATES.get(name.partition("+")[0], ("?",))[0] + (f"; {name.partition('+')[2]}" if "+" in name else "")
         s = json.loads(path.read_text())
         cfg, runs = s["config"], s["runs"]
         ap = {m: {r["seed"]: 100 * r["AP"] for r in rs} for m, rs in runs.items()}
@@ -140,7 +153,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("names", nargs="+")
+    r.add_argument("names", nargs="+", help="candidates, or CANDIDATE+METHOD@WEIGHT points of a weight grid")
     r.add_argument("--seeds", type=int, default=2)
     r.add_argument("--methods", nargs="+", default=["baseline", "fitnet", "acam_kd"])
     r.add_argument("--threads", type=int, default=1)

@@ -194,6 +194,23 @@ def test_scales_switch():
         build_loss("samkd", student_channels=2, teacher_channels=2, scales=[0])
 
 
+def test_sld_only_switch_is_the_logit_term_alone():
+    """Paper Table II's "SLD only" row: use_features=False builds no generators and returns loss_logit only, equal to
+    the full loss's logit term on the same inputs."""
+    torch.manual_seed(2)
+    full = build_loss("samkd", student_channels=2, teacher_channels=2, align="identity")
+    sld = build_loss("samkd", student_channels=2, teacher_channels=2, align="identity", use_features=False)
+    assert len(sld.gen_spatial) == 0 and len(sld.gen_channel) == 0
+    s, t = torch.randn(2, 2, 4, 4, requires_grad=True), torch.randn(2, 2, 4, 4)
+    ctx = DistillContext(aux={"logits": (torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, 4, 4))})
+    got = sld(s, t, ctx)
+    assert set(got) == {"loss_logit"}
+    torch.testing.assert_close(got["loss_logit"], full(s, t, ctx)["loss_logit"])
+    with pytest.raises(ValueError, match=r"^samkd: use_features and use_logits are both off: nothing would be "
+                                         r"distilled \(paper Table II: SFD, SLD or both\)$"):
+        build_loss("samkd", student_channels=2, teacher_channels=2, use_features=False, use_logits=False)
+
+
 def test_samkd_bad_inputs():
     mod = build_loss("samkd", student_channels=2, teacher_channels=2)
     s, t = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)

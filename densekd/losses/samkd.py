@@ -115,11 +115,13 @@ class SAMKD(DistillLoss):
         lambda_s, mu_c: weights of θ_s and θ_c in eq. 7 (0.45 / 0.55, paper Table V).
         alpha, beta: weights of L_feat and L_logit in eq. 13 (2e-3 / 6e-6, paper Fig. 4).
         temperature: T of the SLD softmax (1).
+        use_features: SFD on (default). ``False`` with ``use_logits`` is the paper's Table II row "SLD only"
+            (no generators are built; ``loss_feat`` is not returned).
         use_logits: SLD on. If True, ``context.aux["logits"] = (student_logits, teacher_logits)``
             ([B, K, h, w] classification logits of this level) is required and a missing entry is an
             error; if False only SFD runs and ``loss_logit`` is not returned.
 
-    Returns ``{"loss_feat": α·L_feat, "loss_logit": β·L_logit}`` (the latter only with ``use_logits``).
+    Returns ``{"loss_feat": α·L_feat, "loss_logit": β·L_logit}`` (each only when its switch is on).
     L_feat = Σ_scales Σ_{b,c,h,w} (F_T − F_rec)² / B. L_logit = Σ_scales Σ_R W(R)·KL, averaged over the
     batch (**Decision (this file):** the paper sums over regions and does not say how the batch is
     reduced; we divide by B as L_feat does).
@@ -140,11 +142,16 @@ class SAMKD(DistillLoss):
         beta: float = 6e-6,
         temperature: float = 1.0,
         use_logits: bool = True,
+        use_features: bool = True,
     ) -> None:
         super().__init__(student_channels, teacher_channels, align)
         scales = [int(s) for s in scales]
         if not scales or any(s < 1 for s in scales):
             raise ValueError(f"SAMKD scales must be a non-empty list of positive integers, got {scales}")
+        if not (use_features or use_logits):
+            raise ValueError("samkd: use_features and use_logits are both off: nothing would be distilled (paper "
+                             "Table II: SFD, SLD or both)")
+        self.use_features = bool(use_features)
         self.scales = scales
         self.tau, self.omega_s, self.omega_c = float(tau), float(omega_s), float(omega_c)
         self.lambda_s, self.mu_c = float(lambda_s), float(mu_c)
@@ -152,8 +159,9 @@ class SAMKD(DistillLoss):
         self.use_logits = bool(use_logits)
         c = teacher_channels
         # methods.md SAMKD, Decision: one θ_s/θ_c pair per FPN level (= per loss module) and per scale.
-        self.gen_spatial = nn.ModuleList(_generator_spatial(c) for _ in scales)
-        self.gen_channel = nn.ModuleList(_generator_channel(c) for _ in scales)
+        n_gen = len(scales) if self.use_features else 0
+        self.gen_spatial = nn.ModuleList(_generator_spatial(c) for _ in range(n_gen))
+        self.gen_channel = nn.ModuleList(_generator_channel(c) for _ in range(n_gen))
 
     # -- SFD ------------------------------------------------------------------------------------------
     def reconstruct(self, student_aligned: Tensor, teacher_feat: Tensor, i: int) -> Tensor:
@@ -220,11 +228,13 @@ class SAMKD(DistillLoss):
         t = teacher_feat.detach()
         s = self.align(student_feat)
         b = t.shape[0]
-        l_feat = t.new_zeros(())
-        for i in range(len(self.scales)):  # ≤ 3 scales; regions are handled as tensors
-            rec = self.reconstruct(s, t, i)
-            l_feat = l_feat + (rec - t).pow(2).sum() / b  # eq. 8, sum-reduced / batch size
-        out = {"loss_feat": self.alpha * l_feat}
+        out: dict[str, Tensor] = {}
+        if self.use_features:
+            l_feat = t.new_zeros(())
+            for i in range(len(self.scales)):  # ≤ 3 scales; regions are handled as tensors
+                rec = self.reconstruct(s, t, i)
+                l_feat = l_feat + (rec - t).pow(2).sum() / b  # eq. 8, sum-reduced / batch size
+            out["loss_feat"] = self.alpha * l_feat
         if logits is not None:
             out["loss_logit"] = self.beta * self._logit_loss(s, t, logits[0], logits[1])
         return out
