@@ -47,7 +47,7 @@ def out_root() -> Path:
 
 
 #: settings that change only the distilled students: candidates equal in everything else share the plain runs
-DISTILL_ONLY = ("weights", "levels", "level_weights", "kwargs", "num_masks", "methods", "seeds", "out_dir", "threads",
+DISTILL_ONLY = ("weights", "levels", "level_weights", "kwargs", "num_masks", "methods", "seeds", "out_dir", "threads", "jobs",
                 "quick", "retrain_teacher", "retrain_backbone", "cache_dir")
 
 
@@ -65,7 +65,7 @@ def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",
         methods = ("baseline", method)
     if weights:
         over["weights"] = {**DemoConfig().weights, **over.get("weights", {}), **weights}
-    return DemoConfig(eval_split="dev", seeds=seeds, methods=tuple(methods), threads=threads,
+    return DemoConfig(eval_split="dev", seeds=seeds, methods=tuple(methods), threads=threads, jobs=1,
                       out_dir=str(out_root() / name), **over)
 
 
