@@ -46,6 +46,7 @@ def test_quick_detection_demo_end_to_end(tmp_path, capsys):
         assert row in text, row
     assert "| model" in text and "AP50" in text and "AP75" in text
     assert "ACAM-KD (P3–P5) − plain = " in text and "paired over 2 seeds" in text
+    assert "ACAM-KD − FitNet = " in text and "the paper's claim" in text
     assert "pretrained backbone: shipped with densekd" in text and "from the shipped digit-classification pretraining" in text
     summary = json.loads((tmp_path / "out" / "summary_detection.json").read_text())
     assert summary["teacher"]["origin"] == "shipped"

@@ -158,6 +158,25 @@ def verdict_line(res: StudentResults, method: str, label: str, scale: float = 10
             f"({per_seed}) → {'MORE' if g.beyond_2std else 'NOT more'} than 2 × the std of the paired gains")
 
 
+def head_to_head_line(res: StudentResults, method: str, control: str, label: str, control_label: str,
+                      scale: float = 100.0) -> str:
+    """``method − control`` paired by seed (the same seeds: same initialisation and data order) with the std of the
+    per-seed differences and the 2-std verdict; "" when either did not run."""
+    from ..compare import paired_gains
+
+    if method not in res.runs or control not in res.runs:
+        return ""
+    g = next(iter(paired_gains(res.runs, control, res.metric, [method])), None)
+    if g is None or g.n == 0:
+        return ""
+    per_seed = ", ".join(f"{v * scale:+.2f}" for v in g.per_seed.values())
+    if g.n < 2:
+        return f"{label} − {control_label} = {g.mean * scale:+.2f} {res.metric} (1 seed: no spread, no verdict)"
+    return (f"{label} − {control_label} = {g.mean * scale:+.2f} ± {g.std * scale:.2f} {res.metric}, paired over "
+            f"{g.n} seeds ({per_seed}) → {'MORE' if g.beyond_2std else 'NOT more'} than 2 × the std of the paired "
+            "differences")
+
+
 # --------------------------------------------------------------------------------------------- run logs
 def read_csv_rows(path: Path) -> list[dict[str, float]]:
     """log.csv as a list of {column: float} (empty cells left out)."""
