@@ -55,6 +55,7 @@ def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",
               weights: dict[str, float] | None = None) -> DemoConfig:
     """``name``: a candidate, or ``CANDIDATE+METHOD@WEIGHT`` — that candidate with one method at one
     distill.weight (a point of a weight grid; trains the plain student and that method)."""
+    name = name.partition("#")[0]  # "#tag": the same point with other loss kwargs (--kwargs), in its own folder
     base, _, point = name.partition("+")
     if base not in CANDIDATES:
         raise SystemExit(f"unknown candidate {base!r}; `list` shows them")
@@ -101,9 +102,14 @@ def share_plain_runs(cfg: DemoConfig) -> None:
                 print(f"share: {other}/{seed_dir.name} plain run reused for {Path(cfg.out_dir).name}")
 
 
-def run(names: list[str], seeds: int, methods: list[str], threads: int, weights: dict[str, float]) -> None:
+def run(names: list[str], seeds: int, methods: list[str], threads: int, weights: dict[str, float],
+        kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+    from dataclasses import replace
+
     for name in names:
-        cfg = config_of(name, seeds, tuple(methods), threads, weights)
+        cfg = replace(config_of(name, seeds, tuple(methods), threads, weights), out_dir=str(out_root() / name))
+        if kwargs:
+            cfg = replace(cfg, kwargs={**cfg.kwargs, **kwargs})
         share_plain_runs(cfg)
         run_demo(cfg)
 
@@ -153,17 +159,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("names", nargs="+", help="candidates, or CANDIDATE+METHOD@WEIGHT points of a weight grid")
+    r.add_argument("names", nargs="+", help="candidates, or CANDIDATE+METHOD@WEIGHT points of a weight grid "
+                                             "(a '#tag' suffix: the same point with --kwargs, in its own folder)")
     r.add_argument("--seeds", type=int, default=2)
     r.add_argument("--methods", nargs="+", default=["baseline", "fitnet", "acam_kd"])
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--weight", action="append", default=[], metavar="METHOD=W",
                    help="override a method's distill.weight (repeatable)")
+    r.add_argument("--plugin", default=None, help="a Python file run first (e.g. one that registers a loss to try)")
+    r.add_argument("--kwargs", default=None, help="per-method loss kwargs as JSON, e.g. '{\"acam_kd_wn\": {\"gain\": 2}}'")
     sub.add_parser("table")
     sub.add_parser("list")
     a = p.parse_args()
     if a.cmd == "run":
-        run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in (w.split("=", 1) for w in a.weight)})
+        if a.plugin:
+            import runpy
+
+            runpy.run_path(a.plugin)
+        run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in (w.split("=", 1) for w in a.weight)},
+            json.loads(a.kwargs) if a.kwargs else None)
     elif a.cmd == "list":
         for name, (what, over) in CANDIDATES.items():
             print(f"{name}: {what} {over}")
