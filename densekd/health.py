@@ -35,7 +35,10 @@ once and kept for the end-of-run summary and ``health.json``, when
   1e-3 once they have left their initial state (≈ 0.5 everywhere, constant too): after having been above
   1e-3, or with a mask's mean more than 0.25 from 0.5, i.e. gates ≈ 0 or 1 over the whole image
   (collapse, saturation; methods.md, "Optimisation of the mask modules");
-* the KD/task gradient-norm ratio exceeds 100 (divergence ahead).
+* the KD/task gradient-norm ratio exceeds 100 (divergence ahead);
+* one level's KD/task gradient-norm ratio is 10× or more the median of the other levels' (one level, e.g. the
+  1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the
+  pair weight that brings it to the others' median.
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 RATIO_LOW, RATIO_HIGH = 0.01, 10.0
 #: KD/task gradient-norm ratio above which training warns of divergence
 GRAD_RATIO_DIVERGENCE = 100.0
+#: one level's KD/task gradient-norm ratio at least this many times the median of the other levels': it dominates
+LEVEL_DOMINANCE = 10.0
 #: a KD term below this fraction of its first value is "collapsed" (if the feature distance has not fallen)
 COLLAPSE_FRACTION = 0.01
 #: the feature distance "has fallen" once it is below this fraction of its first value
@@ -517,8 +522,10 @@ class TrainingGuards:
         self.world_size = world_size
         self.enabled = enabled
         self.modules: dict[str, nn.Module] = {}
+        self.level_pair: dict[str, int] = {}  # level → index of its pair in distiller.pairs
         for info in distiller.levels:
             self.modules.setdefault(info.student, distiller.kd_losses[info.key])
+            self.level_pair.setdefault(info.student, info.pair)
         self.first: dict[str, float] = {}  # "kd/<level>" and "distance/<level>" at the first row
         self.peaks: dict[str, float] = {}  # largest "spatial_std_min/<level>" so far
         self.fired: list[str] = []
@@ -669,7 +676,34 @@ class TrainingGuards:
                     f"at {level} the KD term's gradient on the student is {_fmt(gr)}× the task's (norm "
                     f"{_fmt(gk)} vs {_fmt(gt)}) > {GRAD_RATIO_DIVERGENCE:g}: divergence ahead; "
                     f"distill.weight={_fmt(suggested_weight(self.weight, gr))} would bring it to 1")))
+        new += self._dominance_warnings(iteration, row)
         return [m for m in new if m]
+
+    def _dominance_warnings(self, iteration: int, row: Mapping[str, float]) -> list[str | None]:
+        """A level whose KD/task gradient-norm ratio is ≥ :data:`LEVEL_DOMINANCE` × the median of the other
+        levels' (rows with gradient ratios only): named, with the weight of its pair that evens it."""
+        ratios = {lv: row[f"kd/{lv}/grad_ratio"] for lv in self.modules
+                  if math.isfinite(row.get(f"kd/{lv}/grad_ratio", math.nan)) and row[f"kd/{lv}/grad_ratio"] > 0}
+        if len(ratios) < 2:
+            return []
+        out: list[str | None] = []
+        for lv, r in ratios.items():
+            others = sorted(v for k, v in ratios.items() if k != lv)
+            mid = len(others) // 2
+            median = others[mid] if len(others) % 2 else 0.5 * (others[mid - 1] + others[mid])
+            if r < LEVEL_DOMINANCE * median:
+                continue
+            i = self.level_pair.get(lv)
+            pairs = getattr(self.distiller, "pairs", [])
+            shared = i is not None and sum(1 for p in self.level_pair.values() if p == i) > 1
+            own = (pairs[i].weight / self.weight) if i is not None and i < len(pairs) and self.weight else 1.0
+            fix = (f"give {lv} its own pair with weight {_fmt(own * median / r)}" if shared else
+                   f"a weight of {_fmt(own * median / r)} on its pair (distill.pairs[{i}], now {_fmt(own)}) evens it")
+            out.append(self._warn(f"dominance|{lv}", iteration, "level_dominance", lv, (
+                f"at {lv} the KD term's gradient on the student is {_fmt(r / median)}× the other levels' (KD/task "
+                f"gradient-norm ratio {_fmt(r)} vs their median {_fmt(median)}): one level dominates the "
+                f"distillation; {fix} (× distill.weight {_fmt(self.weight)})")))
+        return out
 
     def _mask_warnings(self, iteration: int, level: str, mod: nn.Module, row: Mapping[str, float]) -> list[str | None]:
         """ACAM-KD mask collapse and saturation (methods.md, "Optimisation of the mask modules")."""

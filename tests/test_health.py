@@ -464,3 +464,44 @@ def test_teacher_source_of_a_shipped_asset():
     assert bad.status == health.FAIL and bad.message.startswith("model.teacher.checkpoint: ")
     missing = health.teacher_source(SimpleNamespace(teacher=SimpleNamespace(checkpoint="/no/such.pth")))
     assert missing.status == health.FAIL and missing.message == "model.teacher.checkpoint '/no/such.pth' does not exist"
+
+
+# --------------------------------------------------------------------------- guards: one level dominating
+@pytest.fixture
+def two_pair_guards():
+    """Three levels, one pair each: encoder (pair weight 2), classifier and encoder.0 (the encoder's conv)."""
+    torch.manual_seed(0)
+    pairs = [Pair("encoder", loss="health_mse", weight=2.0), Pair("classifier", loss="health_mse"),
+             Pair("encoder.0", loss="health_mse")]
+    d = Distiller(TinySegmenter(4), TinySegmenter(8), pairs, task_loss=lambda out, y: out.mean() * 0,
+                  example_inputs=(torch.randn(2, 3, 16, 16),))
+    # the engine multiplies every pair's weight by distill.weight (here 0.5) before the Distiller sees it
+    for p in d.pairs:
+        p.weight *= 0.5
+    g = health.TrainingGuards(d, distill_weight=0.5)
+    yield g
+    g.close()
+
+
+def test_a_dominating_level_is_named_with_the_pair_weight_that_evens_it(two_pair_guards):
+    g = two_pair_guards
+    even = {"loss_task": 1.0, "kd/encoder/grad_ratio": 0.1, "kd/classifier/grad_ratio": 0.05,
+            "kd/encoder.0/grad_ratio": 0.2}
+    assert g.check(1, even) == []  # within 10× of each other: silent
+    assert g.check(50, {"loss_task": 1.0}) == []  # rows without gradient ratios: nothing to compare
+    new = g.check(100, {**even, "kd/encoder/grad_ratio": 4.2})
+    assert new == ["iteration 100: at encoder the KD term's gradient on the student is 33.6× the other levels' "
+                   "(KD/task gradient-norm ratio 4.2 vs their median 0.125): one level dominates the distillation; a "
+                   "weight of 0.0595 on its pair (distill.pairs[0], now 2) evens it (× distill.weight 0.5)"]
+    assert g.warnings[-1]["kind"] == "level_dominance" and g.warnings[-1]["level"] == "encoder"
+    assert g.check(200, {**even, "kd/encoder/grad_ratio": 9.0}) == []  # once
+
+
+def test_a_level_that_shares_its_pair_is_told_to_get_its_own(guards):
+    guards.level_pair = {"a": 0, "b": 0, "c": 0}
+    guards.modules = {"a": guards.modules["encoder"], "b": guards.modules["encoder"], "c": guards.modules["encoder"]}
+    row = {"kd/a/grad_ratio": 5.0, "kd/b/grad_ratio": 0.1, "kd/c/grad_ratio": 0.3}
+    new = guards._dominance_warnings(7, row)
+    assert new == ["iteration 7: at a the KD term's gradient on the student is 25× the other levels' (KD/task "
+                   "gradient-norm ratio 5 vs their median 0.2): one level dominates the distillation; give a its own "
+                   "pair with weight 0.08 (× distill.weight 0.5)"]
