@@ -260,10 +260,10 @@ def _metrics_path(d: str) -> str:
 
 def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
                   overrides: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None,
-                  method_set: Sequence[str] = ()) -> list[str]:
+                  method_set: Sequence[str] = (), folder: str | None = None) -> list[str]:
     """The engine overrides of one run: user overrides first, then the method's own (``method_set``), so the
-    run's own keys (seed, output folder, method) win."""
-    return list(overrides) + list(method_set) + [f"seed={seed}", f"output_dir={run_dir(out, method, seed)}"] + \
+    run's own keys (seed, output folder, method) win. ``folder``: the runs' folder name if not the method's."""
+    return list(overrides) + list(method_set) + [f"seed={seed}", f"output_dir={run_dir(out, folder or method, seed)}"] + \
         method_overrides(config_raw, method, kwargs)
 
 
@@ -424,11 +424,14 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
 def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
                  out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
                  log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                 method_set: Mapping[str, Sequence[str]] | None = None, jobs: int = 1
+                 method_set: Mapping[str, Sequence[str]] | None = None, jobs: int = 1,
+                 run_names: Mapping[str, str] | None = None
                  ) -> tuple[list[MethodStats], dict[str, list[dict[str, Any]]]]:
     """:func:`compare`, returning also the per-run metrics ``{method: [metrics of each seed (with "seed")]}``.
     ``jobs > 1``: unfinished runs train in that many worker processes at once, with the machine's torch threads
-    split between them (on a CPU, small models train faster this way than one run on every core)."""
+    split between them (on a CPU, small models train faster this way than one run on every core).
+    ``run_names``: the folder of a method's runs when it is not the method's name (``OUT/<name>/seed<s>``), e.g.
+    a name that also encodes the method's own settings, so that finished runs are reused only for the same runs."""
     from .engine import train
 
     check_methods(methods)
@@ -451,11 +454,12 @@ def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds:
     total = len(methods) * len(seed_list)
     k = 0
     todo = []
+    names = {m: (run_names or {}).get(m, m) for m in methods}
     for m in methods:
         for s in seed_list:
             k += 1
-            d = run_dir(out, m, s)
-            ov = run_overrides(raw, m, s, out, overrides, method_kwargs.get(m), method_set.get(m, ()))
+            d = run_dir(out, names[m], s)
+            ov = run_overrides(raw, m, s, out, overrides, method_kwargs.get(m), method_set.get(m, ()), names[m])
             if os.path.isfile(_metrics_path(d)):
                 log(f"[{k}/{total}] {m} seed {s}: finished earlier, reading {_metrics_path(d)}")
             elif jobs > 1:
@@ -468,7 +472,7 @@ def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds:
         _run_parallel(todo, config, jobs, total, log)
     for m in methods:
         for s in seed_list:
-            with open(_metrics_path(run_dir(out, m, s)), encoding="utf-8") as f:
+            with open(_metrics_path(run_dir(out, names[m], s)), encoding="utf-8") as f:
                 results[m].append({"seed": s, **json.load(f)})
     rows = aggregate(results, methods, metrics)
     cols = list(rows[0].stats) if rows else []

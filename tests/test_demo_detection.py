@@ -58,10 +58,12 @@ def test_quick_detection_demo_end_to_end(tmp_path, capsys):
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size[0] > 100
     runs_dir = next((tmp_path / "out").glob("runs-det-*"))
-    cfg = yaml.safe_load((runs_dir / "acam_kd" / "seed0" / "config.yaml").read_text())
+    acam_dir = next(runs_dir.glob("acam_kd-*"))  # each method's runs are named by its own settings
+    assert (runs_dir / "baseline" / "seed0" / "metrics.json").is_file()
+    cfg = yaml.safe_load((acam_dir / "seed0" / "config.yaml").read_text())
     assert cfg["distill"]["method"] == "acam_kd" and cfg["model"]["teacher"]["checkpoint"] == f"asset:{TEACHER_ASSET}"
     # the figure's masks are the run's own ACAM-KD modules on a val image: one per unit, over P3, in (0, 1)
-    got = acam_masks(runs_dir / "acam_kd" / "seed1")
+    got = acam_masks(acam_dir / "seed1")
     assert got["spatial"].shape == (DemoConfig().num_masks, 8, 8)  # P3 of a 64-pixel canvas
     assert 0 < float(got["spatial"].min()) and float(got["spatial"].max()) < 1 and got["boxes"].shape[1] == 4
     assert _shipped_hashes() == before
@@ -229,3 +231,21 @@ def test_retrain_backbone_writes_its_own_files_and_leaves_the_shipped_ones(tmp_p
     assert main(["demo", "--retrain-backbone", "--quick"]) == 2  # segmentation has no pretrained backbone
     assert capsys.readouterr().err.strip() == ("densekd demo: error: demo: --retrain-backbone belongs to --task "
                                                "detection (the segmentation students start from scratch)")
+
+
+def test_runs_are_shared_across_calls_with_other_methods_and_named_by_their_own_settings(tmp_path, capsys):
+    """A later call with other methods reuses every finished run that is the same run (the plain student's; a method
+    at the same weight), and a method at another weight is a new folder, never a reused one."""
+    from dataclasses import replace
+
+    from densekd.demo.detection import run_names
+
+    cfg = DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o"), methods=("baseline", "fitnet"))
+    run_demo(cfg, log=lambda *_: None)
+    lines: list[str] = []
+    run_demo(replace(cfg, methods=("baseline", "fitnet", "acam_kd")), log=lines.append)
+    reused = [x for x in lines if "finished earlier" in x]
+    assert len(reused) == 2 and any("baseline seed 0" in x for x in reused) and any("fitnet seed 0" in x for x in reused)
+    other = replace(cfg, weights={**cfg.weights, "fitnet": 0.5})
+    assert run_names(other)["fitnet"] != run_names(cfg)["fitnet"] and run_names(other)["baseline"] == "baseline"
+    assert run_names(replace(cfg, levels=("0", "1")))["fitnet"] != run_names(cfg)["fitnet"]

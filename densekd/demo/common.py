@@ -75,23 +75,26 @@ class StudentResults:
     baseline: str
     out: Path
     health: dict[str, list[str]] = field(default_factory=dict)  # method → the runs' warnings (health.json)
+    names: dict[str, str] = field(default_factory=dict)  # method → its runs' folder under ``out`` (default: its name)
 
 
 def train_students(config: Mapping[str, Any], methods: Sequence[str], seeds: Sequence[int], out: Path,
                    method_set: Mapping[str, Sequence[str]] | None, log: Callable[[str], None],
-                   method_kwargs: Mapping[str, Mapping[str, Any]] | None = None, jobs: int = 1) -> StudentResults:
+                   method_kwargs: Mapping[str, Mapping[str, Any]] | None = None, jobs: int = 1,
+                   run_names: Mapping[str, str] | None = None) -> StudentResults:
     """Every method × seed through the engine (:func:`densekd.compare.compare_runs`; finished runs in ``out`` are
     reused, an interrupted one resumes; ``jobs`` runs at once), then the paired gains over the baseline in the
     primary metric."""
     rows, runs = compare_runs(dict(config), list(methods), list(seeds), str(out), log=log, method_set=method_set,
-                              method_kwargs=method_kwargs, jobs=jobs)
+                              method_kwargs=method_kwargs, jobs=jobs, run_names=run_names)
+    names = {m: (run_names or {}).get(m, m) for m in methods}
     metric = primary_metric(rows)
     baseline = next(m for m in methods if m in BASELINE_NAMES)
     gains = paired_gains(runs, baseline, metric, methods)
     health: dict[str, list[str]] = {}
     for m in methods:
         for s in seeds:
-            path = Path(out) / m / f"seed{s}" / "health.json"
+            path = Path(out) / names[m] / f"seed{s}" / "health.json"
             if path.is_file():
                 try:
                     warns = json.loads(path.read_text()).get("warnings", [])
@@ -101,7 +104,7 @@ def train_students(config: Mapping[str, Any], methods: Sequence[str], seeds: Seq
                     text = w if isinstance(w, str) else str(w.get("message", w))
                     if text not in health.setdefault(m, []):
                         health[m].append(text)
-    return StudentResults(rows, runs, gains, metric, baseline, Path(out), health)
+    return StudentResults(rows, runs, gains, metric, baseline, Path(out), health, names)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -254,7 +257,7 @@ __all__ = ["StudentResults", "TeacherChoice", "fmt", "markdown_table", "mean_std
 
 def run_dirs(res: StudentResults, method: str) -> list[Path]:
     """The run folders of ``method``'s students, in seed order."""
-    return [res.out / method / f"seed{r['seed']}" for r in res.runs.get(method, [])]
+    return [res.out / res.names.get(method, method) / f"seed{r['seed']}" for r in res.runs.get(method, [])]
 
 
 def plot_curves(res: StudentResults, teacher_metric: float | None, path: Path, split: str, *, metric: str,

@@ -292,16 +292,38 @@ def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, 
             "train": _train_section(cfg, cfg.student_iters), "eval": {"batch_size": 50}}
 
 
+#: settings that only the distilled students see: they name each method's run folder, not the setting's folder
+DISTILL_SETTINGS = ("weights", "kwargs", "levels", "level_weights", "num_masks")
+#: run bookkeeping: changes no run
+BOOKKEEPING = ("seeds", "out_dir", "cache_dir", "threads", "jobs", "quick", "retrain_teacher", "retrain_backbone",
+               "methods", "task")
+
+
 def student_runs_dir(cfg: DemoConfig, teacher_record: Mapping[str, Any],
                      backbone_record: Mapping[str, Any] | None) -> Path:
-    """The folder of this setting's student runs (``<out>/runs-det-<hash>``): keyed by every setting but the run
-    bookkeeping, and by the teacher's and the backbone's weights, so a finished run is reused only when it is the
-    same run."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "jobs",
-                                                                  "quick", "retrain_teacher", "retrain_backbone",
-                                                                  "methods", "task")}
+    """The folder of this setting's student runs (``<out>/runs-det-<hash>``): keyed by every setting that every
+    student sees (data, models, schedule) and by the teacher's and the backbone's weights; each method's runs are
+    in a sub-folder named by :func:`run_names`, so a finished run is reused only when it is the same run — also by
+    a later call with other methods (the plain student's runs are shared)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING + DISTILL_SETTINGS}
     bb_sha = backbone_record["weights_sha256"] if backbone_record is not None else None
     return Path(cfg.out_dir) / f"runs-det-{_hash([settings, teacher_record['weights_sha256'], bb_sha])}"
+
+
+def run_names(cfg: DemoConfig) -> dict[str, str]:
+    """Each method's run folder: ``baseline``, or ``<method>-<hash of its weight, kwargs, levels, level weights and
+    M>``."""
+    from ..compare import BASELINE_NAMES
+
+    out = {}
+    for m in cfg.methods:
+        if m in BASELINE_NAMES:
+            out[m] = m
+            continue
+        own = {"weight": cfg.weights.get(m), "kwargs": cfg.kwargs.get(m, {}), "levels": list(cfg.levels),
+               "level_weights": dict(cfg.level_weights), "num_masks": cfg.num_masks}
+        out[m] = f"{m}-{_hash(own)[:8]}"
+    return out
 
 
 def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
@@ -507,7 +529,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
         f"the engine (runs in {runs_dir}; finished runs are reused); distill.weight {weights}")
     res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log,
-                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods}, jobs=cfg.jobs)
+                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods}, jobs=cfg.jobs,
+                                run_names=run_names(cfg))
 
     # the teacher's own AP on the evaluation split, by the engine's evaluation
     from ..engine import evaluate
@@ -596,5 +619,5 @@ def _threads() -> int:
 
 
 __all__ = ["BACKBONE_ASSET", "DemoConfig", "LEVEL_NAMES", "METHOD_LABELS", "TEACHER_ASSET", "acam_masks", "distill_pairs",
-           "level_span", "method_labels", "student_runs_dir", "build_data", "method_settings", "plot_masks",
+           "level_span", "method_labels", "run_names", "student_runs_dir", "build_data", "method_settings", "plot_masks",
            "run_demo", "student_config", "teacher_config"]
