@@ -140,8 +140,10 @@ class DemoConfig:
     # 64-pixel canvas carry no spatial structure and their KD terms dominate the others — chosen on dev)
     levels: tuple[str, ...] = ("0", "1", "2")
     level_weights: dict[str, float] = field(default_factory=dict)
-    # per-method constructor kwargs (distill.kwargs); MasKD's token-fitting stage as long as the students' training
-    kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"maskd": {"fit_steps": 1000}})
+    # per-method constructor kwargs (distill.kwargs): MasKD's token-fitting and FreeKD's prompt-fitting stages as long
+    # as the students' training; FreeKD with one Haar level (its default three need maps ≥ 5 px: P4 is 4×4, P5 2×2)
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "maskd": {"fit_steps": 1000}, "freekd": {"levels": 1, "fit_steps": 1000}})
     num_masks: int = 6  # methods.md ASCM: M = 6 for detection
     teacher_dtype: str = "float16"  # how the shipped teacher is stored (a few MB); it runs in float32
 
