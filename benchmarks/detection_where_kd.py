@@ -5,8 +5,9 @@ checkpoints), over the images of the run's evaluation split (dev while choosing 
 the share of the student–teacher squared error Σ (F_T − align(F_S))² that falls inside the ground-truth boxes
 against the share of the map's area the boxes cover (a level's cell counts as inside when its centre lies in a box),
 and for ACAM-KD the share of each spatial mask's mass inside the boxes and how alike the masks are (mean pairwise
-Dice). If the error already sits on the objects, a mask that selects the objects changes little over plain feature
-mimicking.
+Dice), and how many spatial patterns STCA-FF's fused map carries (the share of its per-channel standardised
+variance in its first singular component: near 1, every spatial mask σ(S_s Z) is a function of one pattern and the
+masks cannot differ, whatever keeps the units apart).
 
     python benchmarks/detection_where_kd.py RUN_DIR [RUN_DIR ...] [--images 100]
 
@@ -66,6 +67,13 @@ def measure(run_dir: Path, n_images: int) -> list[dict]:
                             a["mask_in"] += float((m * inside).sum())
                             a["mask"] += float(m.sum())
                             a["dice"] += float(dice_diversity(m.flatten(1)[None]))
+                            # how many spatial patterns the fused map carries: the share of its (per-channel
+                            # standardised, as the spatial units see it) variance in its first singular component
+                            z = mod.last_masks["fused"][0].float().flatten(1)  # [C, hw]
+                            if z.shape[1] > 1:
+                                z = (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-5)
+                                sv = torch.linalg.svdvals(z)
+                                a["rank1"] = a.get("rank1", 0.0) + float(sv[0] ** 2 / (sv ** 2).sum().clamp_min(1e-12))
         rows = []
         for lv, a in acc.items():
             row = {"run": str(run_dir), "level": lv, "err_in_boxes": a["err_in"] / max(a["err"], 1e-12),
@@ -73,6 +81,8 @@ def measure(run_dir: Path, n_images: int) -> list[dict]:
             if a["mask"]:
                 row["mask_in_boxes"] = a["mask_in"] / a["mask"]
                 row["mask_dice"] = a["dice"] / a["n"]
+                if "rank1" in a:
+                    row["fused_rank1"] = a["rank1"] / a["n"]
             rows.append(row)
         return rows
     finally:
@@ -85,13 +95,15 @@ def main() -> None:
     p.add_argument("--images", type=int, default=100)
     a = p.parse_args()
     print("| run | level | share of the squared error inside the boxes | share of the area inside the boxes | "
-          "share of ACAM-KD's spatial mask mass inside the boxes | pairwise Dice of the masks |")
-    print("|---|---|---|---|---|---|")
+          "share of ACAM-KD's spatial mask mass inside the boxes | pairwise Dice of the masks | share of the fused "
+          "map's spatial variance in one pattern |")
+    print("|---|---|---|---|---|---|---|")
     for run in a.runs:
         for r in measure(run, a.images):
             mi = f"{r['mask_in_boxes']:.2f}" if "mask_in_boxes" in r else ""
             md = f"{r['mask_dice']:.2f}" if "mask_dice" in r else ""
-            print(f"| {r['run']} | {r['level']} | {r['err_in_boxes']:.2f} | {r['area_in_boxes']:.2f} | {mi} | {md} |")
+            r1 = f"{r['fused_rank1']:.2f}" if "fused_rank1" in r else ""
+            print(f"| {r['run']} | {r['level']} | {r['err_in_boxes']:.2f} | {r['area_in_boxes']:.2f} | {mi} | {md} | {r1} |")
 
 
 if __name__ == "__main__":

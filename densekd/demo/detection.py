@@ -122,7 +122,7 @@ class DemoConfig:
     student_iters: int = 1000
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    warmup_iters: int = 20
+    warmup_iters: int = 100  # 20 let one seed's FCOS regression head die (a ReLU output negative everywhere)
     teacher_warmup_iters: int = 100
     eval_points: int = 2
     # distillation: every FPN level the head uses; distill.weight per method, chosen on dev
