@@ -31,6 +31,8 @@ def naive_reference(mod: ACAMKD, fs, ft):
         v = mod.fusion.v(kvs).flatten(2).transpose(1, 2)
         a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
         fused = (a @ v).transpose(1, 2).reshape(b, c, h, w)
+        if mod.fusion.residual:  # the switch: the query's own map added back
+            fused = fused + qs
     else:
         fused = ft
     d = ft - s_hat
@@ -107,6 +109,8 @@ PAPER = {"mask_objective": "descent", "mask_norm": "sum"}  # the literal reading
     {}, {"query": "student"}, {"channel_units": "scalar"}, {"masks": "spatial"}, {"masks": "channel"},
     {"fusion": "teacher"}, {"diversity": "spatial"}, {"diversity": "none"}, {"num_masks": 1},
     PAPER, {**PAPER, "query": "student"}, {"mask_objective": "detached"}, {"mask_norm": "sum"},
+    {"fusion_residual": True}, {"fusion_residual": True, "z_norm": "none"},
+    {"fusion_residual": True, "z_norm": "none", "query": "student", **PAPER},
 ])
 def test_matches_naive_formula(kw):
     mod = make(**kw)
@@ -301,10 +305,12 @@ def test_gradients_match_naive_formula(kw, monkeypatch):
     torch.testing.assert_close(grads["fs"], fs.grad, rtol=1e-7, atol=1e-10)
 
 
-def test_fused_is_computed_on_access_from_the_forward_state():
-    """last_masks["fused"] is F_fuse of that forward: equal to STCA-FF's explicit output, and unchanged by an
-    optimizer step taken before it is read."""
-    mod = make()
+@pytest.mark.parametrize("kw", [{}, {"z_norm": "none"}, {"z_norm": "none", "fusion_residual": True},
+                                {"fusion_residual": True}])
+def test_fused_is_computed_on_access_from_the_forward_state(kw):
+    """last_masks["fused"] is F_fuse of that forward: equal to STCA-FF's explicit output (with the residual switch:
+    A V + F_T), and unchanged by an optimizer step taken before it is read."""
+    mod = make(**kw)
     fs, ft = feats()
     mod(fs, ft)
     expected = mod.fusion(ft, mod.align(fs)).detach()
@@ -391,7 +397,8 @@ def test_fused_refuses_a_feature_map_changed_in_place_after_the_forward():
 @pytest.mark.parametrize("shape", [dict(b=1, h=1, w=1), dict(b=1, h=7, w=3), dict(b=3, h=2, w=5)])
 @pytest.mark.parametrize("kw", [dict(num_masks=1), dict(teacher_channels=7, student_channels=5),
                                 dict(fusion="teacher"), dict(align="identity", student_channels=8),
-                                dict(num_masks=1, z_norm="none"), dict(fusion="teacher", z_norm="none")])
+                                dict(num_masks=1, z_norm="none"), dict(fusion="teacher", z_norm="none"),
+                                dict(fusion_residual=True, z_norm="none"), dict(fusion_residual=True)])
 def test_odd_shapes_match_the_naive_formula_with_gradients(shape, kw, monkeypatch):
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2)  # as few rows per block as possible
     mod = make(**kw)
@@ -431,3 +438,15 @@ def test_default_z_norm_is_spatial_and_the_paper_preset_keeps_none():
     paper = build_loss("acam_kd_paper", student_channels=4, teacher_channels=4)
     assert paper.ascm.z_norm == "none"
     assert build_loss("acam_kd_paper", student_channels=4, teacher_channels=4, z_norm="spatial").ascm.z_norm == "spatial"
+
+
+def test_fusion_residual_adds_the_query_map_back():
+    """fusion_residual=True: F_fuse = A V + F_T (the query's own map), so the spatial masks see the teacher's spatial
+    structure; False (default) is the paper's STCA-FF."""
+    plain, res = make(z_norm="none"), make(z_norm="none", fusion_residual=True)
+    res.load_state_dict(plain.state_dict())
+    fs, ft = feats()
+    plain(fs, ft)
+    res(fs, ft)
+    torch.testing.assert_close(res.last_masks["fused"], plain.last_masks["fused"] + ft)
+    assert not plain.fusion.residual and build_loss("acam_kd", student_channels=4, teacher_channels=4).fusion.residual is False

@@ -62,12 +62,15 @@ class STCAFF(nn.Module):
     Q = W_q * F_T (C → C/2), K = W_k * F̂_S (C → C/2), V = W_v * F̂_S (C → C), all 1×1 convs.
     No multi-head split, residual, norm or output projection (the spec adds none).
     ``query="student"`` swaps the roles (paper Table 9): Q from F̂_S, K and V from F_T.
+    ``residual=True`` (a switch, not the paper): F_fuse = A V + the query's own map, as every Transformer
+    cross-attention layer adds its query back (methods.md, "the fused map carries one pattern").
     """
 
-    def __init__(self, channels: int, query: str = "teacher") -> None:
+    def __init__(self, channels: int, query: str = "teacher", residual: bool = False) -> None:
         super().__init__()
         _check_choice("query", query)
         self.query = query
+        self.residual = bool(residual)
         d_qk = max(channels // 2, 1)
         self.q = nn.Conv2d(channels, d_qk, kernel_size=1)
         self.k = nn.Conv2d(channels, d_qk, kernel_size=1)
@@ -81,7 +84,8 @@ class STCAFF(nn.Module):
         k = self.k(kv_src).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C/2]
         v = self.v(kv_src).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C]
         fused = cross_attention(q, k, v, channels_first=True)  # A V; A = softmax(QKᵀ/√(C/2)) never materialised
-        return fused.view(b, c, h, w)
+        fused = fused.view(b, c, h, w)
+        return fused + q_src if self.residual else fused
 
     def project(self, teacher: Tensor, student_aligned: Tensor, hw: tuple[int, int], spatial_units: Tensor | None,
                 channel_mean: bool, keep_fused: bool = True
@@ -109,6 +113,10 @@ class STCAFF(nn.Module):
             # weights cs / HW sum to 1: a weighted mean of X, so fp16 cannot overflow (a sum over HW could)
             xc = torch.bmm(x, (cs / n).to(x.dtype).unsqueeze(2)).squeeze(2)
             mean = F.linear(xc, wv, bv)
+            if self.residual:
+                mean = mean + q_src.mean(dim=2)
+        if self.residual and spatial_units is not None:  # S_s (P V + Q_src) = S_s P V + S_s Q_src
+            y = y + torch.einsum("mc,bcn->bmn", units, q_src)
         spatial = y if spatial_units is not None else None
         if not keep_fused:
             return spatial, mean, None
@@ -122,7 +130,8 @@ class STCAFF(nn.Module):
                                    "modified in place after the forward; read it before changing the features")
             with torch.no_grad():
                 v = affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
-                return cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
+                out = cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
+                return out + q_src.detach().view(b, c, *hw) if self.residual else out
 
         return spatial, mean, fused
 
@@ -301,6 +310,11 @@ class ACAMKD(DistillLoss):
             standardised per channel over space before the spatial units (otherwise, on post-ReLU features and on
             detection's P4–P7, the spatial masks saturate to constant 0/1 gates, measured); defined for every map
             size (a 1×1 map gives masks 0.5). ``"none"``: the literal ASCM (the preset ``acam_kd_paper``).
+        fusion_residual: ``False`` (default: the paper's STCA-FF, no residual). ``True`` adds the query's own map to
+            the attention output (F_fuse = A V + F_T), as a Transformer cross-attention layer does: measured on the
+            detection demo, A V alone carries about one spatial pattern (its first singular component holds
+            84–95 % of the standardised variance at P3–P5), so every spatial mask is a function of it and the M
+            masks are identical (benchmarks/detection_where_kd.py).
         mask_norm: ``"square"`` (default, methods.md "Optimisation of the mask modules" Decision: divide by
             Σ M², so the loss is a mask-weighted mean of D², invariant to the masks' scale; adversarial masks
             with the Σ M norm saturate at 1, measured) or ``"sum"`` (divide by Σ M, MasKD's form; the preset
@@ -331,6 +345,7 @@ class ACAMKD(DistillLoss):
         mask_objective: str = "adversarial",  # methods.md, "Optimisation of the mask modules" (Decision)
         mask_norm: str = "square",  # idem: adversarial and the Σ M² norm go together
         z_norm: str = "spatial",  # methods.md, "spatial masks must be spatial" (Decision, revised 2026-12-05)
+        fusion_residual: bool = False,
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
         for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
@@ -350,7 +365,7 @@ class ACAMKD(DistillLoss):
         self.mask_norm = mask_norm
         c = teacher_channels
         # Each level has its own align / STCA-FF / ASCM (methods.md, Losses: "not shared").
-        self.fusion = STCAFF(c, query=query) if fusion == "cross_attention" else None
+        self.fusion = STCAFF(c, query=query, residual=fusion_residual) if fusion == "cross_attention" else None
         self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
                          spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
         self.last_masks: Mapping[str, Tensor] = MaskRecord()
