@@ -53,7 +53,7 @@ DISTILL_ONLY = ("weights", "levels", "level_weights", "kwargs", "num_masks", "me
 
 
 def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",), threads: int = 1,
-              weights: dict[str, float] | None = None) -> DemoConfig:
+              weights: dict[str, float] | None = None, split: str = "dev") -> DemoConfig:
     """``name``: a candidate, or ``CANDIDATE+METHOD@WEIGHT`` — that candidate with one method at one
     distill.weight (a point of a weight grid; trains the plain student and that method)."""
     name = name.partition("#")[0]  # "#tag": the same point with other loss kwargs (--kwargs), in its own folder
@@ -67,7 +67,7 @@ def config_of(name: str, seeds: int = 2, methods: tuple[str, ...] = ("baseline",
         methods = ("baseline", method)
     if weights:
         over["weights"] = {**DemoConfig().weights, **over.get("weights", {}), **weights}
-    return DemoConfig(eval_split="dev", seeds=seeds, methods=tuple(methods), threads=threads, jobs=1,
+    return DemoConfig(eval_split=split, seeds=seeds, methods=tuple(methods), threads=threads, jobs=1,
                       out_dir=str(out_root() / name), **over)
 
 
@@ -104,11 +104,12 @@ def share_plain_runs(cfg: DemoConfig) -> None:
 
 
 def run(names: list[str], seeds: int, methods: list[str], threads: int, weights: dict[str, float],
-        kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+        kwargs: dict[str, dict[str, Any]] | None = None, split: str = "dev") -> None:
     from dataclasses import replace
 
     for name in names:
-        cfg = replace(config_of(name, seeds, tuple(methods), threads, weights), out_dir=str(out_root() / name))
+        folder = name if split == "dev" else f"{split}/{name}"  # val runs (settings already chosen) kept apart
+        cfg = replace(config_of(name, seeds, tuple(methods), threads, weights, split), out_dir=str(out_root() / folder))
         if kwargs:
             cfg = replace(cfg, kwargs={**cfg.kwargs, **kwargs})
         share_plain_runs(cfg)
@@ -167,6 +168,8 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--weight", action="append", default=[], metavar="METHOD=W",
                    help="override a method's distill.weight (repeatable)")
+    r.add_argument("--split", default="dev", choices=["dev", "val"],
+                   help="dev (default: choosing) or val (reporting a point chosen on dev; runs in OUT/val/...)")
     r.add_argument("--plugin", default=None, help="a Python file run first (e.g. one that registers a loss to try)")
     r.add_argument("--kwargs", default=None, help="per-method loss kwargs as JSON, e.g. '{\"acam_kd_wn\": {\"gain\": 2}}'")
     sub.add_parser("table")
@@ -178,7 +181,7 @@ def main() -> None:
 
             runpy.run_path(a.plugin)
         run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in (w.split("=", 1) for w in a.weight)},
-            json.loads(a.kwargs) if a.kwargs else None)
+            json.loads(a.kwargs) if a.kwargs else None, a.split)
     elif a.cmd == "list":
         for name, (what, over) in CANDIDATES.items():
             print(f"{name}: {what} {over}")
