@@ -63,7 +63,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    from .health import doctor
+    from .tools.doctor import doctor
 
     return doctor(args.config, args.overrides, batches=args.batches).exit_status
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
+from .run_folder import CHECKPOINT_FILE, METRICS_FILE
 
 #: pseudo-methods that mean "train the plain student, no distillation"
 BASELINE_NAMES = ("baseline", "student")
@@ -255,7 +256,7 @@ def run_dir(out: str, method: str, seed: int) -> str:
 
 
 def _metrics_path(d: str) -> str:
-    return os.path.join(d, "metrics.json")
+    return os.path.join(d, METRICS_FILE)
 
 
 def run_overrides(config_raw: Mapping[str, Any], method: str, seed: int, out: str,
@@ -465,7 +466,7 @@ def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds:
             elif jobs > 1:
                 todo.append((k, m, s, d, ov))
             else:
-                resumed = os.path.isfile(os.path.join(d, "checkpoint.pth"))
+                resumed = os.path.isfile(os.path.join(d, CHECKPOINT_FILE))
                 log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
                 train(config, ov)
     if todo:

@@ -1,6 +1,7 @@
-"""KD health (densekd/health.py): the doctor's checks and exit status, the training guards (each warning fires
-on a case built to trigger it and stays silent on a healthy run), the random-teacher refusal and the removal
-of stale temporary checkpoints. Tiny models: the ``tiny`` segmenter at 32 px on generated colour-coded data."""
+"""KD health (densekd/health/) and the doctor (densekd/tools/doctor.py): the doctor's checks and exit status, the
+training guards (each warning fires on a case built to trigger it and stays silent on a healthy run), the
+random-teacher refusal and the removal of stale temporary checkpoints. Tiny models: the ``tiny`` segmenter at
+32 px on generated colour-coded data."""
 from __future__ import annotations
 
 import csv
@@ -228,7 +229,7 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
 
 
 def test_mask_shifts_from_the_mask_record():
-    from densekd.health import _mask_shifts
+    from densekd.health.guards import _mask_shifts
 
     spatial = torch.full((2, 3, 4, 4), 0.5)
     spatial[:, 1] = 0.999

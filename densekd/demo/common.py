@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import assets
+from ..run_folder import EVAL_LOG_FILE, HEALTH_FILE, LOG_FILE
 from ..compare import BASELINE_NAMES, MethodStats, PairedGain, compare_runs, paired_gains, primary_metric
 
 
@@ -94,7 +95,7 @@ def train_students(config: Mapping[str, Any], methods: Sequence[str], seeds: Seq
     health: dict[str, list[str]] = {}
     for m in methods:
         for s in seeds:
-            path = Path(out) / names[m] / f"seed{s}" / "health.json"
+            path = Path(out) / names[m] / f"seed{s}" / HEALTH_FILE
             if path.is_file():
                 try:
                     warns = json.loads(path.read_text()).get("warnings", [])
@@ -194,7 +195,7 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
 
 def read_eval_curve(run: Path, metric: str) -> list[tuple[int, float]]:
     """(iteration, metric) from a run's eval.csv (one JSON line per evaluation)."""
-    path = run / "eval.csv"
+    path = run / EVAL_LOG_FILE
     if not path.is_file():
         return []
     pts = []
@@ -268,7 +269,7 @@ def plot_curves(res: StudentResults, teacher_metric: float | None, path: Path, s
     for i, m in enumerate(res.runs):
         colour = f"C{i}"
         for j, d in enumerate(run_dirs(res, m)):
-            rows = read_csv_rows(d / "log.csv")
+            rows = read_csv_rows(d / LOG_FILE)
             lab = labels.get(m, m) if j == 0 else None
             if rows:
                 a1.plot([r["iter"] for r in rows], [r.get("loss_task", math.nan) for r in rows], color=colour,

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 
 from ..data.digits import DIGIT_CLASSES, make_digits_dataset
 from ..errors import ConfigError
+from ..run_folder import CHECKPOINT_FILE, CONFIG_FILE, STUDENT_FILE
 from . import common
 from .backbone import pretrain_backbone
 
@@ -372,7 +373,7 @@ def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None])
         try:
             conf = teacher_config(cfg, root, out)
             train(conf, ["train.resume=false"])
-            sd = load_state_dict(out / "student_final.pth")
+            sd = load_state_dict(out / STUDENT_FILE)
             if cfg.teacher_dtype == "float16":  # shipped small; the metric below is the stored weights'
                 sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
             metrics: dict[str, float] = {}
@@ -407,9 +408,9 @@ def acam_masks(run_dir: Path, image_index: int = 0, level: str = "0") -> dict[st
 
     from ..engine.trainer import Trainer
 
-    if not (run_dir / "checkpoint.pth").is_file():
+    if not (run_dir / CHECKPOINT_FILE).is_file():
         return None
-    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])  # loads student + KD modules
+    trainer = Trainer(str(run_dir / CONFIG_FILE), ["train.resume=true"])  # loads student + KD modules
     try:
         image, target = trainer.val_set[image_index]
         distiller = trainer.model

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.digits import NUM_SEG_CLASSES, make_digits_dataset
 from ..errors import ConfigError
+from ..run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, STUDENT_FILE, mask_key
 from . import common
 
 #: the shipped teacher's artefact name (densekd/assets/<name>.pt / .json)
@@ -215,10 +216,10 @@ def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None])
         try:
             conf = teacher_config(cfg, root, out)
             train(conf, ["train.resume=false"])
-            sd = load_state_dict(out / "student_final.pth")
+            sd = load_state_dict(out / STUDENT_FILE)
             metrics = {}
             for split in ("dev", "val"):
-                m = evaluate(conf, str(out / "student_final.pth"), [f"data.val_split={split}",
+                m = evaluate(conf, str(out / STUDENT_FILE), [f"data.val_split={split}",
                                                                     f"output_dir={out / ('eval_' + split)}"])
                 metrics[f"{split} mIoU"] = round(100 * m["mIoU"], 2)
         finally:
@@ -249,9 +250,9 @@ def plot_masks(run_dir: Path, image_index: int, paths: tuple[Path, Path], split:
 
     from ..engine.trainer import Trainer
 
-    if not (run_dir / "checkpoint.pth").is_file():
+    if not (run_dir / CHECKPOINT_FILE).is_file():
         return None
-    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])  # loads student + KD modules
+    trainer = Trainer(str(run_dir / CONFIG_FILE), ["train.resume=true"])  # loads student + KD modules
     image, mask = trainer.val_set[image_index]
     distiller = trainer.model
     distiller.eval()
@@ -302,23 +303,23 @@ MASK_STATS = ("mean", "dice", "entropy", "std")
 def plot_mask_stats(res: common.StudentResults, method: str, path: Path) -> Path | None:
     """Each mask family's statistics over training, from the runs' log.csv (columns ``kd/<level>/masks/<family>/
     <stat>``, written by the engine), one line per seed."""
-    series: dict[str, list[tuple[list[float], list[float]]]] = {}
+    series: dict[tuple[str, str], dict[str, list[tuple[list[float], list[float]]]]] = {}  # (level, family) → stat
     for d in common.run_dirs(res, method):
-        rows = common.read_csv_rows(d / "log.csv")
-        cols = sorted({k for r in rows for k in r if "/masks/" in k})
+        rows = common.read_csv_rows(d / LOG_FILE)
+        cols = sorted({k for r in rows for k in r if mask_key(k)})
         for c in cols:
+            level, fam, stat = mask_key(c)
             pts = [(r["iter"], r[c]) for r in rows if c in r]
-            series.setdefault(c, []).append(([p[0] for p in pts], [p[1] for p in pts]))
+            series.setdefault((level, fam), {}).setdefault(stat, []).append(([p[0] for p in pts], [p[1] for p in pts]))
     if not series:
         return None
     plt = common.pyplot()
     fig, axes = plt.subplots(1, len(MASK_STATS), figsize=(4 * len(MASK_STATS), 3.6))
-    fams = sorted({c.rsplit("/", 1)[0] for c in series})
+    fams = sorted(series)
     for ax, stat in zip(axes, MASK_STATS):
-        for i, fam in enumerate(fams):
-            for j, (x, y) in enumerate(series.get(f"{fam}/{stat}", [])):
-                ax.plot(x, y, color=f"C{i}", alpha=0.7, marker="o", ms=2,
-                        label=fam.replace("kd/", "").replace("/masks", "") if j == 0 else None)
+        for i, (level, fam) in enumerate(fams):
+            for j, (x, y) in enumerate(series[level, fam].get(stat, [])):
+                ax.plot(x, y, color=f"C{i}", alpha=0.7, marker="o", ms=2, label=f"{level}/{fam}" if j == 0 else None)
         ax.set(xlabel="iteration", title={"mean": "mean mask value", "dice": "pairwise Dice between masks",
                                           "entropy": "entropy / log N (1 = uniform)",
                                           "std": "per-mask std over positions"}[stat])
