@@ -284,31 +284,34 @@ def method_overrides(config_raw: Mapping[str, Any], method: str, kwargs: Mapping
 
 def parse_method_kwargs(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["maskd.fit_steps=200", ...]`` → ``{"maskd": {"fit_steps": 200}}`` (values read as YAML)."""
-    import yaml
+    from .config import parse_assignment
 
+    expected = "METHOD.KEY=VALUE, e.g. maskd.fit_steps=200"
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        head, eq, value = item.partition("=")
+        head, value = parse_assignment(item, "--kwargs", expected)
         method, dot, key = head.partition(".")
-        if not (eq and dot and method and key):
-            raise ConfigError(f"--kwargs {item!r}: expected METHOD.KEY=VALUE, e.g. maskd.fit_steps=200")
+        if not (dot and method and key):
+            raise ConfigError(f"--kwargs {item!r}: expected {expected}")
         if method not in methods or method in BASELINE_NAMES:
             raise ConfigError(f"--kwargs {item!r}: {method!r} is not one of the distillation --methods "
                               f"({', '.join(m for m in methods if m not in BASELINE_NAMES)})")
-        try:
-            out.setdefault(method, {})[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--kwargs {item!r}: the value is not valid YAML") from None
+        out.setdefault(method, {})[key] = value
     return out
 
 
 def parse_method_set(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
     """``["hinton_kd:distill.weight=0.5", ...]`` → ``{"hinton_kd": ["distill.weight=0.5"]}``."""
+    from .config import parse_assignment
+
+    expected = "METHOD:KEY=VALUE, e.g. fitnet:distill.weight=0.5"
     out: dict[str, list[str]] = {}
     for item in items:
-        method, colon, override = item.partition(":")
-        if not (colon and method and "=" in override and override.split("=", 1)[0].strip()):
-            raise ConfigError(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. fitnet:distill.weight=0.5")
+        head, _ = parse_assignment(item, "--set", expected)  # the override itself is applied by the engine
+        method, colon, key = head.partition(":")
+        if not (colon and method and key.strip()):
+            raise ConfigError(f"--set {item!r}: expected {expected}")
+        override = item.partition(":")[2]
         if method not in methods:
             raise ConfigError(f"--set {item!r}: {method!r} is not one of the --methods ({', '.join(methods)})")
         out.setdefault(method, []).append(override)
