@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
-from .run_folder import CHECKPOINT_FILE, METRICS_FILE
+from .run_folder import CHECKPOINT_FILE, CONSOLE_FILE, METRICS_FILE
 
 #: pseudo-methods that mean "train the plain student, no distillation"
 BASELINE_NAMES = ("baseline", "student")
@@ -407,13 +407,13 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
 
     threads = worker_threads(jobs)
     log(f"compare: {len(todo)} run(s) in {jobs} parallel worker(s), {threads} torch thread(s) each; each run's "
-        "console output goes to <run>/console.log")
+        f"console output goes to <run>/{CONSOLE_FILE}")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for k, m, s, d, ov in todo:
-            resumed = os.path.isfile(os.path.join(d, "checkpoint.pth"))
+            resumed = os.path.isfile(os.path.join(d, CHECKPOINT_FILE))
             log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
-            futures[pool.submit(_train_in_worker, config, ov, threads, os.path.join(d, "console.log"))] = (m, s, d)
+            futures[pool.submit(_train_in_worker, config, ov, threads, os.path.join(d, CONSOLE_FILE))] = (m, s, d)
         for fut in as_completed(futures):
             m, s, d = futures[fut]
             try:
@@ -421,7 +421,7 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
             except BaseException as e:  # noqa: BLE001 - say which run and where its log is, then stop
                 for other in futures:
                     other.cancel()
-                raise type(e)(f"{m} seed {s}: {e} (its console output: {os.path.join(d, 'console.log')})") from e
+                raise type(e)(f"{m} seed {s}: {e} (its console output: {os.path.join(d, CONSOLE_FILE)})") from e
             log(f"{m} seed {s}: finished ({d})")
 
 

@@ -11,6 +11,7 @@ A run folder (``output_dir`` of one ``densekd train``)::
     metrics.json        the final metrics, train_seconds, train_iterations (engine)
     health.json         start-up checks and guard warnings (densekd.health)
     tb/                 TensorBoard scalars (engine)
+    console.log         the run's console output when ``densekd compare --jobs N`` trains it in a worker
 
 Keys (``Distiller.forward``'s outputs and ``log.csv``'s columns) of one distilled level: ``kd/<level>/<term>``,
 a weighted KD loss term (terms are ``loss_*``; ``<level>`` is the student's level label, e.g. ``classifier`` or
@@ -27,6 +28,7 @@ EVAL_LOG_FILE = "eval.csv"
 METRICS_FILE = "metrics.json"
 HEALTH_FILE = "health.json"
 TENSORBOARD_DIR = "tb"
+CONSOLE_FILE = "console.log"
 
 KD_PREFIX = "kd/"
 TERM_PREFIX = "loss_"
@@ -67,5 +69,5 @@ def mask_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "EVAL_LOG_FILE", "HEALTH_FILE", "LOG_FILE", "METRICS_FILE",
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONSOLE_FILE", "EVAL_LOG_FILE", "HEALTH_FILE", "LOG_FILE", "METRICS_FILE",
            "STUDENT_FILE", "TENSORBOARD_DIR", "kd_key", "kd_level", "kd_term", "mask_key"]
