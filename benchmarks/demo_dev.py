@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from densekd import assets  # noqa: E402
-from densekd.compare import compare_runs, paired_gains  # noqa: E402
-from densekd.demo import common  # noqa: E402
+from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, paired_gains  # noqa: E402
 from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,  # noqa: E402
                                        student_config)
 
@@ -67,13 +66,13 @@ def main() -> None:
                                log=print, method_set={method: sets.get(method, []) + extra},
                                method_kwargs=method_kwargs(replace(cfg, methods=(method,))))
         g = paired_gains({"baseline": plain["baseline"], method: runs[method]}, "baseline", "mIoU")[0]
-        m, s = common.mean_std([r["mIoU"] * 100 for r in runs[method]])
-        pm, ps = common.mean_std([r["mIoU"] * 100 for r in plain["baseline"]])
-        secs = common.mean_std([r.get("train_seconds", float("nan")) for r in runs[method]])[0]
-        rows.append([name, schedule, common.fmt(pm, ps), common.fmt(m, s), common.fmt(g.mean * 100, g.std * 100, sign=True),
+        m, s = mean_std([r["mIoU"] * 100 for r in runs[method]])[:2]
+        pm, ps = mean_std([r["mIoU"] * 100 for r in plain["baseline"]])[:2]
+        secs = mean_std([r.get("train_seconds") for r in runs[method]])[0]
+        rows.append([name, schedule, fmt(pm, ps), fmt(m, s), fmt(g.mean * 100, g.std * 100, sign=True),
                      g.verdict(), ", ".join(f"{v * 100:+.2f}" for v in g.per_seed.values()), f"{secs:.0f}"])
-        print(common.markdown_table(["candidate", "student set", "plain (dev)", "candidate (dev)", "gain (paired)",
-                                     "> 2 std", "per seed", "s/run"], rows), flush=True)
+        print(markdown_table(["candidate", "student set", "plain (dev)", "candidate (dev)", "gain (paired)",
+                              "> 2 std", "per seed", "s/run"], rows, align=True), flush=True)
 
 
 if __name__ == "__main__":

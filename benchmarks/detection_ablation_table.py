@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from densekd.compare import paired_gains
-from densekd.demo import common
+from densekd.tools.compare import fmt, markdown_table, mean_std, paired_gains
 
 #: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
 PAPER = {
@@ -52,15 +51,16 @@ def main(argv: list[str] | None = None) -> int:
                          "—" if paper is None else f"{paper:.1f}", "—" if paper is None or m == "baseline"
                          else f"{paper - base:+.1f}"])
             continue
-        ap = common.mean_std([100 * r["AP"] for r in runs[m]])
+        ap = mean_std([100 * r["AP"] for r in runs[m]])[:2]
         g = gains.get(m)
-        rows.append([table, label, m, common.fmt(*ap), str(len(runs[m])),
-                     "—" if g is None else common.fmt(100 * g.mean, 100 * g.std, sign=True),
+        rows.append([table, label, m, fmt(*ap), str(len(runs[m])),
+                     "—" if g is None else fmt(100 * g.mean, 100 * g.std, sign=True),
                      "—" if g is None else f"{g.verdict()} ({', '.join(f'{100 * v:+.2f}' for v in g.per_seed.values())})",
                      "—" if paper is None else f"{paper:.1f}",
                      "—" if paper is None or m == "baseline" else f"{paper - base:+.1f}"])
-    print(common.markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
-                                 "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows))
+    print(markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
+                          "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows,
+                         align=True))
     return 0
 
 

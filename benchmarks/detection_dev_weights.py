@@ -8,7 +8,7 @@ student paired by seed.
     python benchmarks/detection_dev_weights.py --out runs/dev/weights --seeds 2 \\
         --weights fitnet=0.002,0.01 acam_kd=0.0008,0.004
 
-Every run goes through the engine (:func:`densekd.compare.compare_runs`; finished runs are reused). The plain
+Every run goes through the engine (:func:`densekd.tools.compare.compare_runs`; finished runs are reused). The plain
 student is trained once (``<out>/plain``) and linked into each weight's folder, so every gain is paired with the
 same plain runs. Results: benchmarks/acam_ablations_detection.md.
 """
@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from densekd.compare import compare_runs, paired_gains
+from densekd.tools.compare import compare_runs, fmt, mean_std, paired_gains
 from densekd.demo import common
 from densekd.demo.detection import TEACHER_ASSET, DemoConfig, build_data, student_config
 
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     conf = student_config(cfg, ds.root, f"asset:{TEACHER_ASSET}", out)
     _, plain = compare_runs(conf, ["baseline"], seeds, str(out / "plain"))
-    ap_plain = common.mean_std([100 * r["AP"] for r in plain["baseline"]])
+    ap_plain = mean_std([100 * r["AP"] for r in plain["baseline"]])[:2]
     lines = ["| method | distill.weight | KD/task loss ratio per level (geo. mean P3–P7) | KD/task gradient-norm "
              "ratio per level (geo. mean) | KD/task total | dev AP | gain vs plain (paired) | per seed |",
              "|---|---|---|---|---|---|---|---|",
-             f"| plain | — | — | — | — | {common.fmt(*ap_plain)} | — | — |"]
+             f"| plain | — | — | — | — | {fmt(*ap_plain)} | — | — |"]
     for item in args.weights:
         method, ws = item.split("=", 1)
         for w in [float(x) for x in ws.split(",")]:
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                                   method_set={method: [f"distill.weight={w:g}"]})
             g = paired_gains(res, "baseline", "AP", ["baseline", method])[0]
             loss, grad, total = zip(*[start_ratios(d / method / f"seed{s}") for s in seeds])
-            ap_m = common.mean_std([100 * r["AP"] for r in res[method]])
+            ap_m = mean_std([100 * r["AP"] for r in res[method]])[:2]
             lines.append(f"| {method} | {w:g} | {_gmean(list(loss)):.3g} | {_gmean(list(grad)):.3g} "
                          f"| {sum(total) / len(total):.3g} "
-                         f"| {common.fmt(*ap_m)} | {common.fmt(100 * g.mean, 100 * g.std, sign=True)} "
+                         f"| {fmt(*ap_m)} | {fmt(100 * g.mean, 100 * g.std, sign=True)} "
                          f"| {', '.join(f'{100 * v:+.2f}' for v in g.per_seed.values())} |")
             print("\n".join(lines), flush=True)
     text = "\n".join(lines) + "\n"

@@ -7,10 +7,10 @@ What it runs: the shipped recipe ``configs/detection/retinanet_r101_r50_acamkd_2
 what a machine without COCO needs — the data are two generated 800×1333 images with boxes (written to a temporary
 folder, COCO format, 80 categories; the recipe's resize leaves them at 800×1333), the teacher is a
 randomly initialised RetinaNet R101-FPN saved there (timing does not depend on the weights), and the student
-has no ImageNet file (``backbone_checkpoint=null``). Then ``densekd.bench.bench`` measures plain training and
+has no ImageNet file (``backbone_checkpoint=null``). Then ``densekd.tools.bench.bench`` measures plain training and
 every method, each in its own subprocess, one after another (so RAM holds one pair of models at a time):
 seconds per step, the teacher's forward, and the KD modules on top of the student's step (paired, in the
-method's process; see ``densekd/bench.py``). Writes ``bench.md`` / ``bench.json`` to ``--out``.
+method's process; see ``densekd/tools/bench.py``). Writes ``bench.md`` / ``bench.json`` to ``--out``.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bench subprocesses inherit it
     import torch
 
-    from densekd.bench import bench, bench_table
+    from densekd.tools.bench import bench, bench_table
     from densekd.models.detection import build_detector
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -84,11 +84,11 @@ COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
     ("demo", _add_demo),
 ]
 
-from .compare import add_subparser as _add_compare  # noqa: E402
+from .tools.compare import add_subparser as _add_compare  # noqa: E402
 
 COMMANDS.append(("compare", _add_compare))
 
-from .bench import add_subparser as _add_bench  # noqa: E402
+from .tools.bench import add_subparser as _add_bench  # noqa: E402
 
 COMMANDS.append(("bench", _add_bench))
 

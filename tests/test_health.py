@@ -228,6 +228,14 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
                    "(methods.md)"]
 
 
+def test_run_warnings_are_the_messages_of_health_json(tmp_path):
+    assert health.run_warnings(tmp_path) == [] and health.read_health(tmp_path) is None
+    warning = {"iteration": 2, "kind": "collapse", "level": "trunk", "message": "iteration 2: it collapsed"}
+    health.write_health(str(tmp_path), 3, ["INFO guards: on"], [warning], finished=True)
+    assert health.run_warnings(tmp_path) == ["iteration 2: it collapsed"]
+    assert health.read_health(tmp_path)["checks"] == ["INFO guards: on"]
+
+
 def test_mask_shifts_from_the_mask_record():
     from densekd.health.guards import _mask_shifts
 

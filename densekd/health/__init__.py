@@ -7,7 +7,7 @@ engine runs its guards and writes ``health.json`` with it; it never imports the 
 
 * :mod:`~densekd.health.checks` — the checks (:class:`Check` lines);
 * :mod:`~densekd.health.guards` — :class:`TrainingGuards`, run by the engine during training;
-* :mod:`~densekd.health.record` — ``health.json`` (:func:`write_health`, :func:`read_health`).
+* :mod:`~densekd.health.record` — ``health.json`` (:func:`write_health`, :func:`read_health`, :func:`run_warnings`).
 
 **Before training** — ``densekd doctor CONFIG [key=value …] [--batches N]`` (:mod:`densekd.tools.doctor`, above
 the engine: it builds what ``densekd train`` would build) trains nothing and prints one report:
@@ -50,10 +50,11 @@ from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, RATIO_HIGH, RATIO_LOW, WARN,
                      teacher_checks, teacher_source, total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
                      MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_STD_MIN, MASK_STD_WAS_SPATIAL, TrainingGuards)
-from .record import read_health, write_health
+from .record import read_health, run_warnings, write_health
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
-           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN", "MASK_STD_WAS_SPATIAL", "OK",
-           "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "TrainingGuards", "aligner_text", "chance_level",
-           "feature_distance", "level_checks", "level_terms", "one_batch_checks", "ratio_checks", "read_health",
-           "suggested_weight", "teacher_checks", "teacher_source", "total_norm", "write_health"]
+           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
+           "MASK_STD_WAS_SPATIAL", "OK", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "TrainingGuards", "aligner_text",
+           "chance_level", "feature_distance", "level_checks", "level_terms", "one_batch_checks", "ratio_checks",
+           "read_health", "run_warnings", "suggested_weight", "teacher_checks", "teacher_source", "total_norm",
+           "write_health"]

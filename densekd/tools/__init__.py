@@ -1,1 +1,2 @@
-"""Commands that drive the engine: ``densekd doctor`` (:mod:`.doctor`)."""
+"""The commands that drive the engine (above it; the engine never imports them): ``densekd doctor``
+(:mod:`.doctor`), ``densekd compare`` (:mod:`.compare`), ``densekd bench`` (:mod:`.bench`)."""
