@@ -1,6 +1,6 @@
 """The package's layering, read from its own imports (module level and inside functions): no import circle, and the
 KD health checks and guards stay below the engine (the engine imports them; they never import the engine or the
-commands above it)."""
+commands above it). And benchmarks/ holds scripts, not modules: the tests import none, none edits sys.path."""
 from __future__ import annotations
 
 import ast
@@ -96,3 +96,15 @@ def test_health_stays_below_the_engine():
     below = set().union(*(_reaches(g, m) | {m} for m in g if m.startswith("densekd.health")))
     above = {m for m in below if m.startswith(("densekd.engine", "densekd.tools", "densekd.demo", "densekd.cli"))}
     assert not above, above
+
+
+def test_benchmarks_are_scripts_run_against_the_installed_package():
+    root = PACKAGE.parent
+    assert not (root / "benchmarks" / "__init__.py").exists()
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        assert "sys.path" not in path.read_text(encoding="utf-8"), path.name
+    for path in sorted((root / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] == "benchmarks" for n in names), path.name
