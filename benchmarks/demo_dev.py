@@ -6,22 +6,19 @@ Every candidate is a (method, demo settings, engine overrides) triple trained th
 ``densekd demo`` trains its students (same data, shipped teacher, schedule, seeds and data order), but evaluated
 on ``dev``. Plain students are trained once per schedule and every candidate is paired with the plain student of
 the same schedule and seed. Prints one Markdown table (mIoU on dev, paired gain ± std, > 2 std, s/run);
-finished runs are reused, so the script can be stopped and rerun. Write-up: benchmarks/demo_segmentation.md.
+finished runs are reused, so the script can be stopped and rerun. Write-up: benchmarks/results/demo_segmentation.md.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from densekd import assets  # noqa: E402
-from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, paired_gains  # noqa: E402
-from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,  # noqa: E402
+from densekd import assets
+from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,
                                        student_config)
+from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, paired_gains
 
 BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)

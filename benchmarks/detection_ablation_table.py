@@ -1,6 +1,6 @@
 """The paper's ACAM-KD ablations (Tables 8–10) on the detection demo's setting, from finished runs: AP ± std over
 seeds, the gain over the plain student paired by seed (± std, per seed, > 2 std), and the paper's COCO numbers
-beside ours (RetinaNet R101 → R50; /work/shared/papers). Reads only what the runs wrote (``metrics.json``); trains
+beside ours (RetinaNet R101 → R50, the paper's Tables 8–10). Reads only what the runs wrote (``metrics.json``); trains
 nothing. The runs come from
 
     python -m densekd demo --task detection --seeds 3 --threads 1 --out runs/demo_val \\
@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from densekd.run_folder import METRICS_FILE
 from densekd.tools.compare import fmt, markdown_table, mean_std, paired_gains
 
 #: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {}
     for m in PAPER:
         for d in sorted((root / m).glob("seed*")):
-            f = d / "metrics.json"
+            f = d / METRICS_FILE
             if f.is_file():
                 runs.setdefault(m, []).append({"seed": int(d.name[4:]), **json.loads(f.read_text())})
     gains = {g.method: g for g in paired_gains(runs, "baseline", "AP", list(runs))}

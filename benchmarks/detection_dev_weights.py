@@ -10,7 +10,7 @@ student paired by seed.
 
 Every run goes through the engine (:func:`densekd.tools.compare.compare_runs`; finished runs are reused). The plain
 student is trained once (``<out>/plain``) and linked into each weight's folder, so every gain is paired with the
-same plain runs. Results: benchmarks/acam_ablations_detection.md.
+same plain runs. Results: benchmarks/results/acam_ablations_detection.md.
 """
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ import os
 import sys
 from pathlib import Path
 
+from densekd.config import parse_assignment
 from densekd.tools.compare import compare_runs, fmt, mean_std, paired_gains
 from densekd.demo import common
+from densekd.run_folder import LOG_FILE, kd_level
 from densekd.demo.detection import TEACHER_ASSET, DemoConfig, build_data, student_config
 
 
@@ -35,13 +37,13 @@ def start_ratios(run: Path) -> tuple[float, float, float]:
     """At iteration 1 of ``run`` (log.csv's first row): the geometric mean over the levels of the health guards'
     KD/task loss ratio (``kd/<level>/kd_task_ratio``) and gradient-norm ratio (``kd/<level>/grad_ratio``), and the
     total ``loss_kd / loss_task``."""
-    with open(run / "log.csv", encoding="utf-8") as f:
+    with open(run / LOG_FILE, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return math.nan, math.nan, math.nan
     r = rows[0]
-    loss = [float(v) for k, v in r.items() if k.startswith("kd/") and k.endswith("/kd_task_ratio") and v]
-    grad = [float(v) for k, v in r.items() if k.startswith("kd/") and k.endswith("/grad_ratio") and v]
+    loss = [float(v) for k, v in r.items() if kd_level(k, "kd_task_ratio") is not None and v]
+    grad = [float(v) for k, v in r.items() if kd_level(k, "grad_ratio") is not None and v]
     total = float(r["loss_kd"]) / float(r["loss_task"]) if r.get("loss_kd") and float(r["loss_task"]) else math.nan
     return _gmean(loss), _gmean(grad), total
 
@@ -68,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|---|",
              f"| plain | — | — | — | — | {fmt(*ap_plain)} | — | — |"]
     for item in args.weights:
-        method, ws = item.split("=", 1)
-        for w in [float(x) for x in ws.split(",")]:
+        method, ws = parse_assignment(item, "--weights", "METHOD=W1,W2,..., e.g. acam_kd=0.004,0.02")
+        for w in [float(x) for x in str(ws).split(",")]:
             d = out / f"{method}_w{w:g}"
             d.mkdir(parents=True, exist_ok=True)
             link = d / "baseline"

@@ -118,9 +118,9 @@ class DemoConfig(common.DemoSettings):
     teacher_warmup_iters: int = 100
     eval_points: int = 2
     # distillation: every FPN level the head uses; distill.weight per method, chosen on dev
-    # (benchmarks/acam_ablations_detection.md, "Weights"): acam_kd and fitnet by dev AP over a few weights (2 seeds);
-    # the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start (≈ 4.3,
-    # total over P3–P7), from each variant's own ratio at weight 1 measured on dev
+    # (benchmarks/results/acam_ablations_detection.md, "Weights"): acam_kd and fitnet by dev AP over a few weights
+    # (2 seeds); the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start
+    # (≈ 4.3, total over P3–P7), from each variant's own ratio at weight 1 measured on dev
     # distill.weight per method, chosen on dev (benchmarks/results/detection_setting.md): ACAM-KD and FitNet each by
     # the best mean dev AP over the same grid (0.003, 0.01, 0.03, 0.1, 0.3, 1; 2 seeds each); the paper's ablation
     # variants (Tables 8–10) at ACAM-KD's weight, so that each differs from it in its own switch only

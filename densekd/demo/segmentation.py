@@ -64,7 +64,7 @@ class DemoConfig(common.DemoSettings):
     logits_weight: float = 1.0  # hinton_kd
     # methods.md, "spatial masks must be spatial": on this post-ReLU trunk feature the default z_norm="none"
     # leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev images, measured:
-    # benchmarks/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
+    # benchmarks/results/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
     acam_kwargs: dict[str, Any] = field(default_factory=lambda: {"z_norm": "spatial"})
 
     @staticmethod
