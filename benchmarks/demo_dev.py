@@ -6,23 +6,19 @@ Every candidate is a (method, demo settings, engine overrides) triple trained th
 ``densekd demo`` trains its students (same data, shipped teacher, schedule, seeds and data order), but evaluated
 on ``dev``. Plain students are trained once per schedule and every candidate is paired with the plain student of
 the same schedule and seed. Prints one Markdown table (mIoU on dev, paired gain ± std, > 2 std, s/run);
-finished runs are reused, so the script can be stopped and rerun. Write-up: benchmarks/demo_segmentation.md.
+finished runs are reused, so the script can be stopped and rerun. Write-up: benchmarks/results/demo_segmentation.md.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from densekd import assets  # noqa: E402
-from densekd.compare import compare_runs, paired_gains  # noqa: E402
-from densekd.demo import common  # noqa: E402
-from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,  # noqa: E402
+from densekd import assets
+from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, method_kwargs, method_settings,
                                        student_config)
+from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, paired_gains
 
 BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)
@@ -67,13 +63,13 @@ def main() -> None:
                                log=print, method_set={method: sets.get(method, []) + extra},
                                method_kwargs=method_kwargs(replace(cfg, methods=(method,))))
         g = paired_gains({"baseline": plain["baseline"], method: runs[method]}, "baseline", "mIoU")[0]
-        m, s = common.mean_std([r["mIoU"] * 100 for r in runs[method]])
-        pm, ps = common.mean_std([r["mIoU"] * 100 for r in plain["baseline"]])
-        secs = common.mean_std([r.get("train_seconds", float("nan")) for r in runs[method]])[0]
-        rows.append([name, schedule, common.fmt(pm, ps), common.fmt(m, s), common.fmt(g.mean * 100, g.std * 100, sign=True),
+        m, s = mean_std([r["mIoU"] * 100 for r in runs[method]])[:2]
+        pm, ps = mean_std([r["mIoU"] * 100 for r in plain["baseline"]])[:2]
+        secs = mean_std([r.get("train_seconds") for r in runs[method]])[0]
+        rows.append([name, schedule, fmt(pm, ps), fmt(m, s), fmt(g.mean * 100, g.std * 100, sign=True),
                      g.verdict(), ", ".join(f"{v * 100:+.2f}" for v in g.per_seed.values()), f"{secs:.0f}"])
-        print(common.markdown_table(["candidate", "student set", "plain (dev)", "candidate (dev)", "gain (paired)",
-                                     "> 2 std", "per seed", "s/run"], rows), flush=True)
+        print(markdown_table(["candidate", "student set", "plain (dev)", "candidate (dev)", "gain (paired)",
+                              "> 2 std", "per seed", "s/run"], rows, align=True), flush=True)
 
 
 if __name__ == "__main__":

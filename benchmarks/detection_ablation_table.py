@@ -1,6 +1,6 @@
 """The paper's ACAM-KD ablations (Tables 8–10) on the detection demo's setting, from finished runs: AP ± std over
 seeds, the gain over the plain student paired by seed (± std, per seed, > 2 std), and the paper's COCO numbers
-beside ours (RetinaNet R101 → R50; /work/shared/papers). Reads only what the runs wrote (``metrics.json``); trains
+beside ours (RetinaNet R101 → R50, the paper's Tables 8–10). Reads only what the runs wrote (``metrics.json``); trains
 nothing. The runs come from
 
     python -m densekd demo --task detection --seeds 3 --threads 1 --out runs/demo_val \\
@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from densekd.compare import paired_gains
-from densekd.demo import common
+from densekd.run_folder import METRICS_FILE
+from densekd.tools.compare import fmt, markdown_table, mean_std, paired_gains
 
 #: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
 PAPER = {
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {}
     for m in PAPER:
         for d in sorted((root / m).glob("seed*")):
-            f = d / "metrics.json"
+            f = d / METRICS_FILE
             if f.is_file():
                 runs.setdefault(m, []).append({"seed": int(d.name[4:]), **json.loads(f.read_text())})
     gains = {g.method: g for g in paired_gains(runs, "baseline", "AP", list(runs))}
@@ -52,15 +52,16 @@ def main(argv: list[str] | None = None) -> int:
                          "—" if paper is None else f"{paper:.1f}", "—" if paper is None or m == "baseline"
                          else f"{paper - base:+.1f}"])
             continue
-        ap = common.mean_std([100 * r["AP"] for r in runs[m]])
+        ap = mean_std([100 * r["AP"] for r in runs[m]])[:2]
         g = gains.get(m)
-        rows.append([table, label, m, common.fmt(*ap), str(len(runs[m])),
-                     "—" if g is None else common.fmt(100 * g.mean, 100 * g.std, sign=True),
+        rows.append([table, label, m, fmt(*ap), str(len(runs[m])),
+                     "—" if g is None else fmt(100 * g.mean, 100 * g.std, sign=True),
                      "—" if g is None else f"{g.verdict()} ({', '.join(f'{100 * v:+.2f}' for v in g.per_seed.values())})",
                      "—" if paper is None else f"{paper:.1f}",
                      "—" if paper is None or m == "baseline" else f"{paper - base:+.1f}"])
-    print(common.markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
-                                 "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows))
+    print(markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
+                          "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows,
+                         align=True))
     return 0
 
 

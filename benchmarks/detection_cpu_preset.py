@@ -1,6 +1,6 @@
 """Seconds per training step of the detection ``cpu`` preset against torchvision's default builders.
 
-    flock -x /work/locks/cpu python benchmarks/detection_cpu_preset.py [--threads 2] [--iters 5] [--batch 16]
+    python benchmarks/detection_cpu_preset.py [--threads 2] [--iters 5] [--batch 16]     (on an otherwise idle machine)
 
 Both detectors are built through the detection task from config dicts (so the preset is exactly what a
 config with ``model.preset: cpu`` builds): the default builders (256-channel FPN and heads, frozen BatchNorm,
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from densekd.config import load_config  # noqa: E402
-from densekd.tasks import get_task  # noqa: E402
+from densekd.config import load_config
+from densekd.tasks import get_task
 
 
 def build(arch: str, preset: bool):

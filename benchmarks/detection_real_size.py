@@ -1,28 +1,27 @@
 """``densekd bench`` at the paper's sizes: RetinaNet R101 → R50 at 800×1333, batch 2 (issue 12, part 4).
 
-    flock -x -w 3600 /work/locks/cpu python benchmarks/detection_real_size.py --out benchmarks/results/retinanet_800 \\
+    python benchmarks/detection_real_size.py --out benchmarks/results/retinanet_800 \\
         [--threads 2] [--iters 2] [--warmup 1] [--methods fitnet fgd ... acam_kd]
 
 What it runs: the shipped recipe ``configs/detection/retinanet_r101_r50_acamkd_2x.yaml`` unchanged except for
 what a machine without COCO needs — the data are two generated 800×1333 images with boxes (written to a temporary
 folder, COCO format, 80 categories; the recipe's resize leaves them at 800×1333), the teacher is a
 randomly initialised RetinaNet R101-FPN saved there (timing does not depend on the weights), and the student
-has no ImageNet file (``backbone_checkpoint=null``). Then ``densekd.bench.bench`` measures plain training and
+has no ImageNet file (``backbone_checkpoint=null``). Then ``densekd.tools.bench.bench`` measures plain training and
 every method, each in its own subprocess, one after another (so RAM holds one pair of models at a time):
 seconds per step, the teacher's forward, and the KD modules on top of the student's step (paired, in the
-method's process; see ``densekd/bench.py``). Writes ``bench.md`` / ``bench.json`` to ``--out``.
+method's process; see ``densekd/tools/bench.py``). Writes ``bench.md`` / ``bench.json`` to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-RECIPE = os.path.join(ROOT, "configs", "detection", "retinanet_r101_r50_acamkd_2x.yaml")
+#: the shipped recipe, in the clone this script runs from
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "detection",
+                      "retinanet_r101_r50_acamkd_2x.yaml")
 METHODS = ["fitnet", "cwd", "pkd", "mgd", "dmkd", "samkd", "fgd", "maskd", "acam_kd"]
 
 
@@ -61,7 +60,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bench subprocesses inherit it
     import torch
 
-    from densekd.bench import bench, bench_table
+    from densekd.tools.bench import bench, bench_table
     from densekd.models.detection import build_detector
 
     with tempfile.TemporaryDirectory() as tmp:

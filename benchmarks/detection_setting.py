@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from densekd.config import parse_assignment
 from densekd.demo.detection import DemoConfig, run_demo
+from densekd.run_folder import METRICS_FILE
+from densekd.tools.compare import fmt, mean_std
 
 P35 = ("0", "1", "2")
 P37 = ("0", "1", "2", "p6", "p7")
@@ -98,7 +100,7 @@ def share_plain_runs(cfg: DemoConfig) -> None:
             continue
         src = student_runs_dir(o, teacher, backbone if o.student_pretrained else None) / "baseline"
         for seed_dir in sorted(src.glob("seed*")):
-            if (seed_dir / "metrics.json").is_file() and not (dst / seed_dir.name / "metrics.json").is_file():
+            if (seed_dir / METRICS_FILE).is_file() and not (dst / seed_dir.name / METRICS_FILE).is_file():
                 shutil.copytree(seed_dir, dst / seed_dir.name, dirs_exist_ok=True)
                 print(f"share: {other}/{seed_dir.name} plain run reused for {Path(cfg.out_dir).name}")
 
@@ -116,16 +118,6 @@ def run(names: list[str], seeds: int, methods: list[str], threads: int, weights:
         run_demo(cfg)
 
 
-def _mean_std(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan"))
-
-
-def _fmt(m: float, s: float, sign: bool = False) -> str:
-    a = f"{m:+.2f}" if sign else f"{m:.2f}"
-    return a if math.isnan(s) else f"{a} ± {s:.2f}"
-
-
 def table() -> str:
     lines = ["| candidate | what it tests | iters | plain AP (dev) | method | weight | AP (dev) | gain vs plain (paired) "
              "| per seed | ACAM-KD − FitNet (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -139,20 +131,20 @@ def table() -> str:
         cfg, runs = s["config"], s["runs"]
         ap = {m: {r["seed"]: 100 * r["AP"] for r in rs} for m, rs in runs.items()}
         base = ap.get("baseline", {})
-        bm, bs = _mean_std(list(base.values()))
+        bm, bs, _ = mean_std(list(base.values()))
         diff = ""
         if "acam_kd" in ap and "fitnet" in ap:
             common = sorted(set(ap["acam_kd"]) & set(ap["fitnet"]))
             d = [ap["acam_kd"][k] - ap["fitnet"][k] for k in common]
-            diff = _fmt(*_mean_std(d), sign=True) if d else ""
+            diff = fmt(*mean_std(d)[:2], sign=True) if d else ""
         for m, by_seed in ap.items():
             if m == "baseline":
                 continue
             common = sorted(set(by_seed) & set(base))
             g = [by_seed[k] - base[k] for k in common]
-            lines.append(f"| {name} | {what} | {cfg['student_iters']} | {_fmt(bm, bs)} | {m} | "
-                         f"{cfg['weights'].get(m, '')} | {_fmt(*_mean_std(list(by_seed.values())))} | "
-                         f"{_fmt(*_mean_std(g), sign=True) if g else ''} | {', '.join(f'{x:+.1f}' for x in g)} | "
+            lines.append(f"| {name} | {what} | {cfg['student_iters']} | {fmt(bm, bs)} | {m} | "
+                         f"{cfg['weights'].get(m, '')} | {fmt(*mean_std(list(by_seed.values()))[:2])} | "
+                         f"{fmt(*mean_std(g)[:2], sign=True) if g else ''} | {', '.join(f'{x:+.1f}' for x in g)} | "
                          f"{diff if m == 'acam_kd' else ''} |")
     return "\n".join(lines)
 
@@ -180,7 +172,8 @@ def main() -> None:
             import runpy
 
             runpy.run_path(a.plugin)
-        run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in (w.split("=", 1) for w in a.weight)},
+        weights = dict(parse_assignment(w, "--weight", "METHOD=W, e.g. acam_kd=0.01") for w in a.weight)
+        run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in weights.items()},
             json.loads(a.kwargs) if a.kwargs else None, a.split)
     elif a.cmd == "list":
         for name, (what, over) in CANDIDATES.items():

@@ -34,8 +34,9 @@ def box_mask(boxes: torch.Tensor, h: int, w: int, stride: float) -> torch.Tensor
 def measure(run_dir: Path, n_images: int) -> list[dict]:
     from densekd.engine.trainer import Trainer
     from densekd.losses.acam import dice_diversity
+    from densekd.run_folder import CONFIG_FILE
 
-    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])
+    trainer = Trainer(str(run_dir / CONFIG_FILE), ["train.resume=true"])
     try:
         distiller = trainer.model
         student, teacher = distiller.student.eval(), distiller.teacher.eval()

@@ -19,13 +19,15 @@ import sys
 
 import yaml
 
+from densekd.run_folder import CONFIG_FILE, LOG_FILE
+
 
 def ratio(run: str, first: int) -> tuple[float, float]:
-    with open(os.path.join(run, "config.yaml"), encoding="utf-8") as f:
+    with open(os.path.join(run, CONFIG_FILE), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     w = float((cfg.get("distill") or {}).get("weight", 1.0))
     vals = []
-    with open(os.path.join(run, "log.csv"), encoding="utf-8") as f:
+    with open(os.path.join(run, LOG_FILE), encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if int(row["iter"]) <= first and row.get("loss_kd") and float(row["loss_task"]) > 0:
                 vals.append(float(row["loss_kd"]) / float(row["loss_task"]))
@@ -51,7 +53,7 @@ def main() -> None:
         seeds = sorted(d for d in os.listdir(os.path.join(args.folder, m)) if d.startswith("seed")) \
             if os.path.isdir(os.path.join(args.folder, m)) else []
         rs = [ratio(os.path.join(args.folder, m, s), args.first)[0] for s in seeds
-              if os.path.isfile(os.path.join(args.folder, m, s, "log.csv"))]
+              if os.path.isfile(os.path.join(args.folder, m, s, LOG_FILE))]
         rs = [r for r in rs if math.isfinite(r)]
         if not rs:
             continue

@@ -1,5 +1,6 @@
 """YOLO distillation benchmark: plain YOLOv8n, Ultralytics' own ``distill_model=``, and densekd methods through
-``densekd.integrations.ultralytics``, on the built-in digits in YOLO format (no download). See benchmarks/yolo.md.
+``densekd.integrations.ultralytics``, on the built-in digits in YOLO format (no download). Write-up:
+benchmarks/results/yolo.md.
 
     python benchmarks/yolo.py data                                  # digits → runs/yolo_bench/data/data.yaml
     python benchmarks/yolo.py teacher                               # YOLOv8s teacher (sha256 printed)
@@ -23,13 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 ROOT = Path("runs/yolo_bench")
 DATA = ROOT / "data"
 TEACHER = ROOT / "teacher" / "weights" / "best.pt"
 
-#: the one schedule every student run uses (chosen on dev, see yolo.md)
+#: the one schedule every student run uses (chosen on dev, see results/yolo.md)
 SCHEDULE = dict(epochs=10, fraction=0.5, imgsz=64, batch=16, nbs=16, optimizer="AdamW", lr0=0.002,
                 warmup_epochs=1, close_mosaic=3, workers=0, val=False, plots=False, verbose=False, exist_ok=True,
                 deterministic=True)
@@ -81,15 +81,8 @@ def cmd_teacher(a: argparse.Namespace) -> None:
                       "sha256": _sha256(TEACHER)}))
 
 
-def _kwargs(items: list[str]) -> dict:
-    out = {}
-    for it in items or []:
-        k, _, v = it.partition("=")
-        out[k] = yaml.safe_load(v)
-    return out
-
-
 def cmd_run(a: argparse.Namespace) -> None:
+    from densekd.config import parse_assignment
     from densekd.integrations.ultralytics import distill_yolo, train_yolo
 
     sched = dict(SCHEDULE, epochs=a.epochs or SCHEDULE["epochs"])
@@ -104,7 +97,8 @@ def cmd_run(a: argparse.Namespace) -> None:
                         **({"dis": a.weight} if a.weight is not None else {}), **common)
     else:
         tr = distill_yolo(a.student, str(TEACHER), DATA / "data.yaml", method=a.method,
-                          weight=a.weight if a.weight is not None else 1.0, method_kwargs=_kwargs(a.kwargs),
+                          weight=a.weight if a.weight is not None else 1.0,
+                          method_kwargs=dict(parse_assignment(x, "--kwargs") for x in a.kwargs or []),
                           callbacks=clock.callbacks(), **common)
         kd_check = tr.kd_check
     m = tr.metrics
@@ -119,7 +113,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 def cmd_ratios(a: argparse.Namespace) -> None:
     """First-batch KD/task loss ratio of each method at its default weight (no training, no val data): the rule
-    that sets the benchmark's weights (yolo.md, "Weights")."""
+    that sets the benchmark's weights (results/yolo.md, "Weights")."""
     import torch
 
     from densekd.integrations import _ultralytics_offline as offline

@@ -63,7 +63,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    from .health import doctor
+    from .tools.doctor import doctor
 
     return doctor(args.config, args.overrides, batches=args.batches).exit_status
 
@@ -84,11 +84,11 @@ COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
     ("demo", _add_demo),
 ]
 
-from .compare import add_subparser as _add_compare  # noqa: E402
+from .tools.compare import add_subparser as _add_compare  # noqa: E402
 
 COMMANDS.append(("compare", _add_compare))
 
-from .bench import add_subparser as _add_bench  # noqa: E402
+from .tools.bench import add_subparser as _add_bench  # noqa: E402
 
 COMMANDS.append(("bench", _add_bench))
 

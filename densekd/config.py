@@ -50,6 +50,7 @@ __all__ = [
     "apply_overrides",
     "from_dict",
     "load_config",
+    "parse_assignment",
     "to_dict",
 ]
 
@@ -279,6 +280,22 @@ def to_dict(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- overrides
+def parse_assignment(item: str, where: str, expected: str = "key=value, e.g. train.optimizer.lr=0.02"
+                     ) -> tuple[str, Any]:
+    """``"key=value"`` → ``(key, value)``, the value read as a YAML scalar (``null``, ``true``, ``[1, 2]``; nothing
+    → None): the one reader of the ``key=value`` words densekd takes (config overrides, ``compare --kwargs`` and
+    ``--set``, ``densekd yolo``'s arguments). No ``=``, an empty key or a value that is not YAML is one
+    :class:`ConfigError` line: ``<where> '<item>': expected <expected>``."""
+    key, eq, text = item.partition("=")
+    if not eq or not key.strip():
+        raise ConfigError(f"{where} {item!r}: expected {expected}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    return key.strip(), value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """Set dotted keys in the raw YAML dict: ``"train.optimizer.lr=0.02"`` (the value is a YAML scalar,
     so ``null``, ``true``, ``[1, 2]`` work) or a mapping ``{"train.optimizer.lr": 0.02}``."""
@@ -288,14 +305,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str,
     if isinstance(overrides, Mapping):
         items = list(overrides.items())
     else:
-        for o in overrides:
-            if "=" not in o:
-                raise ConfigError(f"override {o!r}: expected key=value, e.g. train.optimizer.lr=0.02")
-            k, v = o.split("=", 1)
-            try:
-                items.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
-            except yaml.YAMLError as e:
-                raise ConfigError(f"override {o!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+        items = [parse_assignment(o, "override") for o in overrides]
     for key, value in items:
         parts = key.split(".")
         if not all(parts):

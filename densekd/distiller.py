@@ -25,6 +25,7 @@ from .capture import FeatureCapture, StopForward, parse_spec
 from .errors import ConfigError
 from .losses.base import DistillContext
 from .losses.registry import build_loss
+from .run_folder import kd_key, kd_term
 
 
 @dataclass
@@ -337,7 +338,7 @@ class Distiller(nn.Module):
                 terms = self.kd_losses[self._key(i, s_label)](s, t, level_ctx)
                 for name, value in terms.items():
                     v = pair.weight * value
-                    result[f"kd/{s_label}/{name}"] = v
+                    result[kd_key(s_label, name)] = v
                     loss_kd = loss_kd + v
         result["loss_task"] = loss_task
         result["loss_kd"] = loss_kd
@@ -361,7 +362,7 @@ class Distiller(nn.Module):
         """Sum each KD term over levels: ``{"loss_channel": ..., "loss_spatial": ...}`` (for logs)."""
         out: dict[str, Tensor] = {}
         for k, v in losses.items():
-            if k.startswith("kd/"):
-                term = k.rsplit("/", 1)[-1]
-                out[term] = out.get(term, 0) + v.detach()
+            lt = kd_term(k)
+            if lt is not None:
+                out[lt[1]] = out.get(lt[1], 0) + v.detach()
         return out

@@ -64,3 +64,19 @@ def tiny_config(ann, img, out, teacher=None, arch="retinanet", method=None, **tr
 def make_config(tiny_coco):
     ann, img = tiny_coco
     return lambda out, **kw: tiny_config(ann, img, out, **kw)
+
+
+@pytest.fixture
+def fake_assets(tmp_path, monkeypatch):
+    """A copy of the shipped assets (densekd/assets/*.pt, *.json) in a folder the test may damage."""
+    import shutil
+
+    from densekd import assets
+
+    d = tmp_path / "assets"
+    d.mkdir()
+    for p in assets.ASSETS_DIR.glob("*.*"):
+        if p.suffix in (".pt", ".json"):
+            shutil.copy(p, d / p.name)
+    monkeypatch.setattr(assets, "ASSETS_DIR", d)
+    return d

@@ -5,23 +5,24 @@ proportional to the masks' scale, so mask modules that *descend* it shrink every
 smallest loss is no mask at all — and the KD term goes to ≈ 0 with them (distillation silently switched off).
 The default makes the masks *ascend* L_c + L_s (they seek where the student lags) and normalises by Σ M², which
 is invariant to the masks' scale: the masks stay inside (0, 1) and the KD term stays alive.
-Both are run on the committed repro (benchmarks/acam_collapse_repro.py: fixed random features, 300 steps).
+Both are run on the committed repro (densekd.losses.probe, as benchmarks/acam_collapse_repro.py runs it: fixed
+random features, 300 steps).
 """
 import pytest
 
-from benchmarks.acam_collapse_repro import run
 from densekd import available_losses, build_loss
+from densekd.losses.probe import probe_loss
 
 
 @pytest.fixture(scope="module")
 def runs():
-    return {name: run(name, record_at=(0, 300)) for name in ("acam_kd", "acam_kd_paper")}
+    return {name: probe_loss(name, record_at=(0, 300)) for name in ("acam_kd", "acam_kd_paper")}
 
 
 @pytest.fixture(scope="module")
 def literal_ascm():
     """The default mask objective with the literal ASCM (z_norm="none", the default before 2026-12-05)."""
-    return run("acam_kd", record_at=(300,), z_norm="none")
+    return probe_loss("acam_kd", record_at=(300,), z_norm="none")
 
 
 def test_default_masks_stay_inside_and_the_kd_term_stays_alive(runs):

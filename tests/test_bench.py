@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from densekd.bench import bench, bench_table
+from densekd.tools.bench import bench, bench_table
 from densekd.cli import main
 from densekd.errors import ConfigError
 
 ROWS = [
-    {"method": "plain", "sec_per_iter": 0.5, "peak_mem_bytes": 100 * 2**20, "mem_kind": "cuda",
+    {"method": "baseline", "sec_per_iter": 0.5, "peak_mem_bytes": 100 * 2**20, "mem_kind": "cuda",
      "teacher_fwd_sec": None, "iters": 10, "warmup": 2, "device": "GPU X"},
     {"method": "acam_kd", "sec_per_iter": 0.75, "peak_mem_bytes": 250 * 2**20, "mem_kind": "cuda",
      "teacher_fwd_sec": 0.125, "student_step_sec": 0.5, "modules_sec": 0.125, "iters": 10, "warmup": 2,
@@ -21,9 +21,10 @@ ROWS = [
 
 def test_bench_table_ratios_and_columns():
     lines = bench_table(ROWS).splitlines()
-    assert lines[0] == ("| method | s/iter | × plain | peak CUDA mem (MiB) | × plain | teacher fwd (s) | KD modules (s) "
-                        "| modules / student step |")
-    assert lines[2] == "| plain | 0.5000 | 1.00× | 100.0 | 1.00× | — | — | — |"
+    assert lines[0] == ("| method | s/iter | × baseline | peak CUDA mem (MiB) | × baseline | teacher fwd (s) "
+                        "| KD modules (s) | modules / student step |")
+    assert lines[1] == "|---|---|---|---|---|---|---|---|"
+    assert lines[2] == "| baseline | 0.5000 | 1.00× | 100.0 | 1.00× | — | — | — |"
     assert lines[3] == "| acam_kd | 0.7500 | 1.50× | 250.0 | 2.50× | 0.1250 | 0.1250 | +25.0 % |"
     assert "median over 10 iterations after 2 warm-up" in lines[-1] and "GPU X" in lines[-1]
     assert "KD modules = full step − plain student step − teacher forward" in lines[-1]
@@ -35,7 +36,7 @@ def test_bench_table_without_baseline_or_zero_memory():
     lines = bench_table(cpu).splitlines()
     assert "peak RSS Δ (MiB)" in lines[0]
     assert lines[3].split(" | ")[4] == "—"
-    lines = bench_table(cpu[1:]).splitlines()  # no plain row
+    lines = bench_table(cpu[1:]).splitlines()  # no plain-student row
     assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 | 0.1250 | +25.0 % |"
 
 
@@ -54,15 +55,16 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "bench"
-    rc = main(["bench", str(path), "--methods", "fitnet", "cwd", "--iters", "2", "--warmup", "0", "--out", str(out)])
+    rc = main(["bench", str(path), "--methods", "plain", "fitnet", "cwd", "--iters", "2", "--warmup", "0", "--out",
+               str(out)])  # the plain student is always measured, first, as baseline, whatever it is called
     assert rc == 0
     table = capsys.readouterr().out
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| method | s/iter | × plain | peak RSS Δ (MiB) | × plain | teacher fwd (s) | KD modules")
-    assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == ["plain", "fitnet", "cwd"]
+    assert lines[0].startswith("| method | s/iter | × baseline | peak RSS Δ (MiB) | × baseline | teacher fwd (s) |")
+    assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == ["baseline", "fitnet", "cwd"]
     assert all(len(ln.split(" | ")) == 8 for ln in lines)
     rows = json.load(open(out / "bench.json"))
-    assert [r["method"] for r in rows] == ["plain", "fitnet", "cwd"]
+    assert [r["method"] for r in rows] == ["baseline", "fitnet", "cwd"]
     assert rows[0]["teacher_fwd_sec"] is None and rows[0]["modules_sec"] is None
     for r in rows[1:]:  # the three paired timings of a KD method are all there (values: never asserted)
         assert r["teacher_fwd_sec"] > 0 and r["student_step_sec"] > 0 and isinstance(r["modules_sec"], float)
@@ -73,7 +75,7 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
 def test_bench_failing_method_is_one_line(make_config, tmp_path):
     cfg = make_config(tmp_path / "o")  # no teacher in the config
     with pytest.raises(ConfigError, match=r"bench: method 'fitnet' failed: model.teacher"):
-        from densekd.bench import measure_in_subprocess
+        from densekd.tools.bench import measure_in_subprocess
 
         measure_in_subprocess(cfg, "fitnet", 1, 0)
 

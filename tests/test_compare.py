@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from densekd import compare as cmp
+from densekd.tools import compare as cmp
 from densekd.cli import main
 from densekd.errors import ConfigError
 
@@ -70,6 +70,27 @@ def test_bar_chart_writes_png(tmp_path):
     path = cmp.bar_chart(rows, "AP", str(tmp_path / "c.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_number_format_and_one_table_writer():
+    assert cmp.fmt(0.6512, 0.0123, scale=100) == "65.12 ± 1.23"
+    assert cmp.fmt(0.0512, 0.01, scale=100, sign=True) == "+5.12 ± 1.00"
+    assert cmp.fmt(-1.5, sign=True) == "-1.50" and cmp.fmt(44.4, 3.6, digits=0) == "44 ± 4"
+    assert cmp.fmt(float("nan"), 1.0) == "—" and cmp.fmt(2.0, float("nan")) == "2.00"
+    assert cmp.markdown_table(["a", "bb"], [["1", "22"]]) == "| a | bb |\n|---|---|\n| 1 | 22 |"
+    assert cmp.markdown_table(["a", "bb"], [["1", "222"]], align=True) == "| a | bb  |\n| - | --- |\n| 1 | 222 |"
+    assert cmp.mean_std([1.0, None, 3.0, float("nan")]) == (2.0, math.sqrt(2.0), 2)
+    assert cmp.mean_std([4.0])[:2] == (4.0, pytest.approx(float("nan"), nan_ok=True)) and cmp.mean_std([])[2] == 0
+
+
+@pytest.mark.parametrize("name", ["baseline", "student", "plain"])
+def test_every_name_of_the_plain_student_trains_it_and_is_the_baseline(name):
+    assert cmp.PLAIN_STUDENT == "baseline" and cmp.is_plain(name)
+    cmp.check_methods([name, "fitnet"])  # accepted where users type methods
+    assert cmp.method_overrides({"distill": {"method": "acam_kd"}}, name) == ["distill=null"]
+    assert cmp.baseline_of(["fitnet", name]) == name  # its runs keep the name typed
+    with pytest.raises(ConfigError, match=rf"--kwargs '{name}.x=1': '{name}' is not one of the distillation"):
+        cmp.parse_method_kwargs([f"{name}.x=1"], [name, "fitnet"])
 
 
 def test_run_overrides():
@@ -146,7 +167,8 @@ def test_method_set_overrides():
 
 
 def test_bad_methods_are_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"--methods: unknown loss 'acam_kdd'; did you mean acam_kd"):
+    with pytest.raises(ConfigError, match=r"--methods: unknown loss 'acam_kdd'; did you mean acam_kd.* \(or one of "
+                                          r"baseline, student, plain\)$"):
         cmp.check_methods(["baseline", "acam_kdd"])
     with pytest.raises(ConfigError, match=r"--methods: 'fitnet' is given twice"):
         cmp.check_methods(["fitnet", "fitnet"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from densekd.cli import main
-from densekd.config import ConfigError, apply_overrides, load_config
+from densekd.config import ConfigError, apply_overrides, load_config, parse_assignment
 
 
 def test_valid_config_gets_defaults_and_task_sections(make_config, tmp_path):
@@ -59,6 +59,33 @@ def test_bad_values_are_one_line_naming_the_key(make_config, tmp_path, override,
 def test_bad_override_syntax(make_config, tmp_path):
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(make_config(tmp_path), ["train.max_iters"])
+    with pytest.raises(ConfigError, match=r"^override 'train.schedule.steps=\[1': the value is not valid YAML \("):
+        load_config(make_config(tmp_path), ["train.schedule.steps=[1"])
+
+
+def test_parse_assignment_is_the_one_key_value_reader():
+    assert parse_assignment("train.max_iters=5", "override") == ("train.max_iters", 5)
+    assert parse_assignment(" a.b = [1, 2]", "override") == ("a.b", [1, 2])
+    assert parse_assignment("distill=null", "override") == ("distill", None)
+    assert parse_assignment("x=", "override") == ("x", None)
+    assert parse_assignment("s=a=b", "override") == ("s", "a=b")  # the first '=' splits
+    for bad in ("train.max_iters", "=5", " =5"):
+        with pytest.raises(ConfigError) as e:
+            parse_assignment(bad, "--kwargs", "METHOD.KEY=VALUE, e.g. maskd.fit_steps=200")
+        assert str(e.value) == f"--kwargs {bad!r}: expected METHOD.KEY=VALUE, e.g. maskd.fit_steps=200"
+    with pytest.raises(ConfigError) as e:
+        parse_assignment("k=[1", "override")
+    assert str(e.value).startswith("override 'k=[1': the value is not valid YAML (") and "\n" not in str(e.value)
+
+
+def test_yolo_command_words_use_the_same_reader():
+    from densekd.integrations.yolo_cli import _train_args
+
+    assert _train_args(["epochs=3", "amp=false", "name=x"]) == {"epochs": 3, "amp": False, "name": "x"}
+    with pytest.raises(ConfigError, match=r"^Ultralytics train argument 'epochs': expected key=value, e\.g\. epochs=100$"):
+        _train_args(["epochs"])
+    with pytest.raises(ConfigError, match=r"^--kwargs 'num_masks': expected key=value, e\.g\. num_masks=6$"):
+        _train_args(["num_masks"], "--kwargs", "num_masks=6")
 
 
 def test_missing_required_sections(tmp_path):

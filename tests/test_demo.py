@@ -1,9 +1,9 @@
 """``densekd demo``: the --quick smoke run end to end through the engine, the shipped teacher (verified, never
-overwritten, corrupt or mismatched files refused with one line), --retrain-teacher, and bad arguments."""
+overwritten, a mismatched one refused with one line; corrupt or missing: test_demo_common.py), --retrain-teacher,
+and bad arguments."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -14,7 +14,7 @@ from densekd import assets
 from densekd.cli import main
 from densekd.demo import DemoConfig, run_demo
 from densekd.demo.segmentation import TEACHER_ASSET, method_kwargs, method_settings, student_config
-from densekd.errors import ConfigError, DenseKDError
+from densekd.errors import ConfigError
 
 FIGURES = ("gains", "curves", "spatial_masks", "channel_masks", "mask_stats")
 
@@ -79,50 +79,6 @@ def test_quick_demo_reuses_finished_runs(quick_run, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert text.count("finished earlier") == 8 and "data: " in text and "(cached;" in text
-
-
-def test_retrain_teacher_with_a_changed_config_leaves_the_shipped_teacher_untouched(tmp_path, capsys):
-    before = _shipped_hashes()
-    argv = ["demo", "--quick", "--retrain-teacher", "--methods", "baseline", "acam_kd", "--cache-dir",
-            str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--threads", "1"]
-    assert main(argv) == 0
-    text = capsys.readouterr().out
-    assert "teacher: retrained" in text and "differs from the shipped teacher" in text
-    assert "the shipped files are untouched" in text
-    assert _shipped_hashes() == before
-    record = json.loads((tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.json").read_text())
-    assert record["train"]["max_iters"] == DemoConfig.quick_config().teacher_iters  # the changed config
-    assert record["sha256"] == assets.file_sha256(tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.pt")
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["teacher"]["origin"] == "retrained" and summary["teacher"]["path"].startswith(str(tmp_path))
-
-
-@pytest.fixture
-def fake_assets(tmp_path, monkeypatch):
-    """A copy of the shipped assets in a folder the test may damage."""
-    d = tmp_path / "assets"
-    d.mkdir()
-    for p in assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"):
-        shutil.copy(p, d / p.name)
-    monkeypatch.setattr(assets, "ASSETS_DIR", d)
-    return d
-
-
-def test_a_corrupt_shipped_teacher_says_so_and_offers_the_retrain(fake_assets, tmp_path, capsys):
-    pt = fake_assets / f"{TEACHER_ASSET}.pt"
-    data = bytearray(pt.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    pt.write_bytes(bytes(data))
-    argv = ["demo", "--quick", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "is corrupt or was replaced" in err and "densekd demo --retrain-teacher" in err
-
-
-def test_a_missing_shipped_teacher_says_so(fake_assets, tmp_path):
-    (fake_assets / f"{TEACHER_ASSET}.pt").unlink()
-    with pytest.raises(DenseKDError, match=r"weights file .* is missing; run `densekd demo --retrain-teacher`"):
-        run_demo(DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o")))
 
 
 def test_a_teacher_the_config_does_not_describe_is_refused(tmp_path):

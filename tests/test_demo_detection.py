@@ -1,10 +1,9 @@
 """``densekd demo --task detection``: the --quick smoke run end to end through the engine with the shipped
-detection teacher (verified, never overwritten; corrupt, missing or mismatched files refused with one line that offers
---retrain-teacher), --retrain-teacher, the mask figure over a val image, and bad arguments."""
+detection teacher (verified, never overwritten; a mismatched one refused with one line that offers --retrain-teacher;
+corrupt or missing: test_demo_common.py), --retrain-teacher, the mask figure over a val image, and bad arguments."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
@@ -120,55 +119,6 @@ def test_bad_config(tmp_path, kwargs, message):
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_retrain_teacher_with_a_changed_config_leaves_the_shipped_teacher_untouched(tmp_path, capsys):
-    before = _shipped_hashes()
-    argv = ["demo", "--task", "detection", "--quick", "--retrain-teacher", "--methods", "baseline", "--cache-dir",
-            str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--threads", "1"]
-    assert main(argv) == 0
-    text = capsys.readouterr().out
-    assert "teacher: retrained" in text and "differs from the shipped teacher" in text
-    assert "the shipped files are untouched" in text
-    assert _shipped_hashes() == before
-    record = json.loads((tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.json").read_text())
-    assert record["train"]["max_iters"] == DemoConfig.quick_config().teacher_iters  # the changed config
-    assert record["sha256"] == assets.file_sha256(tmp_path / "out" / "teacher" / f"{TEACHER_ASSET}.pt")
-    assert record["command"] == "densekd demo --task detection --retrain-teacher --threads 1"
-    assert {"dev AP", "val AP", "dev AP50", "val AP75"} <= set(record["metric"])
-    summary = json.loads((tmp_path / "out" / "summary_detection.json").read_text())
-    assert summary["teacher"]["origin"] == "retrained" and summary["teacher"]["path"].startswith(str(tmp_path))
-
-
-@pytest.fixture
-def fake_assets(tmp_path, monkeypatch):
-    """A copy of the shipped detection teacher in a folder the test may damage."""
-    d = tmp_path / "assets"
-    d.mkdir()
-    for p in assets.ASSETS_DIR.glob(f"{TEACHER_ASSET}.*"):
-        shutil.copy(p, d / p.name)
-    monkeypatch.setattr(assets, "ASSETS_DIR", d)
-    return d
-
-
-def test_a_corrupt_shipped_teacher_says_so_and_offers_the_retrain(fake_assets, tmp_path, capsys):
-    pt = fake_assets / f"{TEACHER_ASSET}.pt"
-    data = bytearray(pt.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    pt.write_bytes(bytes(data))
-    argv = ["demo", "--task", "detection", "--quick", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "is corrupt or was replaced" in err
-    assert "densekd demo --task detection --retrain-teacher" in err
-
-
-def test_a_missing_shipped_teacher_says_so(fake_assets, tmp_path):
-    (fake_assets / f"{TEACHER_ASSET}.pt").unlink()
-    with pytest.raises(DenseKDError, match=r"weights file .* is missing; run `densekd demo --task detection "
-                                           r"--retrain-teacher`"):
-        run_demo(DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o")),
-                 log=lambda *_: None)
-
-
 def test_a_teacher_the_config_does_not_describe_is_refused(tmp_path):
     cfg = DemoConfig.quick_config(cache_dir=str(tmp_path / "c"), out_dir=str(tmp_path / "o"), fpn_channels=32)
     with pytest.raises(ConfigError, match=r"the shipped detection teacher is .*'fpn_channels': 64.*"
@@ -191,13 +141,8 @@ def test_the_shipped_backbone_and_its_record():
     assert record["metric"]["dev top-1"] > 90  # it learnt the digits (held-out sources), measured when it was made
 
 
-def test_a_corrupt_shipped_backbone_offers_the_command_that_rebuilds_it(tmp_path, monkeypatch):
-    d = tmp_path / "assets"
-    d.mkdir()
-    for p in assets.ASSETS_DIR.glob("demo_detection_*"):
-        shutil.copy(p, d / p.name)
-    monkeypatch.setattr(assets, "ASSETS_DIR", d)
-    pt = d / f"{BACKBONE_ASSET}.pt"
+def test_a_corrupt_shipped_backbone_offers_the_command_that_rebuilds_it(fake_assets, tmp_path):
+    pt = fake_assets / f"{BACKBONE_ASSET}.pt"
     data = bytearray(pt.read_bytes())
     data[len(data) // 2] ^= 0xFF
     pt.write_bytes(bytes(data))

@@ -1,6 +1,7 @@
-"""KD health (densekd/health.py): the doctor's checks and exit status, the training guards (each warning fires
-on a case built to trigger it and stays silent on a healthy run), the random-teacher refusal and the removal
-of stale temporary checkpoints. Tiny models: the ``tiny`` segmenter at 32 px on generated colour-coded data."""
+"""KD health (densekd/health/) and the doctor (densekd/tools/doctor.py): the doctor's checks and exit status, the
+training guards (each warning fires on a case built to trigger it and stays silent on a healthy run), the
+random-teacher refusal and the removal of stale temporary checkpoints. Tiny models: the ``tiny`` segmenter at
+32 px on generated colour-coded data."""
 from __future__ import annotations
 
 import csv
@@ -227,8 +228,16 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
                    "(methods.md)"]
 
 
+def test_run_warnings_are_the_messages_of_health_json(tmp_path):
+    assert health.run_warnings(tmp_path) == [] and health.read_health(tmp_path) is None
+    warning = {"iteration": 2, "kind": "collapse", "level": "trunk", "message": "iteration 2: it collapsed"}
+    health.write_health(str(tmp_path), 3, ["INFO guards: on"], [warning], finished=True)
+    assert health.run_warnings(tmp_path) == ["iteration 2: it collapsed"]
+    assert health.read_health(tmp_path)["checks"] == ["INFO guards: on"]
+
+
 def test_mask_shifts_from_the_mask_record():
-    from densekd.health import _mask_shifts
+    from densekd.health.guards import _mask_shifts
 
     spatial = torch.full((2, 3, 4, 4), 0.5)
     spatial[:, 1] = 0.999

@@ -1,6 +1,7 @@
 """FreeKD (densekd/losses/freekd.py): one test per step (F1)–(F6) on hand-checked numbers, the official loss's
 formula on identical inputs (written out here with pywt and an explicit [B, T, C, 3, h, w] product), gradients,
-the prompt-fitting stage through the engine, the registry and Distiller, bad input, bf16 autocast."""
+the prompt-fitting stage through the engine (detection here; segmentation with MasKD's in test_engine_prepare.py),
+the registry and Distiller, bad input, bf16 autocast."""
 from __future__ import annotations
 
 import math
@@ -294,28 +295,3 @@ def test_detection_prompts_fitted_by_the_engine_then_resumed(make_config, teache
     (mod2,) = tr2.model.kd_losses.values()
     tr2.close()
     assert "prepared FreeKD" not in capsys.readouterr().out and torch.equal(mod2.prompts, mod.prompts)
-
-
-def test_segmentation_default_pairs_fitted_with_cross_entropy(tmp_path, capsys):
-    from densekd.data.segmentation import make_toy_segmentation
-    from densekd.engine.trainer import Trainer
-
-    make_toy_segmentation(tmp_path / "cs", "cityscapes", num_images=2, size=(40, 40), num_classes=3)
-    tiny = {"layers": [1, 1, 1, 1], "num_classes": 19, "decoder_channels": 16}
-    cfg = {
-        "task": "segmentation", "output_dir": str(tmp_path / "o"),
-        "model": {"student": {"arch": "pspnet", "backbone": "resnet18", **tiny},
-                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", "random_init": True, **tiny}},
-        "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [40, 40]},  # logits 5×5
-        "distill": {"method": "freekd", "kwargs": {"fit_steps": 2, "fit_lr": 0.05}},
-        "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # random teacher
-        warnings.simplefilter("error", RuntimeWarning)
-        tr = Trainer(cfg)
-        (mod,) = tr.model.kd_losses.values()
-        assert mod.num_prompts == 6  # the official T, not the number of classes
-        tr.run()
-    tr.close()
-    assert mod.prepared and "prepared FreeKD at" in capsys.readouterr().out

@@ -7,7 +7,8 @@
     densekd demo --task detection       # FCOS on the digits canvases with boxes (shipped teacher and student
                                         # backbone, 3 seeds)
 
-Each task's demo is one module (``segmentation.py``, ``detection.py``); what they share (the shipped teacher, the students
+Each task's demo is one module (``segmentation.py``, ``detection.py``: its settings, configs, figures and the hooks of
+:class:`~densekd.demo.common.DemoTask`); the skeleton both run and what they share (the shipped teacher, the students
 trained through the engine, the paired-gain table) is :mod:`densekd.demo.common`.
 """
 from __future__ import annotations

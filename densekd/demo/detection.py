@@ -16,8 +16,8 @@ own labels — on detection, where the paper's claims live:
 3. Students: the same detector trained from scratch on the first ``n_student`` canvases of the pool with a short
    schedule — plain, FitNet (the "no mask" control of the paper's Table 10) and ACAM-KD, distilled on every FPN
    level the head uses (P3–P7, methods.md "Where it is applied"), each at the ``distill.weight`` chosen on dev from
-   its KD/task loss ratio — every run through the engine (:func:`densekd.compare.compare_runs`, the project's one
-   training loop; finished runs are reused).
+   its KD/task loss ratio — every run through the engine (:func:`densekd.tools.compare.compare_runs`, the project's
+   one training loop; finished runs are reused).
 4. COCO AP / AP50 / AP75 on ``val`` by pycocotools (mean ± std over seeds, each method's gain over the plain
    student paired by seed with the std of the paired gains and whether it exceeds 2 std), the verdict lines, the
    KD health warnings, and figures: the gains, the AP curves, and the ACAM-KD spatial masks at P3 over a val image
@@ -27,18 +27,16 @@ own labels — on detection, where the paper's claims live:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
-from ..data.digits import DIGIT_CLASSES, make_digits_dataset
+from ..data.digits import DIGIT_CLASSES
 from ..errors import ConfigError
+from ..run_folder import CHECKPOINT_FILE, CONFIG_FILE
+from ..tools.compare import fmt, is_plain, markdown_table
 from . import common
 from .backbone import pretrain_backbone
 
@@ -84,27 +82,23 @@ METRICS = ("AP", "AP50", "AP75")
 
 
 @dataclass
-class DemoConfig:
-    """Every setting of the detection demo; the defaults are the documented run (chosen on ``dev``)."""
+class DemoConfig(common.DemoSettings):
+    """Every setting of the detection demo (:class:`~densekd.demo.common.DemoSettings` and these); the defaults are
+    the documented run (chosen on ``dev``)."""
+
+    TASK: ClassVar[str] = "detection"
+    POSITIVE: ClassVar[tuple[str, ...]] = (*common.DemoSettings.POSITIVE, "fpn_channels", "student_fpn_channels",
+                                           "num_masks")
 
     task: str = "detection"
-    seeds: int = 3
-    quick: bool = False
-    eval_split: str = "val"  # "dev" while choosing settings, "val" to report
-    cache_dir: str = "~/.cache/densekd"
-    out_dir: str = "densekd-demo"
-    threads: int = 0  # 0: leave torch's default
     jobs: int = 2  # students trained at once (worker processes; the threads split between them)
-    retrain_teacher: bool = False
     retrain_backbone: bool = False
     methods: tuple[str, ...] = ("baseline", "fitnet", "acam_kd")
     # data: the teacher's labelled pool is the train split; the student sees its first n_student canvases
-    canvas: int = 64
     n_pool: int = 2000
     n_student: int = 400
     n_dev: int = 300
     n_val: int = 300
-    data_seed: int = 0
     # models: FCOS, cpu preset (densekd.models.detection.PRESETS)
     arch: str = "fcos"
     teacher_backbone: str = "mobilenet_v3_small"
@@ -117,18 +111,16 @@ class DemoConfig:
     student_pretrained: bool = True
     inherit: bool = False  # the paper's inheriting: student FPN/head tensors of matching shape from the teacher
     # schedule (AdamW, cosine, batch 16; the teacher trains longer on more data)
-    batch_size: int = 16
     teacher_iters: int = 3000
     student_iters: int = 1000
     lr: float = 2e-3
-    weight_decay: float = 1e-4
     warmup_iters: int = 100  # 20 let one seed's FCOS regression head die (a ReLU output negative everywhere)
     teacher_warmup_iters: int = 100
     eval_points: int = 2
     # distillation: every FPN level the head uses; distill.weight per method, chosen on dev
-    # (benchmarks/acam_ablations_detection.md, "Weights"): acam_kd and fitnet by dev AP over a few weights (2 seeds);
-    # the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start (≈ 4.3,
-    # total over P3–P7), from each variant's own ratio at weight 1 measured on dev
+    # (benchmarks/results/acam_ablations_detection.md, "Weights"): acam_kd and fitnet by dev AP over a few weights
+    # (2 seeds); the paper's ablation variants at the KD/task loss ratio ACAM-KD's chosen weight gives at the start
+    # (≈ 4.3, total over P3–P7), from each variant's own ratio at weight 1 measured on dev
     # distill.weight per method, chosen on dev (benchmarks/results/detection_setting.md): ACAM-KD and FitNet each by
     # the best mean dev AP over the same grid (0.003, 0.01, 0.03, 0.1, 0.3, 1; 2 seeds each); the paper's ablation
     # variants (Tables 8–10) at ACAM-KD's weight, so that each differs from it in its own switch only
@@ -155,20 +147,7 @@ class DemoConfig:
         return replace(base, **kw)
 
     def validate(self) -> None:
-        from ..compare import BASELINE_NAMES, check_methods
-
-        if self.task != "detection":
-            raise ConfigError(f"demo: --task must be 'segmentation' or 'detection', got {self.task!r}")
-        if self.seeds < 1:
-            raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
-        if self.jobs < 1:
-            raise ConfigError(f"demo: --jobs must be ≥ 1, got {self.jobs}")
-        if self.eval_split not in ("val", "dev"):
-            raise ConfigError(f"demo: --eval-split must be 'val' or 'dev', got {self.eval_split!r}")
-        for k in ("teacher_iters", "student_iters", "batch_size", "eval_points", "n_pool", "n_student", "n_dev",
-                  "n_val", "canvas", "fpn_channels", "student_fpn_channels", "num_masks"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"demo: {k} must be ≥ 1, got {getattr(self, k)}")
+        super().validate()
         if not self.levels or any(k not in LEVEL_NAMES for k in self.levels):
             raise ConfigError(f"demo: levels must be FPN keys among {', '.join(LEVEL_NAMES)} (P3–P7), got "
                               f"{list(self.levels)}")
@@ -176,20 +155,13 @@ class DemoConfig:
         if stray:
             raise ConfigError(f"demo: level_weights names level(s) {stray} that are not distilled (levels "
                               f"{list(self.levels)})")
-
-        if self.n_student > self.n_pool:
-            raise ConfigError(f"demo: n_student ({self.n_student}) must be ≤ n_pool ({self.n_pool}): the student's "
-                              "labelled set is part of the teacher's pool")
         if self.teacher_dtype not in ("float16", "float32"):
             raise ConfigError(f"demo: teacher_dtype must be 'float16' or 'float32', got {self.teacher_dtype!r}")
         methods = list(self.methods)
-        if not any(m in BASELINE_NAMES for m in methods):
-            raise ConfigError(f"demo: --methods must include the plain student ('baseline'), got {methods}")
-        check_methods(methods)
         if "hinton_kd" in methods:
             raise ConfigError("demo: hinton_kd distils softmax class scores per pixel; the detection heads score "
                               "anchors with sigmoids — it runs on segmentation only")
-        unweighted = [m for m in methods if m not in BASELINE_NAMES and m not in self.weights]
+        unweighted = [m for m in methods if not is_plain(m) and m not in self.weights]
         if unweighted:
             raise ConfigError(f"demo: no distill.weight chosen on dev for {unweighted} (the detection demo has "
                               f"weights for {sorted(self.weights)}; benchmarks/detection_dev_weights.py chooses one)")
@@ -205,10 +177,6 @@ class DemoConfig:
     def teacher_spec(self) -> dict[str, Any]:
         return {"arch": self.arch, "backbone": self.teacher_backbone, "fpn_channels": self.fpn_channels,
                 "preset": "cpu", "num_classes": len(DIGIT_CLASSES)}
-
-    def data_params(self) -> dict[str, Any]:
-        return dict(seed=self.data_seed, n_train=self.n_pool, n_val=self.n_val, n_dev=self.n_dev, canvas=self.canvas,
-                    scale=[self.canvas // 4, self.canvas // 2])
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -296,35 +264,30 @@ def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, 
 
 #: settings that only the distilled students see: they name each method's run folder, not the setting's folder
 DISTILL_SETTINGS = ("weights", "kwargs", "levels", "level_weights", "num_masks")
-#: run bookkeeping: changes no run
-BOOKKEEPING = ("seeds", "out_dir", "cache_dir", "threads", "jobs", "quick", "retrain_teacher", "retrain_backbone",
-               "methods", "task")
 
 
 def student_runs_dir(cfg: DemoConfig, teacher_record: Mapping[str, Any],
                      backbone_record: Mapping[str, Any] | None) -> Path:
-    """The folder of this setting's student runs (``<out>/runs-det-<hash>``): keyed by every setting that every
-    student sees (data, models, schedule) and by the teacher's and the backbone's weights; each method's runs are
-    in a sub-folder named by :func:`run_names`, so a finished run is reused only when it is the same run — also by
-    a later call with other methods (the plain student's runs are shared)."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING + DISTILL_SETTINGS}
+    """The folder of this setting's student runs (``<out>/runs-det-<hash>``,
+    :func:`densekd.demo.common.student_runs_dir`): keyed by every setting that every student sees (data, models,
+    schedule) and by the teacher's and the backbone's weights; each method's runs are in a sub-folder named by
+    :func:`run_names`, so a finished run is reused only when it is the same run — also by a later call with other
+    methods (the plain student's runs are shared)."""
     bb_sha = backbone_record["weights_sha256"] if backbone_record is not None else None
-    return Path(cfg.out_dir) / f"runs-det-{_hash([settings, teacher_record['weights_sha256'], bb_sha])}"
+    return common.student_runs_dir(cfg, "runs-det", teacher_record["weights_sha256"], bb_sha, exclude=DISTILL_SETTINGS)
 
 
 def run_names(cfg: DemoConfig) -> dict[str, str]:
     """Each method's run folder: ``baseline``, or ``<method>-<hash of its weight, kwargs, levels, level weights and
     M>``."""
-    from ..compare import BASELINE_NAMES
-
     out = {}
     for m in cfg.methods:
-        if m in BASELINE_NAMES:
+        if is_plain(m):
             out[m] = m
             continue
         own = {"weight": cfg.weights.get(m), "kwargs": cfg.kwargs.get(m, {}), "levels": list(cfg.levels),
                "level_weights": dict(cfg.level_weights), "num_masks": cfg.num_masks}
-        out[m] = f"{m}-{_hash(own)[:8]}"
+        out[m] = f"{m}-{common.settings_hash(own)[:8]}"
     return out
 
 
@@ -341,62 +304,9 @@ def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
     return out
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def build_data(cfg: DemoConfig, cache: Path):
     """The demo's digits dataset with boxes (built once into ``cache``, keyed by its parameters)."""
-    dparams = cfg.data_params()
-    return make_digits_dataset(Path(cache) / f"digits-{_hash(dparams)}", **dparams)
-
-
-# --------------------------------------------------------------------------------------------- teacher
-def _check_record(cfg: DemoConfig, record: Mapping[str, Any]) -> None:
-    spec = record.get("model")
-    if spec != cfg.teacher_spec():
-        raise ConfigError(f"demo: the shipped detection teacher is {spec}, this demo asks for {cfg.teacher_spec()}; "
-                          "run `densekd demo --task detection --retrain-teacher` to train the teacher this config "
-                          "describes")
-
-
-def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None]) -> Callable[[], tuple[dict, dict]]:
-    def run() -> tuple[dict, dict]:
-        import torch
-
-        from ..assets import load_state_dict
-        from ..engine import evaluate, train
-
-        threads = torch.get_num_threads()
-        log(f"teacher: training FCOS {cfg.teacher_backbone} (cpu preset) on the {cfg.n_pool}-canvas pool for "
-            f"{cfg.teacher_iters} iterations through the engine ({out}), 1 thread for reproducibility")
-        torch.set_num_threads(1)
-        try:
-            conf = teacher_config(cfg, root, out)
-            train(conf, ["train.resume=false"])
-            sd = load_state_dict(out / "student_final.pth")
-            if cfg.teacher_dtype == "float16":  # shipped small; the metric below is the stored weights'
-                sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
-            metrics: dict[str, float] = {}
-            with tempfile.TemporaryDirectory() as tmp:
-                stored = Path(tmp) / "teacher.pt"
-                torch.save(sd, stored)
-                for split in ("dev", "val"):
-                    m = evaluate(conf, str(stored), [f"data.val_ann={root / split / 'annotations.json'}",
-                                                     f"data.val_images={root / split / 'images'}",
-                                                     f"output_dir={out / ('eval_' + split)}"])
-                    metrics.update({f"{split} {k}": round(100 * m[k], 2) for k in METRICS})
-        finally:
-            torch.set_num_threads(threads)
-        record = {"kind": "densekd demo teacher (detection)", "command": TEACHER_COMMAND,
-                  "model": cfg.teacher_spec(), "dtype": cfg.teacher_dtype,
-                  "data": {"generator": "densekd.data.digits.make_digits_dataset", **cfg.data_params(),
-                           "split": "train (the whole pool)"},
-                  "train": conf["train"], "seed": 0, "threads": 1, "metric": metrics,
-                  "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
-        return sd, record
-
-    return run
+    return common.build_data(cfg, cache)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -409,9 +319,9 @@ def acam_masks(run_dir: Path, image_index: int = 0, level: str = "0") -> dict[st
 
     from ..engine.trainer import Trainer
 
-    if not (run_dir / "checkpoint.pth").is_file():
+    if not (run_dir / CHECKPOINT_FILE).is_file():
         return None
-    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])  # loads student + KD modules
+    trainer = Trainer(str(run_dir / CONFIG_FILE), ["train.resume=true"])  # loads student + KD modules
     try:
         image, target = trainer.val_set[image_index]
         distiller = trainer.model
@@ -489,118 +399,120 @@ def plot_masks(run_dir: Path, image_index: int, path: Path, split: str, score: f
     return path
 
 
-# --------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------- the demo
+class _Detection(common.DemoTask):
+    """The detection demo's hooks of the skeleton (:func:`densekd.demo.common.run_demo`)."""
+
+    name = "detection"
+    command = "densekd demo --task detection"
+    title = "FCOS on the built-in digits canvases with boxes"
+    teacher_asset = TEACHER_ASSET
+    teacher_command = TEACHER_COMMAND
+    teacher_noun = "detection teacher"
+    runs_prefix = "runs-det"
+    figure_prefix = "det_"
+    summary_file = "summary_detection.json"
+    data_note = "digits canvases with COCO boxes; "
+    metrics = METRICS
+    metric_label = "COCO AP"
+    loss_label = "FCOS: focal + GIoU + centerness"
+
+    def labels(self) -> Mapping[str, str]:
+        return method_labels(self.cfg.levels)
+
+    def teacher_model(self) -> str:
+        return f"FCOS {self.cfg.teacher_backbone} (cpu preset)"
+
+    def teacher_short(self) -> str:
+        return f"FCOS {self.cfg.teacher_backbone}"
+
+    def teacher_config(self, root: Path, out: Path) -> dict[str, Any]:
+        return teacher_config(self.cfg, root, out)
+
+    def split_overrides(self, root: Path, split: str) -> list[str]:
+        return [f"data.val_ann={root / split / 'annotations.json'}", f"data.val_images={root / split / 'images'}"]
+
+    def students(self, root: Path, teacher: common.TeacherChoice, out: Path, log: Callable[[str], None]
+                 ) -> tuple[dict[str, Any], Path]:
+        cfg = self.cfg
+        backbone = None
+        if cfg.student_pretrained:  # the student's pretrained backbone: shipped, or made by our own command
+            spec = cfg.backbone_spec()
+            backbone = common.resolve_teacher(
+                BACKBONE_ASSET, cfg.retrain_backbone,
+                lambda: pretrain_backbone(spec, cfg.data_params(), BACKBONE_COMMAND, log), out / "backbone",
+                "run `densekd demo --task detection --retrain-backbone` to rebuild it with our own command", log,
+                role="pretrained backbone")
+            if backbone.record.get("model") != spec.model_spec():
+                raise ConfigError(f"demo: the shipped pretrained backbone is {backbone.record.get('model')}, this demo "
+                                  f"asks for {spec.model_spec()}; run `densekd demo --task detection "
+                                  "--retrain-backbone` to make the one this config describes")
+        runs_dir = student_runs_dir(cfg, teacher.record, backbone.record if backbone is not None else None)
+        return (student_config(cfg, root, teacher.checkpoint, runs_dir,
+                               None if backbone is None else backbone.checkpoint), runs_dir)
+
+    def method_settings(self) -> dict[str, list[str]]:
+        return method_settings(self.cfg)
+
+    def method_kwargs(self) -> dict[str, dict[str, Any]]:
+        return {m: k for m, k in self.cfg.kwargs.items() if m in self.cfg.methods}
+
+    def run_names(self) -> dict[str, str]:
+        return run_names(self.cfg)
+
+    def students_note(self) -> str:
+        weights = ", ".join(f"{m} {w:g}" for m, w in self.cfg.weights.items() if m in self.cfg.methods)
+        return f"; distill.weight {weights}"
+
+    def stored_teacher(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        if self.cfg.teacher_dtype == "float16":  # shipped small; the metrics are the stored weights'
+            return {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+        return state_dict
+
+    def record_extra(self) -> dict[str, Any]:
+        return {"dtype": self.cfg.teacher_dtype}
+
+    def describe(self, teacher: common.TeacherChoice, split_n: int) -> str:
+        cfg = self.cfg
+        return (f"COCO box AP (%) by pycocotools on '{cfg.eval_split}' ({split_n} canvases); students: FCOS "
+                f"{cfg.student_backbone} ×{cfg.student_width_mult:g} "
+                f"{'from the shipped digit-classification pretraining' if cfg.student_pretrained else 'from scratch'} "
+                f"({_params(cfg, 'student'):,} parameters, KD modules dropped after training), {cfg.n_student} "
+                f"labelled canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; "
+                f"teacher: FCOS {cfg.teacher_backbone} ({_params(cfg, 'teacher'):,} parameters), trained on "
+                f"{teacher.record.get('data', {}).get('n_train', '?')} canvases for "
+                f"{teacher.record.get('train', {}).get('max_iters', '?')} iterations")
+
+    def figures(self, res: common.StudentResults, out: Path) -> dict[str, Path]:
+        cfg = self.cfg
+        path = out / "det_acam_spatial_masks.png"
+        acam = "acam_kd" if "acam_kd" in cfg.methods else next(
+            (m for m in cfg.methods if m.startswith("acam_kd")), None)
+        if acam is not None and plot_masks(common.run_dirs(res, acam)[-1], 0, path, cfg.eval_split):
+            return {"spatial_masks": path}
+        return {}
+
+    def extra_tables(self, res: common.StudentResults, teacher_metrics: Mapping[str, float]) -> list[str]:
+        return [_ap_table(res, {k: 100 * teacher_metrics[k] for k in METRICS}, self.labels())]
+
+    def extra_verdicts(self, res: common.StudentResults) -> list[str]:
+        # the paper's claim is ACAM-KD over its no-mask control (Table 10): the same seeds, the same levels and weights
+        claim = common.head_to_head_line(res, "acam_kd", "fitnet", "ACAM-KD", "FitNet")
+        return [f"{claim} [the paper's claim: the masks beat plain feature mimicking, its Table 10]"] if claim else []
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the detection demo; returns the table text, the per-run results, the verdicts and the figure paths."""
-    cfg.validate()
-    common.set_threads(cfg.threads)
-    t_start = time.perf_counter()
-    cache = Path(os.path.expanduser(cfg.cache_dir))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from .. import losses  # noqa: F401  (registers every method)
-
-    ds = build_data(cfg, cache)
-    log(f"data: {ds.root} ({'built' if ds.built else 'cached'}; digits canvases with COCO boxes; teacher's pool "
-        f"{cfg.n_pool} canvases, the student sees the first {cfg.n_student}; dev {cfg.n_dev}, val {cfg.n_val}; "
-        f"{cfg.canvas}×{cfg.canvas}; the splits share no source digit)")
-
-    hint = "run `densekd demo --task detection --retrain-teacher` to rebuild it with our own command"
-    teacher = common.resolve_teacher(TEACHER_ASSET, cfg.retrain_teacher, _retrain(cfg, ds.root, out / "teacher", log),
-                                     out / "teacher", hint, log)
-    _check_record(cfg, teacher.record)
-    backbone = None
-    if cfg.student_pretrained:
-        spec = cfg.backbone_spec()
-        backbone = common.resolve_teacher(
-            BACKBONE_ASSET, cfg.retrain_backbone,
-            lambda: pretrain_backbone(spec, cfg.data_params(), BACKBONE_COMMAND, log), out / "backbone",
-            "run `densekd demo --task detection --retrain-backbone` to rebuild it with our own command", log,
-            role="pretrained backbone")
-        if backbone.record.get("model") != spec.model_spec():
-            raise ConfigError(f"demo: the shipped pretrained backbone is {backbone.record.get('model')}, this demo asks "
-                              f"for {spec.model_spec()}; run `densekd demo --task detection --retrain-backbone` to "
-                              "make the one this config describes")
-
-    runs_dir = student_runs_dir(cfg, teacher.record, backbone.record if backbone is not None else None)
-    ckpt = f"asset:{TEACHER_ASSET}" if teacher.origin == "shipped" else teacher.path
-    bb_ckpt = None if backbone is None else (f"asset:{BACKBONE_ASSET}" if backbone.origin == "shipped" else backbone.path)
-    conf = student_config(cfg, ds.root, ckpt, runs_dir, bb_ckpt)
-    seeds = list(range(cfg.seeds))
-    weights = ", ".join(f"{m} {w:g}" for m, w in cfg.weights.items() if m in cfg.methods)
-    log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
-        f"the engine (runs in {runs_dir}; finished runs are reused); distill.weight {weights}")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log,
-                                method_kwargs={m: k for m, k in cfg.kwargs.items() if m in cfg.methods}, jobs=cfg.jobs,
-                                run_names=run_names(cfg))
-
-    # the teacher's own AP on the evaluation split, by the engine's evaluation
-    from ..engine import evaluate
-
-    t_conf = teacher_config(cfg, ds.root, out / "teacher_eval")
-    t_metrics = evaluate(t_conf, str(teacher.path), [f"data.val_ann={ds.root / cfg.eval_split / 'annotations.json'}",
-                                                     f"data.val_images={ds.root / cfg.eval_split / 'images'}"])
-    t_ap = 100 * t_metrics["AP"]
-
-    labels = method_labels(cfg.levels)
-    figs = {"gains": out / "det_gains.png", "curves": out / "det_curves.png",
-            "spatial_masks": out / "det_acam_spatial_masks.png"}
-    common.plot_curves(res, t_ap, figs["curves"], cfg.eval_split, metric="AP", metric_label="COCO AP",
-                       loss_label="FCOS: focal + GIoU + centerness", labels=labels)
-    common.plot_gains(res, labels, figs["gains"])
-    made = {"curves", "gains"}
-    acam = "acam_kd" if "acam_kd" in cfg.methods else next((m for m in cfg.methods if m.startswith("acam_kd")), None)
-    if acam is not None and plot_masks(common.run_dirs(res, acam)[-1], 0, figs["spatial_masks"], cfg.eval_split):
-        made.add("spatial_masks")
-    figs = {k: v for k, v in figs.items() if k in made}
-
-    split_n = cfg.n_val if cfg.eval_split == "val" else cfg.n_dev
-    teacher_row = [f"teacher ({teacher.origin}, FCOS {cfg.teacher_backbone})", common.fmt(t_ap), "", "", "—", "1"]
-    table = common.results_table(res, labels, teacher_row=teacher_row)
-    ap_table = _ap_table(res, {k: 100 * t_metrics[k] for k in METRICS}, labels)
-    verdicts = [common.verdict_line(res, m, labels.get(m, m).replace("student + ", ""))
-                for m in cfg.methods if m not in ("baseline", "student")]
-    # the paper's claim is ACAM-KD over its no-mask control (Table 10): the same seeds, the same levels and weights
-    claim = common.head_to_head_line(res, "acam_kd", "fitnet", "ACAM-KD", "FitNet")
-    if claim:
-        verdicts.append(f"{claim} [the paper's claim: the masks beat plain feature mimicking, its Table 10]")
-    title = ("densekd demo --task detection — SMOKE RUN (--quick: tiny sizes, numbers mean nothing)" if cfg.quick else
-             "densekd demo --task detection — FCOS on the built-in digits canvases with boxes")
-    health = [f"  {m}: {w}" for m, ws in res.health.items() for w in ws]
-    wall = time.perf_counter() - t_start
-    text = "\n".join([
-        title,
-        f"COCO box AP (%) by pycocotools on '{cfg.eval_split}' ({split_n} canvases); students: FCOS "
-        f"{cfg.student_backbone} ×{cfg.student_width_mult:g} "
-        f"{'from the shipped digit-classification pretraining' if cfg.student_pretrained else 'from scratch'} "
-        f"({_params(cfg, 'student'):,} parameters, KD modules dropped after training), {cfg.n_student} labelled "
-        f"canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; "
-        f"teacher: FCOS {cfg.teacher_backbone} ({_params(cfg, 'teacher'):,} parameters), trained on "
-        f"{teacher.record.get('data', {}).get('n_train', '?')} canvases for "
-        f"{teacher.record.get('train', {}).get('max_iters', '?')} iterations",
-        table, ap_table, *[v for v in verdicts if v],
-        *(["KD health warnings from the runs:", *health] if health else []),
-        f"total wall time {wall:.0f} s (threads: {_threads()})",
-        "figures:", *[f"  {k}: {v}" for k, v in figs.items()],
-    ])
-    log(text)
-    gains = {g.method: {"mean": g.mean, "std": g.std, "n": g.n, "per_seed": g.per_seed, "beyond_2std": g.beyond_2std}
-             for g in res.gains}
-    summary = {"config": asdict(cfg), "table": text, "wall_seconds": wall, "teacher": {
-        "origin": teacher.origin, "path": str(teacher.path), "record": teacher.record, "note": teacher.note,
-        "metrics": t_metrics}, "runs": res.runs, "gains": gains, "health": res.health,
-        "figures": {k: str(v) for k, v in figs.items()}}
-    (out / "summary_detection.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return common.run_demo(_Detection(cfg), log)
 
 
 def _ap_table(res: common.StudentResults, teacher: Mapping[str, float], labels: Mapping[str, str]) -> str:
     """AP, AP50 and AP75 (mean ± std over seeds) of the teacher and every method."""
-    rows = [["teacher", *[common.fmt(teacher[k]) for k in METRICS]]]
+    rows = [["teacher", *[fmt(teacher[k]) for k in METRICS]]]
     for r in res.rows:
         rows.append([labels.get(r.method, r.method),
-                     *[common.fmt(r.stats[k][0] * 100, r.stats[k][1] * 100) if k in r.stats else "—" for k in METRICS]])
-    return common.markdown_table(["model", *METRICS], rows)
+                     *[fmt(r.stats[k][0], r.stats[k][1], scale=100) if k in r.stats else "—" for k in METRICS]])
+    return markdown_table(["model", *METRICS], rows, align=True)
 
 
 def _params(cfg: DemoConfig, role: str) -> int:
@@ -612,12 +524,6 @@ def _params(cfg: DemoConfig, role: str) -> int:
     m = build_detector(cfg.arch, backbone, num_classes=len(DIGIT_CLASSES), min_size=None, max_size=None, norm="bn",
                        trainable_layers=0, fpn_channels=width, width_mult=mult)
     return sum(p.numel() for p in m.parameters())
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 __all__ = ["BACKBONE_ASSET", "DemoConfig", "LEVEL_NAMES", "METHOD_LABELS", "TEACHER_ASSET", "acam_masks", "distill_pairs",

@@ -12,7 +12,7 @@ larger labelled pool for longer — and a student that sees only part of those l
    never over the shipped files) and says whether it is bit for bit the shipped one.
 3. Students: TinySegNet width 16 on the first ``n_student`` canvases of the pool, all with the same schedule,
    seed and data order — plain, Hinton KD on the logits and FitNet on the trunk feature (controls), and
-   ACAM-KD on the trunk feature — each trained through the engine (:func:`densekd.compare.compare_runs`: the
+   ACAM-KD on the trunk feature — each trained through the engine (:func:`densekd.tools.compare.compare_runs`: the
    project's one training loop, checkpointed and resumable; finished runs are reused).
 4. One table on ``val`` (mean ± std over seeds, each method's gain over the plain student paired by seed with the
    std of the paired gains, and whether it exceeds 2 std), the verdict line, the KD health warnings of the runs,
@@ -23,20 +23,15 @@ larger labelled pool for longer — and a student that sees only part of those l
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from ..data.digits import NUM_SEG_CLASSES, make_digits_dataset
-from ..errors import ConfigError
+from ..data.digits import NUM_SEG_CLASSES
+from ..run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, mask_key
 from . import common
 
 #: the shipped teacher's artefact name (densekd/assets/<name>.pt / .json)
@@ -50,43 +45,26 @@ DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
 
 
 @dataclass
-class DemoConfig:
-    """Every setting of the segmentation demo; the defaults are the documented run (chosen on ``dev``)."""
+class DemoConfig(common.DemoSettings):
+    """Every setting of the segmentation demo (:class:`~densekd.demo.common.DemoSettings` and these); the defaults
+    are the documented run (chosen on ``dev``): data 1,600 / 200 / 400 / 400 canvases, batch 16, teacher 2,000 and
+    students 400 iterations, lr 3e-3."""
+
+    TASK: ClassVar[str] = "segmentation"
+    POSITIVE: ClassVar[tuple[str, ...]] = (*common.DemoSettings.POSITIVE, "teacher_width", "student_width")
 
     task: str = "segmentation"
-    seeds: int = 3
-    quick: bool = False
-    eval_split: str = "val"  # "dev" while choosing settings, "val" to report
-    cache_dir: str = "~/.cache/densekd"
-    out_dir: str = "densekd-demo"
-    threads: int = 0  # 0: leave torch's default
-    jobs: int = 1  # students trained at once (worker processes; the threads split between them)
-    retrain_teacher: bool = False
     methods: tuple[str, ...] = ("baseline", "hinton_kd", "fitnet", "acam_kd")
-    # data: the teacher's labelled pool is the train split; the student sees its first n_student canvases
-    canvas: int = 64
-    n_pool: int = 1600
-    n_student: int = 200
-    n_dev: int = 400
-    n_val: int = 400
-    data_seed: int = 0
     # models (TinySegNet, densekd.models.segmentation)
     teacher_width: int = 32
     student_width: int = 16
-    # schedule (AdamW, cosine, batch 16; the teacher trains longer on more data)
-    batch_size: int = 16
-    teacher_iters: int = 2000
-    student_iters: int = 400
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    eval_points: int = 4
     # distillation: feature losses on a feature, logit losses on the logits (pair weight × the method's own)
     feature: str = "trunk"
     feature_weight: float = 1.0  # acam_kd, fitnet
     logits_weight: float = 1.0  # hinton_kd
     # methods.md, "spatial masks must be spatial": on this post-ReLU trunk feature the default z_norm="none"
     # leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev images, measured:
-    # benchmarks/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
+    # benchmarks/results/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
     acam_kwargs: dict[str, Any] = field(default_factory=lambda: {"z_norm": "spatial"})
 
     @staticmethod
@@ -95,36 +73,9 @@ class DemoConfig:
                           batch_size=8, teacher_iters=20, student_iters=12, eval_points=2)
         return replace(base, **kw)
 
-    def validate(self) -> None:
-        from ..compare import BASELINE_NAMES, check_methods
-
-        if self.task != "segmentation":
-            raise ConfigError(f"demo: --task must be 'segmentation' or 'detection', got {self.task!r}")
-        if self.seeds < 1:
-            raise ConfigError(f"demo: --seeds must be ≥ 1, got {self.seeds}")
-        if self.jobs < 1:
-            raise ConfigError(f"demo: --jobs must be ≥ 1, got {self.jobs}")
-        if self.eval_split not in ("val", "dev"):
-            raise ConfigError(f"demo: --eval-split must be 'val' or 'dev', got {self.eval_split!r}")
-        for k in ("teacher_iters", "student_iters", "batch_size", "teacher_width", "student_width", "eval_points",
-                  "n_pool", "n_student", "n_dev", "n_val", "canvas"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"demo: {k} must be ≥ 1, got {getattr(self, k)}")
-        if self.n_student > self.n_pool:
-            raise ConfigError(f"demo: n_student ({self.n_student}) must be ≤ n_pool ({self.n_pool}): the student's "
-                              "labelled set is part of the teacher's pool")
-        methods = list(self.methods)
-        if not any(m in BASELINE_NAMES for m in methods):
-            raise ConfigError(f"demo: --methods must include the plain student ('baseline'), got {methods}")
-        check_methods(methods)
-
     # -- what the teacher is (the shipped record must say the same, or --retrain-teacher is needed)
     def teacher_spec(self) -> dict[str, Any]:
         return {"arch": "tiny", "width": self.teacher_width, "num_classes": NUM_SEG_CLASSES}
-
-    def data_params(self) -> dict[str, Any]:
-        return dict(seed=self.data_seed, n_train=self.n_pool, n_val=self.n_val, n_dev=self.n_dev, canvas=self.canvas,
-                    scale=[self.canvas // 4, self.canvas // 2])
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -183,54 +134,9 @@ def method_kwargs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
             if m.startswith("acam_kd_")}
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def build_data(cfg: DemoConfig, cache: Path):
     """The demo's digits dataset (built once into ``cache``, keyed by its parameters)."""
-    dparams = cfg.data_params()
-    return make_digits_dataset(Path(cache) / f"digits-{_hash(dparams)}", **dparams)
-
-
-# --------------------------------------------------------------------------------------------- teacher
-def _check_record(cfg: DemoConfig, record: Mapping[str, Any]) -> None:
-    spec = record.get("model")
-    if spec != cfg.teacher_spec():
-        raise ConfigError(f"demo: the shipped teacher is {spec}, this demo asks for {cfg.teacher_spec()}; run "
-                          "`densekd demo --retrain-teacher` to train the teacher this config describes")
-
-
-def _retrain(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None]) -> Callable[[], tuple[dict, dict]]:
-    def run() -> tuple[dict, dict]:
-        import torch
-
-        from ..assets import load_state_dict
-        from ..engine import evaluate, train
-
-        threads = torch.get_num_threads()
-        log(f"teacher: training TinySegNet width {cfg.teacher_width} on the {cfg.n_pool}-canvas pool for "
-            f"{cfg.teacher_iters} iterations through the engine ({out}), 1 thread for reproducibility")
-        torch.set_num_threads(1)
-        try:
-            conf = teacher_config(cfg, root, out)
-            train(conf, ["train.resume=false"])
-            sd = load_state_dict(out / "student_final.pth")
-            metrics = {}
-            for split in ("dev", "val"):
-                m = evaluate(conf, str(out / "student_final.pth"), [f"data.val_split={split}",
-                                                                    f"output_dir={out / ('eval_' + split)}"])
-                metrics[f"{split} mIoU"] = round(100 * m["mIoU"], 2)
-        finally:
-            torch.set_num_threads(threads)
-        record = {"kind": "densekd demo teacher (segmentation)", "command": TEACHER_COMMAND,
-                  "model": cfg.teacher_spec(), "data": {"generator": "densekd.data.digits.make_digits_dataset",
-                                                        **cfg.data_params(), "split": "train (the whole pool)"},
-                  "train": conf["train"], "seed": 0, "threads": 1, "metric": metrics,
-                  "torch": torch.__version__, "created": time.strftime("%Y-%m-%d")}
-        return sd, record
-
-    return run
+    return common.build_data(cfg, cache)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -249,9 +155,9 @@ def plot_masks(run_dir: Path, image_index: int, paths: tuple[Path, Path], split:
 
     from ..engine.trainer import Trainer
 
-    if not (run_dir / "checkpoint.pth").is_file():
+    if not (run_dir / CHECKPOINT_FILE).is_file():
         return None
-    trainer = Trainer(str(run_dir / "config.yaml"), ["train.resume=true"])  # loads student + KD modules
+    trainer = Trainer(str(run_dir / CONFIG_FILE), ["train.resume=true"])  # loads student + KD modules
     image, mask = trainer.val_set[image_index]
     distiller = trainer.model
     distiller.eval()
@@ -302,23 +208,23 @@ MASK_STATS = ("mean", "dice", "entropy", "std")
 def plot_mask_stats(res: common.StudentResults, method: str, path: Path) -> Path | None:
     """Each mask family's statistics over training, from the runs' log.csv (columns ``kd/<level>/masks/<family>/
     <stat>``, written by the engine), one line per seed."""
-    series: dict[str, list[tuple[list[float], list[float]]]] = {}
+    series: dict[tuple[str, str], dict[str, list[tuple[list[float], list[float]]]]] = {}  # (level, family) → stat
     for d in common.run_dirs(res, method):
-        rows = common.read_csv_rows(d / "log.csv")
-        cols = sorted({k for r in rows for k in r if "/masks/" in k})
+        rows = common.read_csv_rows(d / LOG_FILE)
+        cols = sorted({k for r in rows for k in r if mask_key(k)})
         for c in cols:
+            level, fam, stat = mask_key(c)
             pts = [(r["iter"], r[c]) for r in rows if c in r]
-            series.setdefault(c, []).append(([p[0] for p in pts], [p[1] for p in pts]))
+            series.setdefault((level, fam), {}).setdefault(stat, []).append(([p[0] for p in pts], [p[1] for p in pts]))
     if not series:
         return None
     plt = common.pyplot()
     fig, axes = plt.subplots(1, len(MASK_STATS), figsize=(4 * len(MASK_STATS), 3.6))
-    fams = sorted({c.rsplit("/", 1)[0] for c in series})
+    fams = sorted(series)
     for ax, stat in zip(axes, MASK_STATS):
-        for i, fam in enumerate(fams):
-            for j, (x, y) in enumerate(series.get(f"{fam}/{stat}", [])):
-                ax.plot(x, y, color=f"C{i}", alpha=0.7, marker="o", ms=2,
-                        label=fam.replace("kd/", "").replace("/masks", "") if j == 0 else None)
+        for i, (level, fam) in enumerate(fams):
+            for j, (x, y) in enumerate(series[level, fam].get(stat, [])):
+                ax.plot(x, y, color=f"C{i}", alpha=0.7, marker="o", ms=2, label=f"{level}/{fam}" if j == 0 else None)
         ax.set(xlabel="iteration", title={"mean": "mean mask value", "dice": "pairwise Dice between masks",
                                           "entropy": "entropy / log N (1 = uniform)",
                                           "std": "per-mask std over positions"}[stat])
@@ -331,93 +237,76 @@ def plot_mask_stats(res: common.StudentResults, method: str, path: Path) -> Path
     return path
 
 
-# --------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------- the demo
+class _Segmentation(common.DemoTask):
+    """The segmentation demo's hooks of the skeleton (:func:`densekd.demo.common.run_demo`)."""
+
+    name = "segmentation"
+    command = "densekd demo"
+    title = "segmentation on the built-in digits set"
+    teacher_asset = TEACHER_ASSET
+    teacher_command = TEACHER_COMMAND
+    runs_prefix = "runs"
+    summary_file = "summary.json"
+    metrics = ("mIoU",)
+    metric_label = "mIoU"
+    loss_label = "cross-entropy"
+
+    def labels(self) -> Mapping[str, str]:
+        return METHOD_LABELS
+
+    def teacher_model(self) -> str:
+        return f"TinySegNet width {self.cfg.teacher_width}"
+
+    def teacher_short(self) -> str:
+        return f"width {self.cfg.teacher_width}"
+
+    def teacher_config(self, root: Path, out: Path) -> dict[str, Any]:
+        return teacher_config(self.cfg, root, out)
+
+    def split_overrides(self, root: Path, split: str) -> list[str]:
+        return [f"data.val_split={split}"]
+
+    def students(self, root: Path, teacher: common.TeacherChoice, out: Path, log: Callable[[str], None]
+                 ) -> tuple[dict[str, Any], Path]:
+        runs_dir = common.student_runs_dir(self.cfg, self.runs_prefix, teacher.record["weights_sha256"])
+        return student_config(self.cfg, root, teacher.checkpoint, runs_dir), runs_dir
+
+    def method_settings(self) -> dict[str, list[str]]:
+        return method_settings(self.cfg)
+
+    def method_kwargs(self) -> dict[str, dict[str, Any]]:
+        return method_kwargs(self.cfg)
+
+    def describe(self, teacher: common.TeacherChoice, split_n: int) -> str:
+        cfg = self.cfg
+        return (f"mIoU (%) on '{cfg.eval_split}' ({split_n} canvases); students: width {cfg.student_width} "
+                f"({_params(cfg.student_width):,} parameters, KD modules dropped after training), {cfg.n_student} "
+                f"labelled canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; teacher: width "
+                f"{cfg.teacher_width} ({_params(cfg.teacher_width):,} parameters), trained on "
+                f"{teacher.record.get('data', {}).get('n_train', '?')} canvases; "
+                f"ACAM-KD switches: {cfg.acam_kwargs or 'the defaults'}"
+                + (" (methods.md: without it the spatial masks are constant gates on this post-ReLU feature)"
+                   if cfg.acam_kwargs.get("z_norm") == "spatial" else ""))
+
+    def figures(self, res: common.StudentResults, out: Path) -> dict[str, Path]:
+        cfg = self.cfg
+        figs = {"spatial_masks": out / "acam_spatial_masks.png", "channel_masks": out / "acam_channel_masks.png",
+                "mask_stats": out / "acam_mask_stats.png"}
+        acam = next((m for m in cfg.methods if m.startswith("acam_kd")), None)
+        made = set()
+        if acam is not None:
+            last = common.run_dirs(res, acam)[-1]
+            if plot_masks(last, 0, (figs["spatial_masks"], figs["channel_masks"]), cfg.eval_split):
+                made |= {"spatial_masks", "channel_masks"}
+            if plot_mask_stats(res, acam, figs["mask_stats"]):
+                made.add("mask_stats")
+        return {k: v for k, v in figs.items() if k in made}
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo; returns the table text, the per-run results, the verdict and the figure paths."""
-    cfg.validate()
-    common.set_threads(cfg.threads)
-    t_start = time.perf_counter()
-    cache = Path(os.path.expanduser(cfg.cache_dir))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from .. import losses  # noqa: F401  (registers every method)
-
-    ds = build_data(cfg, cache)
-    log(f"data: {ds.root} ({'built' if ds.built else 'cached'}; teacher's pool {cfg.n_pool} canvases, the student "
-        f"sees the first {cfg.n_student}; dev {cfg.n_dev}, val {cfg.n_val}; {cfg.canvas}×{cfg.canvas}; the splits "
-        "share no source digit)")
-
-    hint = "run `densekd demo --retrain-teacher` to rebuild it with our own command"
-    teacher = common.resolve_teacher(TEACHER_ASSET, cfg.retrain_teacher, _retrain(cfg, ds.root, out / "teacher", log),
-                                     out / "teacher", hint, log)
-    _check_record(cfg, teacher.record)
-
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "out_dir", "cache_dir", "threads", "jobs", "quick",
-                                                                  "retrain_teacher", "methods", "task")}
-    runs_dir = out / f"runs-{_hash([settings, teacher.record['weights_sha256']])}"
-    ckpt = f"asset:{TEACHER_ASSET}" if teacher.origin == "shipped" else teacher.path
-    conf = student_config(cfg, ds.root, ckpt, runs_dir)
-    seeds = list(range(cfg.seeds))
-    log(f"students: {', '.join(cfg.methods)} × {cfg.seeds} seed(s), {cfg.student_iters} iterations each, through "
-        f"the engine (runs in {runs_dir}; finished runs are reused)")
-    res = common.train_students(conf, cfg.methods, seeds, runs_dir, method_settings(cfg), log, method_kwargs(cfg),
-                                cfg.jobs)
-
-    # the teacher's own metric on the evaluation split, by the engine's evaluation
-    from ..engine import evaluate
-
-    t_conf = teacher_config(cfg, ds.root, out / "teacher_eval")
-    t_metrics = evaluate(t_conf, str(teacher.path), [f"data.val_split={cfg.eval_split}"])
-    t_miou = 100 * t_metrics["mIoU"]
-
-    figs = {"gains": out / "gains.png", "curves": out / "curves.png", "spatial_masks": out / "acam_spatial_masks.png",
-            "channel_masks": out / "acam_channel_masks.png", "mask_stats": out / "acam_mask_stats.png"}
-    common.plot_curves(res, t_miou, figs["curves"], cfg.eval_split, metric=res.metric, metric_label="mIoU",
-                       loss_label="cross-entropy", labels=METHOD_LABELS)
-    common.plot_gains(res, METHOD_LABELS, figs["gains"])
-    acam = next((m for m in cfg.methods if m.startswith("acam_kd")), None)
-    made = {"curves", "gains"}
-    if acam is not None:
-        last = common.run_dirs(res, acam)[-1]
-        if plot_masks(last, 0, (figs["spatial_masks"], figs["channel_masks"]), cfg.eval_split):
-            made |= {"spatial_masks", "channel_masks"}
-        if plot_mask_stats(res, acam, figs["mask_stats"]):
-            made.add("mask_stats")
-    figs = {k: v for k, v in figs.items() if k in made}
-
-    n_params = {"teacher": _params(cfg.teacher_width), "student": _params(cfg.student_width)}
-    split_n = cfg.n_val if cfg.eval_split == "val" else cfg.n_dev
-    teacher_row = [f"teacher ({teacher.origin}, width {cfg.teacher_width})", common.fmt(t_miou), "", "", "—", "1"]
-    table = common.results_table(res, METHOD_LABELS, teacher_row=teacher_row)
-    verdicts = [common.verdict_line(res, m, METHOD_LABELS.get(m, m).replace("student + ", ""))
-                for m in cfg.methods if m not in ("baseline", "student")]
-    title = ("densekd demo — SMOKE RUN (--quick: tiny sizes, numbers mean nothing)" if cfg.quick else
-             "densekd demo — segmentation on the built-in digits set")
-    health = [f"  {m}: {w}" for m, ws in res.health.items() for w in ws]
-    wall = time.perf_counter() - t_start
-    text = "\n".join([
-        title,
-        f"mIoU (%) on '{cfg.eval_split}' ({split_n} canvases); students: width {cfg.student_width} "
-        f"({n_params['student']:,} parameters, KD modules dropped after training), {cfg.n_student} labelled canvases, "
-        f"{cfg.student_iters} iterations × batch {cfg.batch_size}; teacher: width {cfg.teacher_width} "
-        f"({n_params['teacher']:,} parameters), trained on {teacher.record.get('data', {}).get('n_train', '?')} canvases; "
-        f"ACAM-KD switches: {cfg.acam_kwargs or 'the defaults'}"
-        + (" (methods.md: without it the spatial masks are constant gates on this post-ReLU feature)"
-           if cfg.acam_kwargs.get("z_norm") == "spatial" else ""),
-        table, *[v for v in verdicts if v],
-        *(["KD health warnings from the runs:", *health] if health else []),
-        f"total wall time {wall:.0f} s (threads: {_threads()})",
-        "figures:", *[f"  {k}: {v}" for k, v in figs.items()],
-    ])
-    log(text)
-    gains = {g.method: {"mean": g.mean, "std": g.std, "n": g.n, "per_seed": g.per_seed, "beyond_2std": g.beyond_2std}
-             for g in res.gains}
-    summary = {"config": asdict(cfg), "table": text, "wall_seconds": wall, "teacher": {
-        "origin": teacher.origin, "path": str(teacher.path), "record": teacher.record, "note": teacher.note,
-        "metric": t_miou}, "runs": res.runs, "gains": gains, "health": res.health,
-        "figures": {k: str(v) for k, v in figs.items()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return common.run_demo(_Segmentation(cfg), log)
 
 
 def _params(width: int) -> int:
@@ -426,11 +315,5 @@ def _params(width: int) -> int:
     return sum(p.numel() for p in TinySegNet(width, NUM_SEG_CLASSES).parameters())
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs", "method_settings", "run_demo", "student_config",
-           "teacher_config"]
+__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs", "method_settings", "run_demo",
+           "student_config", "teacher_config"]

@@ -59,6 +59,9 @@ from .. import health
 from ..config import Config, load_config, to_dict
 from ..distiller import Distiller, Pair, task_losses
 from ..errors import ConfigError, DenseKDError
+from ..health.checks import size_text
+from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FILE, LOG_FILE, METRICS_FILE,
+                          STUDENT_FILE, TENSORBOARD_DIR, kd_term)
 from ..tasks import get_task
 from . import checkpoint as ckpt
 from . import distributed as du
@@ -149,7 +152,7 @@ class Trainer:
         self.autocast = _autocast_factory(t.amp, self.device)
         _seed_all(cfg.seed)
         self.out = cfg.output_dir
-        self.ckpt_path = os.path.join(self.out, "checkpoint.pth")
+        self.ckpt_path = os.path.join(self.out, CHECKPOINT_FILE)
 
         # data
         self.train_set = self.task.build_dataset(cfg.data, "train")
@@ -296,7 +299,7 @@ class Trainer:
                      if t.grad_ratio_every else "never (train.grad_ratio_every=0)")
             checks.append(health.Check(health.INFO, "guards", (
                 f"KD/task loss ratio every train.log_every={t.log_every}, gradient-norm ratio {every}, feature "
-                f"distance and mask statistics into log.csv and tb/; warnings into {health.HEALTH_FILE}")))
+                f"distance and mask statistics into {LOG_FILE} and {TENSORBOARD_DIR}/; warnings into {HEALTH_FILE}")))
         else:
             checks.append(health.Check(health.INFO, "guards", "off (train.guards: false)"))
         return [c.line() for c in checks]
@@ -377,8 +380,8 @@ class Trainer:
             if removed:
                 self.messages.append(
                     f"removed {len(removed)} stale temporary checkpoint file(s) left by an interrupted write "
-                    f"({', '.join(n for n, _ in removed)}, {health._size(sum(b for _, b in removed))})")
-            with open(os.path.join(self.out, "config.yaml"), "w", encoding="utf-8") as f:
+                    f"({', '.join(n for n, _ in removed)}, {size_text(sum(b for _, b in removed))})")
+            with open(os.path.join(self.out, CONFIG_FILE), "w", encoding="utf-8") as f:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
             self._start_lines = self.start_checks()
             for m in self.messages + self._start_lines:
@@ -450,18 +453,18 @@ class Trainer:
             train_seconds = time.perf_counter() - loop_start  # this process's iterations only (a resumed run: since the resume)
             self.save()
             if main:
-                torch.save(self.model.student_state_dict(), os.path.join(self.out, "student_final.pth"))
+                torch.save(self.model.student_state_dict(), os.path.join(self.out, STUDENT_FILE))
             if t.eval_every >= 0:
                 metrics = self.evaluate()
                 if logger and metrics:
                     logger.log_eval(self.iteration, metrics)
             finished = True
             if main:
-                with open(os.path.join(self.out, "metrics.json"), "w", encoding="utf-8") as f:
+                with open(os.path.join(self.out, METRICS_FILE), "w", encoding="utf-8") as f:
                     json.dump({"iteration": self.iteration, **metrics, "train_seconds": round(train_seconds, 2),
                                "train_iterations": self.iteration - loop_start_iter}, f, indent=2)
                 print(f"finished {self.iteration} iterations; student weights: "
-                      f"{os.path.join(self.out, 'student_final.pth')}", flush=True)
+                      f"{os.path.join(self.out, STUDENT_FILE)}", flush=True)
                 if self.guards is not None:
                     print("\n".join(self.guards.summary()), flush=True)
         finally:
@@ -487,7 +490,7 @@ class _Logger:
 
         os.makedirs(out, exist_ok=True)
         self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
-        self.csv_path = os.path.join(out, "log.csv")
+        self.csv_path = os.path.join(out, LOG_FILE)
         self.header: list[str] | None = None
         if os.path.isfile(self.csv_path) and start > 0:
             with open(self.csv_path, encoding="utf-8") as f:
@@ -497,7 +500,7 @@ class _Logger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(out, "tb"), purge_step=start if start > 0 else None)
+            self.tb = SummaryWriter(os.path.join(out, TENSORBOARD_DIR), purge_step=start if start > 0 else None)
         except ImportError:  # pragma: no cover - tensorboard is a dependency
             self.tb = None
 
@@ -512,8 +515,9 @@ class _Logger:
     def log(self, it: int, row: dict[str, float]) -> None:
         shown = {"lr": f"{row['lr']:.3g}"}
         for k, v in row.items():  # KD terms summed over levels: kd/<level>/loss_x → kd_loss_x
-            if k.startswith("kd/") and k.rsplit("/", 1)[-1].startswith("loss_"):
-                name = "kd_" + k.rsplit("/", 1)[-1]
+            lt = kd_term(k)
+            if lt is not None:
+                name = "kd_" + lt[1]
                 shown[name] = shown.get(name, 0.0) + v
         shown.update({k: v for k, v in row.items() if k in ("loss_task", "loss_kd", "loss")})
         shown = {k: (v if isinstance(v, str) else f"{v:.4g}") for k, v in shown.items()}
@@ -536,7 +540,7 @@ class _Logger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"val/{k}", v, it)
-        with open(os.path.join(os.path.dirname(self.csv_path), "eval.csv"), "a", encoding="utf-8") as f:
+        with open(os.path.join(os.path.dirname(self.csv_path), EVAL_LOG_FILE), "a", encoding="utf-8") as f:
             f.write(json.dumps({"iter": it, **metrics}) + "\n")
 
     def close(self) -> None:
@@ -589,7 +593,7 @@ def evaluate(config: Config | str | Mapping[str, Any], checkpoint: str | None = 
         if val is None:
             raise ConfigError("data: evaluation needs a validation set (data.val_ann / val_images for detection)")
         model = task.build_model(cfg.model, "student")
-        path = checkpoint or os.path.join(cfg.output_dir, "student_final.pth")
+        path = checkpoint or os.path.join(cfg.output_dir, STUDENT_FILE)
         load_student_weights(model, path)
         model.to(device)
         loader = DataLoader(val, batch_size=cfg.eval.batch_size,

@@ -14,19 +14,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import ConfigError
+from ..config import parse_assignment
 
 
-def _train_args(words: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for w in words:
-        key, sep, value = w.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected an Ultralytics train argument as key=value, got {w!r}")
-        out[key] = yaml.safe_load(value) if value else None
-    return out
+def _train_args(words: list[str], where: str = "Ultralytics train argument", example: str = "epochs=100"
+                ) -> dict[str, Any]:
+    """``key=value`` words → a dict (values read as YAML; :func:`densekd.config.parse_assignment`)."""
+    return dict(parse_assignment(w, where, f"key=value, e.g. {example}") for w in words)
 
 
 def _pairs(words: list[str] | None) -> list[Any] | None:
@@ -54,8 +48,8 @@ def _run_distill(a: argparse.Namespace) -> int:
     from .ultralytics import distill_yolo
 
     tr = distill_yolo(a.student, a.teacher, a.data, method=a.method, pairs=_pairs(a.pairs), weight=a.weight,
-                      method_kwargs=_train_args(a.kwargs), resume=a.resume, check=not a.no_check,
-                      **_train_args(a.args))
+                      method_kwargs=_train_args(a.kwargs, "--kwargs", "num_masks=6"), resume=a.resume,
+                      check=not a.no_check, **_train_args(a.args))
     print(f"densekd yolo distill: {tr.best}")
     return 0
 

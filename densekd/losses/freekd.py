@@ -97,6 +97,7 @@ from torch import Tensor, nn
 from ..ops import at_least_fp32, min_side_for, need_ptwt, wavelet_decompose, wavelet_reconstruct
 from .acam import dice_diversity
 from .base import DistillContext, DistillLoss
+from .fitting import fit_on_teacher, head_loss
 from .registry import register_loss
 
 
@@ -233,40 +234,14 @@ def fit_freekd_prompts(
     """
     if not isinstance(loss_module, FreeKD):
         raise TypeError(f"fit_freekd_prompts expects a FreeKD loss module, got {type(loss_module).__name__}")
-    if int(steps) < 1:
-        raise ValueError(f"fit_freekd_prompts: steps must be >= 1, got {steps}")
-    prompts = loss_module.prompts
-    prompts.requires_grad_(True)
-    opt = torch.optim.Adam([prompts], lr=lr)
-    history: list[float] = []
-    it = iter(teacher_feats_iter)
-    try:
-        for step in range(int(steps)):
-            try:
-                item = next(it)
-            except StopIteration:
-                it = iter(teacher_feats_iter)
-                try:
-                    item = next(it)
-                except StopIteration:
-                    raise ValueError(
-                        f"fit_freekd_prompts: teacher_feats_iter ran out after {step} of {steps} steps; pass a "
-                        "re-iterable (e.g. a list or DataLoader-backed generator factory)") from None
-            feat, target = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-            recon, masks = loss_module.reconstruct_teacher(feat.detach())
-            task = head_loss_fn(recon, target)
-            if not isinstance(task, Tensor) or task.dim() != 0:
-                raise ValueError("fit_freekd_prompts: head_loss_fn must return a scalar tensor (the teacher's task "
-                                 f"loss), got {type(task).__name__} {tuple(getattr(task, 'shape', ()))}")
-            # Σ over the J + 1 bands of the mean pairwise Dice (official: 1e-12 added to each of the two sums)
-            dice = sum(dice_diversity(m.flatten(2), eps=2e-12) for m in masks)
-            objective = task + dice
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            history.append(float(objective.detach()))
-    finally:
-        prompts.requires_grad_(False)
-        prompts.grad = None
+
+    def objective(feat: Tensor, target: Any) -> Tensor:
+        recon, masks = loss_module.reconstruct_teacher(feat)
+        task = head_loss("fit_freekd_prompts", head_loss_fn, recon, target)
+        # Σ over the J + 1 bands of the mean pairwise Dice (official: 1e-12 added to each of the two sums)
+        dice = sum(dice_diversity(m.flatten(2), eps=2e-12) for m in masks)
+        return task + dice
+
+    history = fit_on_teacher("fit_freekd_prompts", [loss_module.prompts], teacher_feats_iter, objective, steps, lr)
     loss_module.prompts_fitted.fill_(True)
     return history

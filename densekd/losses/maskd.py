@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .acam import ACAMKD, dice_diversity
 from .base import DistillContext
+from .fitting import fit_on_teacher, head_loss
 from .registry import register_loss
 
 
@@ -126,47 +127,17 @@ def fit_maskd_tokens(
     """
     if not isinstance(loss_module, MasKD):
         raise TypeError(f"fit_maskd_tokens expects a MasKD loss module, got {type(loss_module).__name__}")
-    if int(steps) < 1:
-        raise ValueError(f"fit_maskd_tokens: steps must be >= 1, got {steps}")
-    params = [p for p in loss_module.ascm.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    history: list[float] = []
-    it = iter(teacher_feats_iter)
-    try:
-        for step in range(int(steps)):
-            try:
-                item = next(it)
-            except StopIteration:
-                it = iter(teacher_feats_iter)
-                try:
-                    item = next(it)
-                except StopIteration:
-                    raise ValueError(
-                        f"fit_maskd_tokens: teacher_feats_iter ran out after {step} of {steps} steps; pass a "
-                        "re-iterable (e.g. a list or DataLoader-backed generator factory)"
-                    ) from None
-            feat, target = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-            feat = feat.detach()
-            masked = loss_module.masked_teacher(feat)
-            objective = feat.new_zeros(())
-            for fam in ("spatial", "channel"):
-                if fam in masked:
-                    task = head_loss_fn(masked[fam], target)
-                    if not isinstance(task, Tensor) or task.dim() != 0:
-                        raise ValueError(
-                            "fit_maskd_tokens: head_loss_fn must return a scalar tensor (the teacher's task "
-                            f"loss), got {type(task).__name__} {tuple(getattr(task, 'shape', ()))}"
-                        )
-                    objective = objective + task + dice_diversity(masked[f"mask_{fam}"])
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            history.append(float(objective.detach()))
-    finally:
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
+
+    def objective(feat: Tensor, target: Any) -> Tensor:
+        masked = loss_module.masked_teacher(feat)
+        value = feat.new_zeros(())
+        for fam in ("spatial", "channel"):
+            if fam in masked:
+                task = head_loss("fit_maskd_tokens", head_loss_fn, masked[fam], target)
+                value = value + task + dice_diversity(masked[f"mask_{fam}"])
+        return value
+
+    history = fit_on_teacher("fit_maskd_tokens", list(loss_module.ascm.parameters()), teacher_feats_iter, objective,
+                             steps, lr)
     loss_module.tokens_fitted.fill_(True)
     return history

@@ -1,5 +1,6 @@
-"""MasKD stage 1 wired into the engine: receptive tokens fitted on the frozen teacher (its task loss + Dice)
-before distillation, for detection (RetinaNet) and segmentation; the generic level replacement hook."""
+"""The preparation stage wired into the engine (densekd/engine/prepare.py, densekd/losses/fitting.py): MasKD's
+receptive tokens and FreeKD's frequency prompts fitted on the frozen teacher (its task loss + Dice) before
+distillation, for detection (RetinaNet) and segmentation; the generic level replacement hook."""
 from __future__ import annotations
 
 import os
@@ -90,31 +91,40 @@ def test_detection_maskd_tokens_fitted_before_training(make_config, teacher_ckpt
     assert all(torch.equal(a, b) for a, b in zip(after, again))
 
 
-def test_segmentation_maskd_fitted_with_cross_entropy(tmp_path, capsys):
+def cityscapes_config(tmp_path, method, kwargs, num_images=2, size=32):
+    """PSPNet R18 student, DeepLabV3 R18 teacher (random, one block per stage, 19 classes) on generated
+    Cityscapes-layout images, one training iteration after the preparation stage."""
     from densekd.data.segmentation import make_toy_segmentation
 
-    make_toy_segmentation(tmp_path / "cs", "cityscapes", num_images=2, size=(32, 32), num_classes=3)
-    tiny = {"layers": [1, 1, 1, 1], "num_classes": 19}
-    cfg = {
+    make_toy_segmentation(tmp_path / "cs", "cityscapes", num_images=num_images, size=(size, size), num_classes=3)
+    tiny = {"layers": [1, 1, 1, 1], "num_classes": 19, "decoder_channels": 16}
+    return {
         "task": "segmentation", "output_dir": str(tmp_path / "o"),
-        "model": {"student": {"arch": "pspnet", "backbone": "resnet18", "decoder_channels": 16, **tiny},
-                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", "decoder_channels": 16, **tiny,
-                              "random_init": True}},
-        "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [32, 32]},
-        "distill": {"method": "maskd", "kwargs": {"fit_steps": 3, "fit_lr": 0.05}},
+        "model": {"student": {"arch": "pspnet", "backbone": "resnet18", **tiny},
+                  "teacher": {"arch": "deeplabv3", "backbone": "resnet18", **tiny, "random_init": True}},
+        "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [size, size]},
+        "distill": {"method": method, "kwargs": kwargs},
         "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},
     }
+
+
+@pytest.mark.parametrize("method, size, name, steps, check", [
+    ("maskd", 32, "MasKD", 3, lambda mod: mod.num_masks == 19),  # M = number of classes
+    ("freekd", 40, "FreeKD", 2, lambda mod: mod.num_prompts == 6),  # logits 5×5; the official T, not the classes
+])
+def test_segmentation_default_pairs_fitted_with_cross_entropy(tmp_path, capsys, method, size, name, steps, check):
+    cfg = cityscapes_config(tmp_path, method, {"fit_steps": steps, "fit_lr": 0.05}, size=size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random teacher
-        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # "never fitted" would be raised here
         tr = Trainer(cfg)
         (mod,) = tr.model.kd_losses.values()
-        assert not mod.prepared and mod.num_masks == 19  # M = number of classes
+        assert not mod.prepared and check(mod)
         tr.run()
     tr.close()
     assert mod.prepared
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("prepared MasKD")][0]
-    assert "3 steps" in line
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"prepared {name}")][0]
+    assert f"{steps} steps" in line
 
 
 def test_teacher_task_loss_needs_the_replaced_level():
@@ -175,17 +185,7 @@ def test_two_process_ddp_ranks_share_rank0_tokens(tmp_path):
     import subprocess
     import sys
 
-    from densekd.data.segmentation import make_toy_segmentation
-
-    make_toy_segmentation(tmp_path / "cs", "cityscapes", num_images=4, size=(32, 32), num_classes=3)
-    tiny = {"layers": [1, 1, 1, 1], "num_classes": 19, "decoder_channels": 16}
-    cfg = {
-        "task": "segmentation", "output_dir": str(tmp_path / "o"),
-        "model": {"student": {"arch": "pspnet", **tiny}, "teacher": {"arch": "deeplabv3", **tiny, "random_init": True}},
-        "data": {"format": "cityscapes", "root": str(tmp_path / "cs"), "crop_size": [32, 32]},
-        "distill": {"method": "maskd", "kwargs": {"fit_steps": 2, "fit_lr": 0.05}},
-        "train": {"max_iters": 1, "batch_size": 2, "num_workers": 0, "eval_every": -1, "checkpoint_every": 0},
-    }
+    cfg = cityscapes_config(tmp_path, "maskd", {"fit_steps": 2, "fit_lr": 0.05}, num_images=4)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "run.py").write_text(DDP_SCRIPT)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

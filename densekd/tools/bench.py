@@ -3,7 +3,7 @@
     densekd bench configs/compare/digits_segmentation.yaml [key=value ...] --methods fitnet acam_kd samkd \\
         --iters 20 --warmup 5 --out runs/bench/digits
 
-Every method (and ``plain``: the student alone, ``distill=null``) is measured in its own fresh Python
+Every method (and ``baseline``, the plain student alone, ``distill=null``) is measured in its own fresh Python
 subprocess built from the same config, so models, resolution and batch are identical and peaks of
 different methods never mix. In each subprocess the engine's :class:`~densekd.engine.trainer.Trainer`
 builds everything; one training batch is moved to the device once and ``warmup + iters`` full training
@@ -23,7 +23,7 @@ loading is not timed. Reported per method:
   backward and optimizer update): the full step minus a plain student step (same student, batch and
   optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
   iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
-* ratios to ``plain``;
+* ratios to ``baseline``;
 * with ``--guards [PAIRS]`` (default 30) also ``guards overhead``: what the KD health guards
   (:mod:`densekd.health`) add to a training step, measured in the same process by :func:`measure_guards`.
   Their work is not spread over every step: a step that measures gradient norms (iteration 1 and every
@@ -48,9 +48,9 @@ import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
-from .errors import ConfigError
-
-PLAIN = "plain"
+from ..errors import ConfigError
+from .compare.plan import PLAIN_STUDENT, is_plain
+from .compare.report import markdown_table
 
 
 # --------------------------------------------------------------------------- table (pure)
@@ -60,7 +60,7 @@ def _ratio(x: float | None, base: float | None) -> str:
     return f"{x / base:.2f}×"
 
 
-def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str:
+def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT) -> str:
     """Markdown table from measured rows.
 
     Each row: ``{"method", "sec_per_iter", "peak_mem_bytes", "mem_kind" ("cuda" | "cpu_rss_delta"),
@@ -72,9 +72,9 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
     kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
     guards = any(r.get("guards_overhead") is not None for r in rows)
-    lines = [f"| method | s/iter | × {baseline} | {mem_head} | × {baseline} | teacher fwd (s) | KD modules (s) "
-             f"| modules / student step |" + (" guards overhead |" if guards else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if guards else "")]
+    head = ["method", "s/iter", f"× {baseline}", mem_head, f"× {baseline}", "teacher fwd (s)", "KD modules (s)",
+            "modules / student step"] + (["guards overhead"] if guards else [])
+    body = []
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
         mod, st = r.get("modules_sec"), r.get("student_step_sec")
@@ -93,7 +93,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN) -> str
             cells.append("—" if g is None else (
                 f"{100 * g:+.2f} % (gradient-norm step {100 * r['guards_grad_step']:+.0f} %, log row "
                 f"{100 * r['guards_log_row']:+.1f} %)"))
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines = [markdown_table(head, body)]
     if rows:
         r0 = rows[0]
         lines += ["", f"median over {r0.get('iters')} iterations after {r0.get('warmup')} warm-up, one fixed batch; "
@@ -170,14 +171,14 @@ def measure_guards(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 30
 
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
             overrides: Sequence[str] = (), guard_pairs: int = 0) -> dict[str, Any]:
-    """Time ``warmup + iters`` training steps of ``method`` (``plain`` = no distillation) in *this* process."""
+    """Time ``warmup + iters`` training steps of ``method`` (``baseline``: no distillation) in *this* process."""
     import torch
 
-    from .compare import _raw_config, method_overrides
-    from .distiller import Distiller, task_losses
-    from .engine.trainer import Trainer
+    from ..distiller import Distiller, task_losses
+    from ..engine.trainer import Trainer
+    from .compare.plan import method_overrides, raw_config
 
-    raw = _raw_config(config, overrides)
+    raw = raw_config(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         ov = list(overrides) + method_overrides(raw, method) + [
             f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0"]
@@ -273,7 +274,7 @@ def _worker(argv: Sequence[str]) -> int:
 def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
                           overrides: Sequence[str] = (), timeout: float | None = None,
                           guard_pairs: int = 0) -> dict[str, Any]:
-    """:func:`measure` in a fresh ``python -m densekd.bench`` process (so memory peaks do not mix)."""
+    """:func:`measure` in a fresh ``python -m densekd.tools.bench`` process (so memory peaks do not mix)."""
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(config, (str, os.PathLike)):
             import yaml
@@ -285,9 +286,9 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
         spec = {"config": os.fspath(config), "method": method, "iters": iters, "warmup": warmup,
                 "overrides": list(overrides), "guard_pairs": guard_pairs}
         env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = subprocess.run([sys.executable, "-m", "densekd.bench", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "densekd.tools.bench", json.dumps(spec)], capture_output=True,
                               text=True, env=env, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith(_MARK):
@@ -302,22 +303,22 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
 
 def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 20, warmup: int = 5,
           overrides: Sequence[str] = (), out: str | None = None, log=print, guard_pairs: int = 0) -> list[dict[str, Any]]:
-    """Measure ``plain`` and every method (each in its own subprocess); write ``bench.md`` / ``bench.json``
-    to ``out`` when given; returns the rows (``plain`` first). ``guard_pairs > 0``: also the KD health
+    """Measure the plain student (``baseline``) and every method (each in its own subprocess); write ``bench.md`` /
+    ``bench.json`` to ``out`` when given; returns the rows (``baseline`` first). ``guard_pairs > 0``: also the KD health
     guards' cost for every method (:func:`measure_guards`)."""
-    from .compare import BASELINE_NAMES, check_methods
+    from .compare.plan import check_methods
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"bench: expected --iters >= 1 and --warmup >= 0, got {iters} / {warmup}")
     if guard_pairs < 0:
         raise ConfigError(f"bench: expected --guards PAIRS >= 1, got {guard_pairs}")
-    names = [m for m in methods if m not in BASELINE_NAMES and m != PLAIN]
-    check_methods(names or ["baseline"])
+    names = [m for m in methods if not is_plain(m)]
+    check_methods(names or [PLAIN_STUDENT])
     rows = []
-    for m in [PLAIN, *names]:
+    for m in [PLAIN_STUDENT, *names]:
         log(f"bench: {m} ({warmup} warm-up + {iters} iterations)")
         rows.append(measure_in_subprocess(config, m, iters, warmup, overrides,
-                                          guard_pairs=guard_pairs if m != PLAIN else 0))
+                                          guard_pairs=guard_pairs if m != PLAIN_STUDENT else 0))
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
@@ -331,7 +332,8 @@ def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 
 def add_subparser(sub) -> None:
     p = sub.add_parser("bench", help="seconds per iteration and peak memory of each method vs plain training")
     p.add_argument("config", help="YAML config (model, data, batch; its distill section gives the teacher)")
-    p.add_argument("--methods", nargs="+", required=True, help="registered loss names (plain is always measured)")
+    p.add_argument("--methods", nargs="+", required=True, help="registered loss names (the plain student, baseline, is "
+                                                                    "always measured)")
     p.add_argument("--iters", type=int, default=20, help="measured iterations (median), default 20")
     p.add_argument("--warmup", type=int, default=5, help="warm-up iterations, default 5")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.json")
@@ -343,7 +345,7 @@ def add_subparser(sub) -> None:
 
 
 def _run_cli(args) -> int:
-    from .compare import split_methods
+    from .compare.plan import split_methods
 
     methods, overrides = split_methods(args.methods, args.overrides)
     rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out, guard_pairs=args.guards)

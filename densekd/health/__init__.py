@@ -1,0 +1,60 @@
+"""KD health: the checks ``densekd doctor`` runs before training and the guards the engine runs during it.
+
+Distillation fails in two quiet ways: it does nothing (a teacher that was never loaded, a KD term that is 0
+or puts no gradient on the student, masks that collapsed) or it wrecks training (a KD term thousands of times
+the task loss). This package says so, in one line each, before the run is lost. It sits below the engine: the
+engine runs its guards and writes ``health.json`` with it; it never imports the engine.
+
+* :mod:`~densekd.health.checks` — the checks (:class:`Check` lines);
+* :mod:`~densekd.health.guards` — :class:`TrainingGuards`, run by the engine during training;
+* :mod:`~densekd.health.record` — ``health.json`` (:func:`write_health`, :func:`read_health`, :func:`run_warnings`).
+
+**Before training** — ``densekd doctor CONFIG [key=value …] [--batches N]`` (:mod:`densekd.tools.doctor`, above
+the engine: it builds what ``densekd train`` would build) trains nothing and prints one report:
+
+* teacher: where its weights came from (:func:`teacher_source`); its metric on up to N validation batches
+  against chance on the same batches (:func:`chance_level`): **failure** at chance ("is its checkpoint the
+  right one?"); a warning when it does not beat the student's starting point there (:func:`teacher_checks`);
+* every pair and level: student and teacher module, shape, channels, stride, aligner, resize
+  (:func:`level_checks`);
+* one training batch, forward and backward (:func:`one_batch_checks`): per level the KD term and the
+  gradient norm it puts on the student, the task term's beside it, and their ratios; a warning when a ratio is
+  above 10 or below 0.01, with the ``distill.weight`` that would bring it to 1 (both scale linearly with
+  it); **failure** when a KD term puts no gradient on the student or anything reaches the teacher.
+
+Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2 the config cannot be built.
+
+**During training** — :class:`TrainingGuards`, run by the engine (:mod:`densekd.engine.trainer`, on by
+default, ``train.guards: false`` turns them off). At start the cheap checks above print one line each
+(teacher source, levels); at iteration 1 the KD/task loss and gradient ratios per level (the doctor's
+thresholds). Then, per level, into ``log.csv`` and TensorBoard (column names in the trainer's docstring): the
+KD/task loss ratio every ``log_every``, the gradient-norm ratio at iteration 1 and every
+``train.grad_ratio_every`` iterations, the student–teacher feature distance (:func:`feature_distance`) and,
+for KD modules with ``mask_statistics()`` (ACAM-KD), each mask statistic. One-line warnings, each printed
+once and kept for the end-of-run summary and ``health.json``, when
+
+* a KD term (each ``kd/<level>/loss_*``) falls below 1 % of its first value while the feature distance has
+  not fallen to half of its own (collapse: distillation switched itself off; terms a loss lists in
+  ``regularizer_terms``, such as ACAM-KD's Dice diversity, do not count);
+* ACAM-KD masks' mean leaves [0.01, 0.99], or the spatial masks' smallest per-mask spatial std falls below
+  1e-3 once they have left their initial state (≈ 0.5 everywhere, constant too): after having been above
+  1e-3, or with a mask's mean more than 0.25 from 0.5, i.e. gates ≈ 0 or 1 over the whole image
+  (collapse, saturation; methods.md, "Optimisation of the mask modules");
+* the KD/task gradient-norm ratio exceeds 100 (divergence ahead);
+* one level's KD/task gradient-norm ratio is 10× or more the median of the other levels' (one level, e.g. the
+  1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the
+  pair weight that brings it to the others' median.
+"""
+from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, RATIO_HIGH, RATIO_LOW, WARN, Check, aligner_text, chance_level,
+                     feature_distance, level_checks, level_terms, one_batch_checks, ratio_checks, suggested_weight,
+                     teacher_checks, teacher_source, total_norm)
+from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
+                     MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_STD_MIN, MASK_STD_WAS_SPATIAL, TrainingGuards)
+from .record import read_health, run_warnings, write_health
+
+__all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
+           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
+           "MASK_STD_WAS_SPATIAL", "OK", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "TrainingGuards", "aligner_text",
+           "chance_level", "feature_distance", "level_checks", "level_terms", "one_batch_checks", "ratio_checks",
+           "read_health", "run_warnings", "suggested_weight", "teacher_checks", "teacher_source", "total_norm",
+           "write_health"]

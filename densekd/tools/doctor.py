@@ -1,0 +1,71 @@
+"""``densekd doctor CONFIG [key=value …] [--batches N]``: check a distillation config before training.
+
+Builds what ``densekd train`` would build (the engine's :class:`~densekd.engine.trainer.Trainer`), trains nothing
+and prints one report of the health checks (:mod:`densekd.health`: what each check says and when it fails).
+Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2 the config cannot be built.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..config import load_config
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..health import FAIL, WARN, Check, level_checks, one_batch_checks, teacher_checks, teacher_source
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.status == WARN]
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failures else 0
+
+    def text(self) -> str:
+        return "\n".join(c.line() for c in self.checks)
+
+
+def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = None, batches: int = 4,
+           log: Callable[[str], None] = print) -> DoctorReport:
+    """Check a distillation config without training (see :mod:`densekd.health`); ``log`` gets each line as it
+    is found. Bad input (a config that cannot be built) raises :class:`~densekd.errors.ConfigError`."""
+    if batches < 1:
+        raise ConfigError(f"doctor --batches: expected a positive int, got {batches}")
+    cfg = load_config(config, overrides)
+    if cfg.distill is None:
+        raise ConfigError("distill: the config has no distill section, so there is no teacher or KD term to "
+                          "check (doctor checks distillation configs)")
+    report = DoctorReport()
+
+    def emit(checks: Iterable[Check]) -> None:
+        for c in checks:
+            report.checks.append(c)
+            log(c.line())
+
+    name = config if isinstance(config, (str, os.PathLike)) else "config"
+    log(f"densekd doctor: {name} — {cfg.task}, {cfg.distill.method}, distill.weight {cfg.distill.weight:g}")
+    emit([teacher_source(cfg.model)])
+    trainer = Trainer(cfg, ["train.resume=false", "train.num_workers=0"])
+    try:
+        emit(teacher_checks(trainer, batches))
+        emit(level_checks(trainer.model))
+        emit(one_batch_checks(trainer))
+    finally:
+        trainer.close()
+    f, w = len(report.failures), len(report.warnings)
+    log(f"doctor: {f} failure(s), {w} warning(s)" + (" — do not train before fixing the failures" if f else ""))
+    return report
+
+
+__all__ = ["DoctorReport", "doctor"]
