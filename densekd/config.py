@@ -20,7 +20,7 @@ Schema (shared by every task)::
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
-            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every}
+            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters}
     eval: {batch_size}
     compare: {methods, seeds, set, kwargs, tune}   # optional; densekd compare's plan (training ignores it)
 """

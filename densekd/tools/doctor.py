@@ -1,7 +1,10 @@
-"""``densekd doctor CONFIG [key=value …] [--batches N]``: check a distillation config before training.
+"""``densekd doctor CONFIG [key=value …] [--batches N] [--control N]``: check a distillation config before training.
 
 Builds what ``densekd train`` would build (the engine's :class:`~densekd.engine.trainer.Trainer`), trains nothing
 and prints one report of the health checks (:mod:`densekd.health`: what each check says and when it fails).
+With ``--control N`` it also runs the control probe (:func:`densekd.engine.control.probe`): the run's first N
+iterations beside a plain twin, both then scored on the ``--batches`` validation batches; a warning when KD makes
+the student worse beyond the measured noise (``train.control`` does the same inside a run).
 Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2 the config cannot be built.
 """
 from __future__ import annotations
@@ -11,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..config import load_config
+from ..engine.control import probe
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
-from ..health import FAIL, WARN, Check, level_checks, one_batch_checks, teacher_checks, teacher_source
+from ..health import FAIL, INFO, WARN, Check, level_checks, one_batch_checks, teacher_checks, teacher_source
 
 
 @dataclass
@@ -37,11 +41,15 @@ class DoctorReport:
 
 
 def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = None, batches: int = 4,
-           log: Callable[[str], None] = print) -> DoctorReport:
+           log: Callable[[str], None] = print, control: int = 0) -> DoctorReport:
     """Check a distillation config without training (see :mod:`densekd.health`); ``log`` gets each line as it
-    is found. Bad input (a config that cannot be built) raises :class:`~densekd.errors.ConfigError`."""
+    is found. ``control`` = N > 0: also the control probe, N iterations of the run beside a plain twin
+    (:func:`densekd.engine.control.probe`; a warning when KD makes the student worse beyond the noise).
+    Bad input (a config that cannot be built) raises :class:`~densekd.errors.ConfigError`."""
     if batches < 1:
         raise ConfigError(f"doctor --batches: expected a positive int, got {batches}")
+    if control < 0:
+        raise ConfigError(f"doctor --control: expected a positive number of iterations, got {control}")
     cfg = load_config(config, overrides)
     if cfg.distill is None:
         raise ConfigError("distill: the config has no distill section, so there is no teacher or KD term to "
@@ -63,6 +71,9 @@ def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = No
         emit(one_batch_checks(trainer))
     finally:
         trainer.close()
+    if control:
+        res = probe(cfg, control, batches)
+        emit([Check(WARN if res.worse else INFO, "control", res.message())])
     f, w = len(report.failures), len(report.warnings)
     log(f"doctor: {f} failure(s), {w} warning(s)" + (" — do not train before fixing the failures" if f else ""))
     return report
