@@ -331,3 +331,19 @@ def test_tune_end_to_end_with_the_engine(toy, tmp_path, capsys):
     finally:
         eng.train = real
     assert len(calls) == 1 and any(o.endswith(os.path.join("report", "baseline", "seed0")) for o in calls[0])
+
+
+def test_the_demo_plan_gives_every_method_the_same_log_grid_budget():
+    from densekd.compare import plan_from_config
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "compare", "demo_methods.yaml")
+    plan = plan_from_config(path)
+    grids = tn.resolve_grids(plan.methods, plan.tune.grid, plan.tune.per_method)
+    assert tn.budget_of(grids, plan.tune.seeds) == 10 and plan.tune.split == "dev" and plan.seeds == 5
+    for m in plan.methods:
+        if m == "baseline":
+            assert grids[m] == [tn.Setting()]
+            continue
+        w = [s.as_dict()["distill.weight"] for s in grids[m]]
+        assert len(w) == 5 and max(w) / min(w) == pytest.approx(100), m  # a log grid spanning 100×
+        assert all(b / a == pytest.approx(w[1] / w[0], rel=0.12) for a, b in zip(w, w[1:])), m
