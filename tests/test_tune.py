@@ -347,3 +347,29 @@ def test_the_demo_plan_gives_every_method_the_same_log_grid_budget():
         w = [s.as_dict()["distill.weight"] for s in grids[m]]
         assert len(w) == 5 and max(w) / min(w) == pytest.approx(100), m  # a log grid spanning 100×
         assert all(b / a == pytest.approx(w[1] / w[0], rel=0.12) for a, b in zip(w, w[1:])), m
+
+
+def test_parallel_jobs_record_a_diverging_setting_and_go_on(toy, tmp_path):
+    """``--jobs 2`` (spawned workers, the package's fitnet: a test loss is not registered there): a weight that
+    overflows the loss is recorded as failed in its folder while the other runs finish, and cannot win."""
+    import torch
+
+    conf = seg_config(toy, tmp_path / "o")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random teacher
+            res = tn.tune_compare(conf, ["baseline", "fitnet"], {"distill.weight": [0.5, 1e300]}, tune_seeds=1,
+                                  seeds=1, out=str(tmp_path / "t"), log=lines.append, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert res.chosen_setting("fitnet").as_dict() == {"distill.weight": 0.5}
+    bad = tmp_path / "t" / "tune" / "dev" / "fitnet" / "distill.weight=1e+300" / "seed0"
+    assert "non-finite loss at iteration 0" in json.load(open(bad / "failed.json"))["error"]
+    assert (bad / "console.log").is_file() and res.scores["fitnet"][1].failed
+    assert any("3 run(s) in 2 parallel worker(s), 1 torch thread(s) each" in x for x in lines)
+    assert len(res.results["fitnet"]) == 1 and len(res.results["baseline"]) == 1
+    with pytest.raises(ConfigError, match=r"^--jobs: expected a positive number of parallel runs, got 0$"):
+        tn.tune_compare(conf, ["fitnet"], {"distill.weight": [1]}, out=str(tmp_path / "x"), jobs=0)

@@ -41,7 +41,7 @@ is one error line before anything trains; so is a grid key that would move a run
 
 Folders: tuning runs in ``OUT/tune/<split>/<method>/<setting>/seed<s>``, report runs in
 ``OUT/report/<method>/<setting>/seed<s>`` (no ``<setting>`` level for an untuned method), so the two never mix.
-Resumable as ``densekd compare``: a finished run (``metrics.json``, or ``failed.json`` for a run that stopped
+Resumable as ``densekd compare`` (and ``--jobs N`` trains N runs at once the same way): a finished run (``metrics.json``, or ``failed.json`` for a run that stopped
 on a non-finite loss) is read back, an interrupted one resumes from its checkpoint; a folder whose
 ``config.yaml`` differs from what the run would be now is an error naming the key (use another ``--out``).
 
@@ -313,34 +313,70 @@ class _Run:
     expected: dict[str, Any] = field(default_factory=dict)
 
 
-def _execute(config: Any, run: _Run, log: Callable[[str], None], prefix: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(metrics, None) or (None, the failure) of one run, trained unless it finished earlier."""
-    from ... import engine
-
+def _finished(run: _Run) -> tuple[str, Any]:
+    """("metrics", dict) or ("failed", message) for a run that finished earlier, else ("todo", None)."""
+    check_run_folder(run.folder, run.expected)
     metrics_path = os.path.join(run.folder, "metrics.json")
     failed_path = os.path.join(run.folder, FAILED_FILE)
-    check_run_folder(run.folder, run.expected)
     if os.path.isfile(metrics_path):
-        log(f"{prefix} {run.label}: finished earlier, reading {metrics_path}")
-    elif os.path.isfile(failed_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            return "metrics", json.load(f)
+    if os.path.isfile(failed_path):
         with open(failed_path, encoding="utf-8") as f:
-            msg = json.load(f)["error"]
-        log(f"{prefix} {run.label}: failed earlier ({msg})")
-        return None, msg
-    else:
-        resumed = os.path.isfile(os.path.join(run.folder, "checkpoint.pth"))
-        log(f"{prefix} {run.label}: {'resuming' if resumed else 'training'} in {run.folder}")
-        try:
-            engine.train(config, run.overrides)
-        except FloatingPointError as e:  # a setting that diverges is a result, not a crash of the whole grid
-            msg = str(e).splitlines()[0]
-            os.makedirs(run.folder, exist_ok=True)
-            with open(failed_path, "w", encoding="utf-8") as f:
-                json.dump({"error": msg}, f)
-            log(f"{prefix} {run.label}: failed: {msg}")
-            return None, msg
-    with open(metrics_path, encoding="utf-8") as f:
-        return json.load(f), None
+            return "failed", json.load(f)["error"]
+    return "todo", None
+
+
+def _record_failure(folder: str, e: FloatingPointError) -> str:
+    msg = str(e).splitlines()[0]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, FAILED_FILE), "w", encoding="utf-8") as f:
+        json.dump({"error": msg}, f)
+    return msg
+
+
+def _tune_train_in_worker(config: Any, overrides: list[str], threads: int, log_path: str) -> None:
+    """compare's worker (:mod:`.runs`), with a run that stops on a non-finite loss recorded in its folder
+    (``failed.json``) instead of stopping the others."""
+    from .runs import _train_in_worker
+
+    try:
+        _train_in_worker(config, overrides, threads, log_path)
+    except FloatingPointError as e:
+        _record_failure(os.path.dirname(log_path), e)
+
+
+def _run_all(config: Any, runs: Sequence[tuple[int, str, _Run]], total: int, jobs: int,
+             log: Callable[[str], None]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """Every run trained unless it finished earlier (``jobs`` > 1: in worker processes); (metrics, None) or
+    (None, the failure) of each, in order."""
+    from ... import engine
+    from .runs import _run_parallel
+
+    todo = []
+    for k, prefix, run in runs:
+        state, _ = _finished(run)
+        if state == "metrics":
+            log(f"[{k}/{total}] {prefix} {run.label}: finished earlier, reading {run.folder}")
+        elif state == "failed":
+            log(f"[{k}/{total}] {prefix} {run.label}: failed earlier (see {os.path.join(run.folder, FAILED_FILE)})")
+        elif jobs > 1:
+            todo.append((k, f"{prefix} {run.label}", run, run.folder, run.overrides))
+        else:
+            resumed = os.path.isfile(os.path.join(run.folder, "checkpoint.pth"))
+            log(f"[{k}/{total}] {prefix} {run.label}: {'resuming' if resumed else 'training'} in {run.folder}")
+            try:
+                engine.train(config, run.overrides)
+            except FloatingPointError as e:  # a setting that diverges is a result, not a crash of the whole grid
+                log(f"[{k}/{total}] {prefix} {run.label}: failed: {_record_failure(run.folder, e)}")
+    if todo:  # the run's label stands where compare's runner prints the method; "seed" is in the label already
+        _run_parallel([(k, label.rsplit(" seed ", 1)[0], run.label.rsplit(" seed ", 1)[-1], d, ov)
+                       for k, label, run, d, ov in todo], config, jobs, total, log, worker=_tune_train_in_worker)
+    out = []
+    for _, _, run in runs:
+        state, value = _finished(run)
+        out.append((value, None) if state == "metrics" else (None, value))
+    return out
 
 
 @dataclass
@@ -432,11 +468,14 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
                  out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
                  metric: str | None = None, log: Callable[[str], None] = print,
                  method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                 method_set: Mapping[str, Sequence[str]] | None = None) -> TuneResult:
+                 method_set: Mapping[str, Sequence[str]] | None = None, jobs: int = 1) -> TuneResult:
     """Tune every method on ``split`` with an equal budget, then the table at the chosen settings (see the
     module docstring). ``tune_seeds`` / ``seeds``: a count N (seeds 0..N-1) or explicit seeds; ``metric``:
-    the tune score (default: the primary metric); the rest as :func:`densekd.compare.compare`."""
+    the tune score (default: the primary metric); the rest (``jobs``: runs trained at once in worker processes)
+    as :func:`densekd.compare.compare`."""
     check_methods(methods)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
     t_seeds = list(range(int(tune_seeds))) if isinstance(tune_seeds, int) else [int(s) for s in tune_seeds]
     r_seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not t_seeds:
@@ -462,17 +501,21 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
         return _Run(f"{m} {st.label + ' ' if st.values else ''}seed {s}", d, ov, _expected_config(config, ov))
 
     total = sum(len(grids[m]) for m in methods) * len(t_seeds) + len(methods) * len(r_seeds)
-    k = 0
     # 1. every setting of every method on the tune split
+    plan_runs, k = [], 0
+    for m in methods:
+        for st in grids[m]:
+            for s in t_seeds:
+                k += 1
+                plan_runs.append((k, f"tune on {split}:", make(m, st, s, tune_run_dir(out, split, m, st, s), split_ov)))
+    done = iter(_run_all(config, plan_runs, total, jobs, log))
     tune_runs: dict[str, list[tuple[Setting, list[dict[str, Any]], dict[int, str]]]] = {}
     for m in methods:
         tune_runs[m] = []
         for st in grids[m]:
             runs, failed = [], {}
             for s in t_seeds:
-                k += 1
-                run = make(m, st, s, tune_run_dir(out, split, m, st, s), split_ov)
-                got, err = _execute(config, run, log, f"[{k}/{total}] tune on {split}:")
+                got, err = next(done)
                 if err is not None:
                     failed[s] = err
                 else:
@@ -490,8 +533,7 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
             log(f"tune: {m}: {sc.setting.label} ({tmetric} on {split} {100 * sc.mean:.2f}, best of {len(scores[m])})")
     # 2. the table: each method at its chosen setting, the report seeds, the table's own data
     reported = [m for m in methods if chosen[m] is not None]
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in reported}
-    failed_report: dict[str, dict[int, str]] = {}
+    report_runs = []
     for m in methods:
         if chosen[m] is None:
             k += len(r_seeds)
@@ -499,8 +541,13 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
         st = scores[m][chosen[m]].setting
         for s in r_seeds:
             k += 1
-            run = make(m, st, s, report_run_dir(out, m, st, s), ())
-            got, err = _execute(config, run, log, f"[{k}/{total}] report:")
+            report_runs.append((k, "report:", make(m, st, s, report_run_dir(out, m, st, s), ())))
+    done = iter(_run_all(config, report_runs, total, jobs, log))
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in reported}
+    failed_report: dict[str, dict[int, str]] = {}
+    for m in reported:
+        for s in r_seeds:
+            got, err = next(done)
             if err is not None:
                 failed_report.setdefault(m, {})[s] = err
             else:
@@ -705,7 +752,7 @@ def run_cli(args: Any, plan: Any, method_kwargs: Mapping[str, Mapping[str, Any]]
         raise ConfigError(f"--tune-seeds: expected a positive count, got {tune_seeds}")
     res = tune_compare(args.config, args.methods, grid, per_method, split, tune_seeds, args.seeds, args.out,
                        args.overrides, args.metrics, metric=tp.metric if tp is not None else None,
-                       method_kwargs=method_kwargs, method_set=method_set)
+                       method_kwargs=method_kwargs, method_set=method_set, jobs=args.jobs)
     grids = {m: [sc.setting for sc in scs] for m, scs in res.scores.items()}
     print(format_tune_markdown(res, grids))
     return 0
