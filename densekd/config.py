@@ -417,7 +417,7 @@ def _check(cfg: Config) -> None:
     for name in ("num_workers", "checkpoint_every", "log_every", "grad_ratio_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name}: expected an int >= 0, got {getattr(t, name)}")
-    if t.control_iters is not None and not 1 <= t.control_iters <= t.max_iters:
+    if t.control and t.control_iters is not None and not 1 <= t.control_iters <= t.max_iters:
         raise ConfigError(f"train.control_iters: expected an int in [1, train.max_iters={t.max_iters}] or null "
                           f"(a tenth of the run), got {t.control_iters}")
     if t.eval_every < -1:

@@ -373,3 +373,10 @@ def test_parallel_jobs_record_a_diverging_setting_and_go_on(toy, tmp_path):
     assert len(res.results["fitnet"]) == 1 and len(res.results["baseline"]) == 1
     with pytest.raises(ConfigError, match=r"^--jobs: expected a positive number of parallel runs, got 0$"):
         tn.tune_compare(conf, ["fitnet"], {"distill.weight": [1]}, out=str(tmp_path / "x"), jobs=0)
+
+
+def test_run_folder_keys_compare_the_keys_both_sides_have():
+    assert tn._first_difference({"train": {"max_iters": 1, "lr": 2}}, {"train": {"max_iters": 1, "control": False}}) is None
+    assert tn._first_difference({"train": {"max_iters": 1}}, {"train": {"max_iters": 2}}) == ("train.max_iters", 1, 2)
+    assert tn._first_difference({"distill": None}, {"distill": {"method": "fitnet"}}) == \
+        ("distill", None, {"method": "fitnet"})

@@ -269,9 +269,11 @@ def report_run_dir(out: str, method: str, setting: Setting, seed: int) -> str:
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key whose value differs; keys only one side has are skipped (a run written by a densekd
+    without a key added since, e.g. ``train.control``, is still the same run)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for k in list(a) + [k for k in b if k not in a]:
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        for k in (k for k in a if k in b):
+            d = _first_difference(a[k], b[k], f"{prefix}.{k}" if prefix else str(k))
             if d is not None:
                 return d
         return None
