@@ -138,8 +138,9 @@ def _final(out):
 
 def test_the_twin_never_changes_the_distilled_students_numbers(toy, trained_teacher, tmp_path):
     on, off = tmp_path / "on", tmp_path / "off"
-    densekd.train(seg_config(toy, on, weight=0.05, teacher=trained_teacher, max_iters=8, control_iters=4))
-    densekd.train(seg_config(toy, off, weight=0.05, teacher=trained_teacher, max_iters=8, control=False))
+    kw = dict(weight=0.05, teacher=trained_teacher, max_iters=8, eval_every=0)
+    densekd.train(seg_config(toy, on, control_iters=4, **kw))
+    densekd.train(seg_config(toy, off, control=False, **kw))
     a, b = _final(on), _final(off)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.load(open(on / "metrics.json"))["mIoU"] == json.load(open(off / "metrics.json"))["mIoU"]
@@ -192,20 +193,22 @@ def test_control_switches_and_errors(toy, tmp_path, capsys):
         Trainer(cfg)
 
 
-def test_doctor_control_probe(toy, tmp_path, capsys):
+def test_doctor_control_probe(toy, trained_teacher, tmp_path, capsys):
     import yaml
 
-    path = tmp_path / "harm.yaml"
-    path.write_text(yaml.safe_dump(seg_config(toy, tmp_path / "o", method="control_harm", weight=3.0, control=False)))
+    path = tmp_path / "harm.yaml"  # a teacher above chance, so that the control is the only thing to warn about
+    path.write_text(yaml.safe_dump(seg_config(toy, tmp_path / "o", method="control_harm", weight=3.0, control=False,
+                                              teacher=trained_teacher)))
     assert main(["doctor", str(path), "--control", "30"]) == 0  # a warning, not a failure
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("WARN control:"))
     assert "control after 30 iterations" in line and "KD is making this student worse so far" in line
     assert not os.path.exists(tmp_path / "o")  # the probe writes nothing
     # the probe and a run with train.control give the same numbers
-    densekd.train(seg_config(toy, tmp_path / "run", method="control_harm", weight=3.0))
+    densekd.train(seg_config(toy, tmp_path / "run", method="control_harm", weight=3.0, teacher=trained_teacher))
     saved = json.load(open(tmp_path / "run" / "control.json"))
     assert f"{100 * saved['distilled']:.2f} mIoU" in line and f"{100 * saved['plain']:.2f}" in line
+    capsys.readouterr()
     assert main(["doctor", str(path), "--control", "31"]) == 2
     assert capsys.readouterr().err.strip() == ("densekd doctor: error: doctor --control: expected N between 1 and "
                                                "train.max_iters=30, got 31")
