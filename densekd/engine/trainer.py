@@ -36,8 +36,9 @@ or ``backbone:0``, as in the KD loss keys):
   0.5, its initial value; 0.5 = a gate ≈ 0 or ≈ 1 everywhere).
 
 Guard warnings (collapse, mask saturation, divergence ahead; with ``train.control`` a student that KD made
-worse than its plain twin) are printed once each, listed at the end of the run and kept in ``health.json`` (``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind",
-"level", "message"}]}``), which also holds the start-up check lines.
+worse than its plain twin) are printed once each, listed at the end of the run and kept in ``health.json``
+(``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind", "level", "message"}]}``), which also
+holds the start-up check lines.
 """
 from __future__ import annotations
 
