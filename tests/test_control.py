@@ -214,3 +214,14 @@ def test_doctor_control_probe(toy, trained_teacher, tmp_path, capsys):
                                                "train.max_iters=30, got 31")
     assert main(["doctor", str(path), "--control", "-1"]) == 2
     assert "doctor --control: expected a positive number of iterations, got -1" in capsys.readouterr().err
+
+
+def test_the_control_on_detection(make_config, teacher_ckpt, tmp_path):
+    """A torchvision detector computes its own losses: the twin trains through them and is scored by AP per batch."""
+    cfg = make_config(tmp_path / "det", teacher=teacher_ckpt, method="test_mse", max_iters=2, control=True,
+                      control_iters=1)
+    cfg["eval"] = {"batch_size": 1}
+    densekd.train(cfg)
+    saved = json.load(open(tmp_path / "det" / "control.json"))
+    assert saved["metric"] == "AP" and saved["iteration"] == 1 and len(saved["per_batch"]) == 4
+    assert saved["images"] == 4 and all(0 <= x <= 1 for pair in saved["per_batch"] for x in pair)
