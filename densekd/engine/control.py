@@ -46,14 +46,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..health import PRIMARY_METRICS, primary_value
+from ..run_folder import CONTROL_FILE, CONTROL_LOSS_KEY
+from .student import StudentOnly, build_optimizer
 
 #: validation batches (eval.batch_size each) both students are scored on, as the doctor's teacher check
 CONTROL_BATCHES = 4
 #: smallest gap (0–1 metric scale: 1 point of mIoU or AP) the warning reports, however small the noise
 CONTROL_MIN_GAP = 0.01
-#: the file with the control's numbers in the run folder
-CONTROL_FILE = "control.json"
-_PRIMARY = ("mIoU", "AP", "mAP")
 
 
 def default_control_iters(max_iters: int) -> int:
@@ -161,10 +161,10 @@ def _own_rng(device: torch.device, state: dict[str, Any] | None = None) -> Itera
 
 
 def _metric(metrics: Mapping[str, float]) -> tuple[str, float]:
-    for k in _PRIMARY:
-        if k in metrics:
-            return k, float(metrics[k])
-    raise ConfigError(f"train.control: the task's evaluation reports none of {', '.join(_PRIMARY)} "
+    found = primary_value(metrics)
+    if found is not None:
+        return found
+    raise ConfigError(f"train.control: the task's evaluation reports none of {', '.join(PRIMARY_METRICS)} "
                       f"(it reports {', '.join(metrics) or 'nothing'})")
 
 
@@ -202,8 +202,6 @@ class ControlTwin:
     result after)."""
 
     def __init__(self, trainer: Any, iters: int, batches: int = CONTROL_BATCHES) -> None:
-        from .trainer import StudentOnly, build_optimizer
-
         cfg = trainer.cfg
         self.iters, self.batches = int(iters), int(batches)
         self.device = trainer.device
@@ -247,7 +245,8 @@ class ControlTwin:
         return self.model is not None and self.result is None and iterations_done >= self.iters
 
     def step(self, trainer: Any, inputs: Sequence[Any], targets: Any, lr_factor: float) -> tuple[list[str], list[float]]:
-        """One step of the twin on the distilled student's batch; its task loss as ``control/loss_task``."""
+        """One step of the twin on the distilled student's batch; its task loss as ``control/loss_task``
+        (:data:`~densekd.run_folder.CONTROL_LOSS_KEY`)."""
         assert self.model is not None
         t = trainer.cfg.train
         for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
@@ -273,7 +272,7 @@ class ControlTwin:
         if not math.isfinite(v):
             raise FloatingPointError(f"train.control: the plain twin's loss is non-finite ({v}) at iteration "
                                      f"{trainer.iteration}: the plain setting itself diverges")
-        return ["control/loss_task"], [v]
+        return [CONTROL_LOSS_KEY], [v]
 
     def finish(self, trainer: Any) -> ControlResult:
         """Score both students, keep the result, drop the twin."""
@@ -325,51 +324,3 @@ class ControlTwin:
 
     def _drop(self) -> None:
         self.model, self.optimizer, self.params, self.scaler = None, None, [], None  # type: ignore[assignment]
-
-
-# --------------------------------------------------------------------------- doctor --control N
-def probe(config: Any, iters: int, batches: int = CONTROL_BATCHES) -> ControlResult:
-    """``densekd doctor --control N``: build the run as ``densekd train`` would (with ``train.control=true``,
-    ``train.control_iters=N``), train its first N iterations with the twin, compare on ``batches`` validation
-    batches. Writes nothing."""
-    from ..config import load_config
-    from .trainer import Trainer
-
-    cfg = load_config(config)
-    if not 1 <= iters <= cfg.train.max_iters:
-        raise ConfigError(f"doctor --control: expected N between 1 and train.max_iters={cfg.train.max_iters}, "
-                          f"got {iters}")
-    trainer = Trainer(cfg, ["train.resume=false", "train.num_workers=0", "train.control=true",
-                            f"train.control_iters={iters}"])
-    try:
-        assert trainer.control is not None
-        trainer.control.batches = batches
-        return run_probe(trainer, iters)
-    finally:
-        trainer.close()
-
-
-def run_probe(trainer: Any, iters: int) -> ControlResult:
-    """``densekd doctor --control N``: the first ``iters`` iterations of the run with the twin (the trainer
-    built with ``train.control=true``, ``train.control_iters=iters``), then the comparison. Writes nothing."""
-    from .prepare import prepare_for_trainer
-
-    ctl = trainer.control
-    if ctl is None:
-        raise ConfigError("doctor --control: the trainer has no control twin (train.control is false)")
-    prepare_for_trainer(trainer)
-    epoch = 0
-    trainer.sampler.set_position(0, 0)
-    data = iter(trainer.loader)
-    while trainer.iteration < iters:
-        try:
-            batch = next(data)
-        except StopIteration:
-            epoch += 1
-            trainer.sampler.set_position(epoch, 0)
-            data = iter(trainer.loader)
-            continue
-        batch = trainer.task.to_device(batch, trainer.device)
-        inputs, targets = trainer.task.model_inputs(batch)
-        trainer.train_step(inputs, targets)
-    return ctl.finish(trainer)

@@ -55,12 +55,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import health
 from ..config import Config, load_config, to_dict
-from ..distiller import Distiller, Pair, task_losses
+from ..distiller import Distiller, Pair
 from ..errors import ConfigError, DenseKDError
 from ..health.checks import size_text
 from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FILE, LOG_FILE, METRICS_FILE,
@@ -71,6 +71,7 @@ from . import distributed as du
 from .control import ControlTwin
 from .data import ResumableBatchSampler, SeededDataset, ShardSampler
 from .schedule import lr_factor
+from .student import StudentOnly, build_optimizer
 
 
 class TrainingInterrupted(DenseKDError):
@@ -80,29 +81,6 @@ class TrainingInterrupted(DenseKDError):
         super().__init__(f"stopped by SIGTERM at iteration {iteration}; checkpoint saved to {path}; "
                          f"run the same command again to resume")
         self.iteration, self.path = iteration, path
-
-
-class StudentOnly(nn.Module):
-    """Plain student training behind the Distiller's interface (same loop, no teacher, no KD terms)."""
-
-    def __init__(self, student: nn.Module, task_loss: Callable[[Any, Any], Any] | None = None) -> None:
-        super().__init__()
-        self.student = student
-        self.task_loss = task_loss
-        self.kd_losses = nn.ModuleDict()
-        self.iteration = 0
-        self.max_iterations: int | None = None
-
-    def forward(self, *inputs: Any, targets: Any = None, context: Any = None) -> dict[str, Tensor]:
-        task = task_losses(self.student, type(self.student).__name__, self.task_loss, inputs, targets)
-        loss = sum(task.values())
-        return {**task, "loss_task": loss, "loss": loss}
-
-    def trainable_parameters(self):
-        return (p for p in self.student.parameters() if p.requires_grad)
-
-    def student_state_dict(self):
-        return self.student.state_dict()
 
 
 def build_pairs(cfg: Config, task: Any) -> list[Pair]:
@@ -126,13 +104,6 @@ def build_pairs(cfg: Config, task: Any) -> list[Pair]:
     for p in pairs:
         p.weight = p.weight * d.weight
     return pairs
-
-
-def build_optimizer(o: Any, params: Sequence[Tensor]) -> torch.optim.Optimizer:
-    """The ``train.optimizer`` section's optimizer over ``params`` (SGD, or AdamW with ``momentum`` as beta1)."""
-    if o.type == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
 
 
 def _autocast_factory(amp: str, device: torch.device) -> Callable[[], Any]:
