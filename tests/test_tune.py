@@ -42,7 +42,7 @@ def test_parse_tune_items_and_its_errors():
            ("distill.weight=[]", "expected a non-empty YAML list"),
            ("distill.weight", r"expected KEY=\[v1, v2, ...\] or METHOD:KEY=\[v1, v2, ...\]"),
            (":distill.weight=[1]", r"expected KEY=\[v1, v2, ...\]"),
-           ("distill.weight=[1", "the values are not valid YAML"),
+           ("distill.weight=[1", "the value is not valid YAML"),
            ("mgd:distill.weight=[1]", r"'mgd' is not one of the distillation --methods \(fitnet, cwd\)"),
            ("baseline:train.max_iters=[1]", "'baseline' is not one of the distillation --methods")]
     for item, msg in bad:
@@ -334,7 +334,7 @@ def test_tune_end_to_end_with_the_engine(toy, tmp_path, capsys):
 
 
 def test_the_demo_plan_gives_every_method_the_same_log_grid_budget():
-    from densekd.compare import plan_from_config
+    from densekd.tools.compare import plan_from_config
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "compare", "demo_methods.yaml")
     plan = plan_from_config(path)

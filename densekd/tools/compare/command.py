@@ -1,5 +1,6 @@
-"""``densekd compare CONFIG [key=value …] [--methods …] [--seeds N] [--kwargs …] [--set …] [--jobs N] [--tune …]``: the
-command line over the plan (:mod:`.plan`), the runs (:mod:`.runs`) and the report (:mod:`.report`); the config's
+"""``densekd compare CONFIG [key=value …] [--methods …] [--seeds N] [--kwargs …] [--set …] [--jobs N] [--tune …]``:
+the command line over the plan (:mod:`.plan`), the runs (:mod:`.runs`), the report (:mod:`.report`) and, with
+``--tune`` or a ``compare.tune`` plan, the tuning (:mod:`.tune`); the config's
 ``compare:`` section first, the command line's additions after."""
 from __future__ import annotations
 

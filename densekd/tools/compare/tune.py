@@ -41,7 +41,8 @@ is one error line before anything trains; so is a grid key that would move a run
 
 Folders: tuning runs in ``OUT/tune/<split>/<method>/<setting>/seed<s>``, report runs in
 ``OUT/report/<method>/<setting>/seed<s>`` (no ``<setting>`` level for an untuned method), so the two never mix.
-Resumable as ``densekd compare`` (and ``--jobs N`` trains N runs at once the same way): a finished run (``metrics.json``, or ``failed.json`` for a run that stopped
+Resumable as ``densekd compare`` (and ``--jobs N`` trains N runs at once the same way): a finished run
+(``metrics.json``, or ``failed.json`` for a run that stopped
 on a non-finite loss) is read back, an interrupted one resumes from its checkpoint; a folder whose
 ``config.yaml`` differs from what the run would be now is an error naming the key (use another ``--out``).
 
@@ -62,23 +63,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from ...config import parse_assignment
 from ...errors import ConfigError
-from .plan import PLAIN_NAMES as BASELINE_NAMES
-from .plan import baseline_of, check_methods, method_overrides
-from .plan import raw_config as _raw_config
-from .report import bar_chart, fmt, format_csv, format_markdown, gains_for
-from .statistics import PRIMARY_METRICS, MethodStats, PairedGain, aggregate, paired_gains, primary_metric
-from .statistics import mean_std as _mean_std
+from ...run_folder import CHECKPOINT_FILE, CONFIG_FILE, FAILED_FILE, METRICS_FILE
+from .plan import baseline_of, check_methods, is_plain, method_overrides, raw_config
+from .report import (COMPARE_CSV, COMPARE_MD, COMPARE_PNG, RUNS_JSON, bar_chart, fmt, format_csv, format_markdown,
+                     gains_for)
+from .statistics import PRIMARY_METRICS, MethodStats, PairedGain, aggregate, mean_std, paired_gains, primary_metric
 
+__all__ = ["TUNE_CSV", "TUNE_JSON", "Setting", "SettingScore", "TuneResult", "add_arguments", "budget_of", "choose",
+           "expand_grid", "parse_tune_items", "resolve_grids", "run_cli", "tune_compare", "wants_tuning"]
 
-def _fmt(mean: float, std: float, scale: float, digits: int, sign: bool = False) -> str:
-    return fmt(mean, std, scale=scale, digits=digits, sign=sign)
-
-__all__ = ["Setting", "SettingScore", "TuneResult", "budget_of", "choose", "expand_grid", "parse_tune_items",
-           "resolve_grids", "tune_compare"]
-
-#: file a tuning or report run leaves when it stopped on a non-finite loss (read back instead of retried)
-FAILED_FILE = "failed.json"
+#: the files of a tuned compare folder besides compare's own (:mod:`.report`) and its run folders
+TUNE_CSV, TUNE_JSON = "tune.csv", "tune.json"
 
 
 # --------------------------------------------------------------------------- grids (pure)
@@ -127,29 +124,24 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[Setting]:
 def parse_tune_items(items: Sequence[str], methods: Sequence[str]
                      ) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
     """``["distill.weight=[0.1, 1]", "cwd:distill.weight=[0.01, 0.1]"]`` → (the grid of every method,
-    ``{method: its own grid}``); each value is a non-empty YAML list."""
-    import yaml
-
+    ``{method: its own grid}``); each value is a non-empty YAML list (read by :func:`densekd.config.parse_assignment`,
+    the one ``key=value`` reader)."""
+    expected = "KEY=[v1, v2, ...] or METHOD:KEY=[v1, v2, ...], e.g. \"distill.weight=[0.1, 1, 10]\""
     common: dict[str, list[Any]] = {}
     own: dict[str, dict[str, list[Any]]] = {}
     for item in items:
-        head, eq, value = item.partition("=")
+        head, values = parse_assignment(item, "--tune", expected)
         method, colon, key = head.rpartition(":")
         key = key.strip()
-        if not (eq and key) or (colon and not method):
-            raise ConfigError(f"--tune {item!r}: expected KEY=[v1, v2, ...] or METHOD:KEY=[v1, v2, ...], "
-                              f"e.g. \"distill.weight=[0.1, 1, 10]\"")
-        try:
-            values = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--tune {item!r}: the values are not valid YAML") from None
+        if not key or (colon and not method):
+            raise ConfigError(f"--tune {item!r}: expected {expected}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"--tune {item!r}: expected a non-empty YAML list of values after '=', e.g. "
                               f"{key}=[0.1, 1, 10]")
         if method:
-            if method not in methods or method in BASELINE_NAMES:
+            if method not in methods or is_plain(method):
                 raise ConfigError(f"--tune {item!r}: {method!r} is not one of the distillation --methods "
-                                  f"({', '.join(m for m in methods if m not in BASELINE_NAMES)})")
+                                  f"({', '.join(m for m in methods if not is_plain(m))})")
             target = own.setdefault(method, {})
         else:
             target = common
@@ -172,7 +164,7 @@ def resolve_grids(methods: Sequence[str], grid: Mapping[str, Sequence[Any]],
         raise ConfigError(f"compare.tune.per_method: {extra} are not among the methods {list(methods)}")
     out: dict[str, list[Setting]] = {}
     for m in methods:
-        if m in BASELINE_NAMES:
+        if is_plain(m):
             if m in per_method:
                 raise ConfigError(f"compare.tune.per_method.{m}: the plain student has no distillation setting "
                                   f"to tune (its grid is the common grid's keys outside distill)")
@@ -193,7 +185,7 @@ def resolve_grids(methods: Sequence[str], grid: Mapping[str, Sequence[Any]],
 
 def budget_of(grids: Mapping[str, Sequence[Setting]], tune_seeds: int) -> int:
     """Runs on the tune split per distillation method (settings × seeds); an error unless equal for all."""
-    sizes = {m: len(s) * tune_seeds for m, s in grids.items() if m not in BASELINE_NAMES}
+    sizes = {m: len(s) * tune_seeds for m, s in grids.items() if not is_plain(m)}
     if not sizes:
         raise ConfigError("--tune: no distillation method among the methods, so there is nothing to tune")
     if len(set(sizes.values())) > 1:
@@ -221,7 +213,7 @@ class SettingScore:
 def score(method: str, setting: Setting, runs: Sequence[Mapping[str, Any]], failed: Mapping[int, str],
           metric: str) -> SettingScore:
     vals = [float(r[metric]) for r in runs if metric in r]
-    mean, std, n = _mean_std(vals)
+    mean, std, n = mean_std(vals)
     return SettingScore(method, setting, [dict(r) for r in runs], dict(failed), mean, std, n)
 
 
@@ -294,7 +286,7 @@ def check_run_folder(d: str, expected: Mapping[str, Any]) -> None:
     """A run folder that already holds a run (its ``config.yaml``) must hold this run: same settings."""
     import yaml
 
-    path = os.path.join(d, "config.yaml")
+    path = os.path.join(d, CONFIG_FILE)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
@@ -318,7 +310,7 @@ class _Run:
 def _finished(run: _Run) -> tuple[str, Any]:
     """("metrics", dict) or ("failed", message) for a run that finished earlier, else ("todo", None)."""
     check_run_folder(run.folder, run.expected)
-    metrics_path = os.path.join(run.folder, "metrics.json")
+    metrics_path = os.path.join(run.folder, METRICS_FILE)
     failed_path = os.path.join(run.folder, FAILED_FILE)
     if os.path.isfile(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
@@ -365,7 +357,7 @@ def _run_all(config: Any, runs: Sequence[tuple[int, str, _Run]], total: int, job
         elif jobs > 1:
             todo.append((k, f"{prefix} {run.label}", run, run.folder, run.overrides))
         else:
-            resumed = os.path.isfile(os.path.join(run.folder, "checkpoint.pth"))
+            resumed = os.path.isfile(os.path.join(run.folder, CHECKPOINT_FILE))
             log(f"[{k}/{total}] {prefix} {run.label}: {'resuming' if resumed else 'training'} in {run.folder}")
             try:
                 engine.train(config, run.overrides)
@@ -474,7 +466,7 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
     """Tune every method on ``split`` with an equal budget, then the table at the chosen settings (see the
     module docstring). ``tune_seeds`` / ``seeds``: a count N (seeds 0..N-1) or explicit seeds; ``metric``:
     the tune score (default: the primary metric); the rest (``jobs``: runs trained at once in worker processes)
-    as :func:`densekd.compare.compare`."""
+    as :func:`~.runs.compare`."""
     check_methods(methods)
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
@@ -484,7 +476,7 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
         raise ConfigError(f"--tune-seeds: expected a positive count, got {tune_seeds}")
     if not r_seeds:
         raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
-    raw = _raw_config(config, overrides)
+    raw = raw_config(config, overrides)
     method_kwargs = dict(method_kwargs or {})
     method_set = {m: list(v) for m, v in (method_set or {}).items()}
     for what, given in (("method_kwargs", method_kwargs), ("method_set", method_set)):
@@ -558,7 +550,7 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
     res = TuneResult(split, tmetric, t_seeds, r_seeds, budget, scores, chosen, rows, results, failed_report,
                      _report_name(config, raw))
     write_tune_outputs(res, out, grids)
-    log(f"wrote {os.path.join(out, 'compare.md')}, compare.csv, tune.csv, tune.json, runs.json, compare.png")
+    log(f"wrote {os.path.join(out, COMPARE_MD)}, {COMPARE_CSV}, {TUNE_CSV}, {TUNE_JSON}, {RUNS_JSON}, {COMPARE_PNG}")
     return res
 
 
@@ -576,13 +568,13 @@ def _seeds_plain(seeds: Sequence[int]) -> str:
 def budget_caption(res: TuneResult, grids: Mapping[str, Sequence[Setting]]) -> str:
     """The report's caption: the tuning budget, equal for every distillation method, and the protocol."""
     n = len(res.tune_seeds)
-    kd = [m for m in grids if m not in BASELINE_NAMES]
+    kd = [m for m in grids if not is_plain(m)]
     per = len(grids[kd[0]]) if kd else 0
     text = (f"Tuning budget: every distillation method ({len(kd)}) got {per} setting{'s' if per != 1 else ''} × {n} "
             f"seed{'s' if n != 1 else ''} = {res.budget} runs on {res.split}, the same for each; the setting with "
             f"the best mean {res.metric} on {res.split} over those seeds was chosen (ties: the first in grid order; "
             f"a setting with a failed run cannot win).")
-    for b in (m for m in grids if m in BASELINE_NAMES):
+    for b in (m for m in grids if is_plain(m)):
         if grids[b][0].values:
             text += f" The plain student ({b}) was tuned on the same split: {len(grids[b])} settings × {n} seeds."
         else:
@@ -632,20 +624,20 @@ def format_tune_markdown(res: TuneResult, grids: Mapping[str, Sequence[Setting]]
             lines.append(f"| {m} | {grid_text} | — | — | no setting finished every seed: left out of the table |")
             continue
         sc = scs[i]
-        lines.append(f"| {m} | {grid_text} | {sc.setting.label} | {_fmt(sc.mean, sc.std, scale, digits)} | "
+        lines.append(f"| {m} | {grid_text} | {sc.setting.label} | {fmt(sc.mean, sc.std, scale=scale, digits=digits)} | "
                      f"{edge_note(grids[m], i)} |")
     lines += ["", f"### Every setting on {sp} ({met} × {scale:g}, mean ± std over the seeds)", "",
               f"| method | setting | n | {sp} {met} | {sp} gain (paired) | |", "|---|---|---|---|---|---|"]
     for m, scs in res.scores.items():
         for i, sc in enumerate(scs):
             g = gains.get((m, i))
-            gain = "—" if g is None or g.n == 0 else _fmt(g.mean, g.std, scale, digits, sign=True)
+            gain = "—" if g is None or g.n == 0 else fmt(g.mean, g.std, scale=scale, digits=digits, sign=True)
             mark = "chosen" if res.chosen[m] == i and len(scs) > 1 else ""
             if sc.failed:
                 s0 = min(sc.failed)
                 mark = (mark + "; " if mark else "") + f"failed: seed {s0}: {sc.failed[s0]}" + \
                     (f" (and {len(sc.failed) - 1} more)" if len(sc.failed) > 1 else "")
-            lines.append(f"| {m} | {sc.setting.label} | {sc.n} | {_fmt(sc.mean, sc.std, scale, digits)} | {gain} | "
+            lines.append(f"| {m} | {sc.setting.label} | {sc.n} | {fmt(sc.mean, sc.std, scale=scale, digits=digits)} | {gain} | "
                          f"{mark} |")
     lines += ["", f"{sp} gain: {met} minus the plain student's of the same seed on {sp}; mean ± sample std (ddof = 1) "
                   f"of those per-seed gains", ""]
@@ -699,20 +691,20 @@ def tune_json(res: TuneResult, grids: Mapping[str, Sequence[Setting]]) -> dict[s
 
 
 def write_tune_outputs(res: TuneResult, out: str, grids: Mapping[str, Sequence[Setting]]) -> None:
-    with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, COMPARE_MD), "w", encoding="utf-8") as f:
         f.write(format_tune_markdown(res, grids))
-    with open(os.path.join(out, "tune.csv"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, TUNE_CSV), "w", encoding="utf-8") as f:
         f.write(format_tune_csv(res))
-    with open(os.path.join(out, "tune.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, TUNE_JSON), "w", encoding="utf-8") as f:
         json.dump(tune_json(res, grids), f, indent=1)
-    with open(os.path.join(out, "runs.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, RUNS_JSON), "w", encoding="utf-8") as f:
         json.dump(res.results, f, indent=1)
     if res.rows:
-        with open(os.path.join(out, "compare.csv"), "w", encoding="utf-8") as f:
+        with open(os.path.join(out, COMPARE_CSV), "w", encoding="utf-8") as f:
             f.write(format_csv(res.rows, list(res.rows[0].stats)))
         pm = primary_metric(res.rows)
         if pm is not None:
-            bar_chart(res.rows, pm, os.path.join(out, "compare.png"))
+            bar_chart(res.rows, pm, os.path.join(out, COMPARE_PNG))
 
 
 # --------------------------------------------------------------------------- CLI (hooked into densekd compare)
