@@ -624,7 +624,8 @@ def format_tune_markdown(res: TuneResult, grids: Mapping[str, Sequence[Setting]]
             lines.append(f"| {m} | {grid_text} | — | — | no setting finished every seed: left out of the table |")
             continue
         sc = scs[i]
-        lines.append(f"| {m} | {grid_text} | {sc.setting.label} | {fmt(sc.mean, sc.std, scale=scale, digits=digits)} | "
+        cell = fmt(sc.mean, sc.std, scale=scale, digits=digits)
+        lines.append(f"| {m} | {grid_text} | {sc.setting.label} | {cell} | "
                      f"{edge_note(grids[m], i)} |")
     lines += ["", f"### Every setting on {sp} ({met} × {scale:g}, mean ± std over the seeds)", "",
               f"| method | setting | n | {sp} {met} | {sp} gain (paired) | |", "|---|---|---|---|---|---|"]
@@ -637,7 +638,8 @@ def format_tune_markdown(res: TuneResult, grids: Mapping[str, Sequence[Setting]]
                 s0 = min(sc.failed)
                 mark = (mark + "; " if mark else "") + f"failed: seed {s0}: {sc.failed[s0]}" + \
                     (f" (and {len(sc.failed) - 1} more)" if len(sc.failed) > 1 else "")
-            lines.append(f"| {m} | {sc.setting.label} | {sc.n} | {fmt(sc.mean, sc.std, scale=scale, digits=digits)} | {gain} | "
+            cell = fmt(sc.mean, sc.std, scale=scale, digits=digits)
+            lines.append(f"| {m} | {sc.setting.label} | {sc.n} | {cell} | {gain} | "
                          f"{mark} |")
     lines += ["", f"{sp} gain: {met} minus the plain student's of the same seed on {sp}; mean ± sample std (ddof = 1) "
                   f"of those per-seed gains", ""]
