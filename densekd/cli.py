@@ -2,7 +2,7 @@
 
     densekd train CONFIG [key=value ...]            (also: torchrun --nproc_per_node=N -m densekd train ...)
     densekd eval CONFIG --checkpoint PATH [key=value ...]
-    densekd doctor CONFIG [key=value ...] [--batches N]   (exit 0 healthy, 1 a check failed, 2 bad config)
+    densekd doctor CONFIG [key=value ...] [--batches N] [--control N]   (exit 0 healthy, 1 a check failed, 2 bad config)
 
 One subparser per command, each added by its own small function; other commands (demo, compare, bench)
 register theirs the same way in :data:`COMMANDS`. A bad config or input prints one line and exits 2.
@@ -59,13 +59,17 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=4,
                    help="validation batches (eval.batch_size each) to score the teacher and the student's "
                         "starting point on (default 4)")
+    p.add_argument("--control", type=int, default=0, metavar="N",
+                   help="also train the run's first N iterations beside a plain twin (same initial weights and "
+                        "batches, no KD) and compare both on the --batches validation batches: a warning when KD "
+                        "makes the student worse beyond the measured noise (train.control)")
     p.set_defaults(func=_run_doctor)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from .tools.doctor import doctor
 
-    return doctor(args.config, args.overrides, batches=args.batches).exit_status
+    return doctor(args.config, args.overrides, batches=args.batches, control=args.control).exit_status
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

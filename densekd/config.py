@@ -20,9 +20,9 @@ Schema (shared by every task)::
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
-            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every}
+            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters}
     eval: {batch_size}
-    compare: {methods, seeds, set, kwargs}   # optional; densekd compare's plan (training ignores it)
+    compare: {methods, seeds, set, kwargs, tune}   # optional; densekd compare's plan (training ignores it)
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from .errors import ConfigError
 __all__ = [
     "CompareConfig",
     "Config",
+    "TuneConfig",
     "DistillConfig",
     "EvalConfig",
     "OptimizerConfig",
@@ -95,6 +96,8 @@ class TrainConfig:
     resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
     guards: bool = True  # KD health guards during training (densekd.health): ratios, mask statistics, warnings
     grad_ratio_every: int = 100  # KD/task gradient-norm ratio at iteration 1 and every N iterations; 0 = never
+    control: bool = False  # also train a plain twin for the first control_iters iterations (densekd.engine.control)
+    control_iters: int | None = None  # null = a tenth of max_iters (at least 1)
 
 
 @dataclass
@@ -111,6 +114,33 @@ class DistillConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``compare.tune``: choose each method's setting on a held-out split before the table (``densekd compare
+    --tune``, :mod:`densekd.tools.compare.tune`). ``grid``: ``{dotted key: [values]}`` for every distillation method (several
+    keys: every combination); ``per_method``: ``{method: {key: [values]}}``, that method's own grid instead.
+    The budget (settings × ``seeds``) must be the same for every method. ``split``: where the settings are
+    scored (segmentation: a ``data.root`` split folder; detection: a name in ``data.splits``); ``metric``:
+    the score to maximise (default: the task's primary metric, mIoU or AP)."""
+
+    split: str = "dev"
+    seeds: int = 2
+    metric: str | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    per_method: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    def validate(self, where: str = "compare.tune") -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"{where}.seeds: expected a positive int, got {self.seeds}")
+        if not self.split:
+            raise ConfigError(f"{where}.split: expected a split name such as dev, got an empty string")
+        grids = [(f"{where}.grid", self.grid)] + [(f"{where}.per_method.{m}", g) for m, g in self.per_method.items()]
+        for name, grid in grids:
+            for key, values in grid.items():
+                if not values:
+                    raise ConfigError(f"{name}.{key}: expected a non-empty list of values, got []")
+
+
+@dataclass
 class CompareConfig:
     """The plan of ``densekd compare CONFIG`` (training ignores it): which methods, how many seeds, and each
     method's own engine overrides (``set``, e.g. ``{hinton_kd: ["distill.pairs=[{student: classifier}]"]}``) and
@@ -121,6 +151,7 @@ class CompareConfig:
     seeds: int = 3
     set: dict[str, list[str]] = field(default_factory=dict)
     kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune: TuneConfig | None = None  # choose settings on a held-out split first (densekd compare --tune)
 
     def validate(self, where: str = "compare") -> None:
         if self.seeds < 1:
@@ -129,6 +160,10 @@ class CompareConfig:
             extra = sorted(set(getattr(self, what)) - set(self.methods)) if self.methods else []
             if extra:
                 raise ConfigError(f"{where}.{what}: {extra} are not among {where}.methods {self.methods}")
+        if self.tune is not None and self.methods:
+            extra = sorted(set(self.tune.per_method) - set(self.methods))
+            if extra:
+                raise ConfigError(f"{where}.tune.per_method: {extra} are not among {where}.methods {self.methods}")
 
 
 @dataclass
@@ -382,6 +417,9 @@ def _check(cfg: Config) -> None:
     for name in ("num_workers", "checkpoint_every", "log_every", "grad_ratio_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name}: expected an int >= 0, got {getattr(t, name)}")
+    if t.control and t.control_iters is not None and not 1 <= t.control_iters <= t.max_iters:
+        raise ConfigError(f"train.control_iters: expected an int in [1, train.max_iters={t.max_iters}] or null "
+                          f"(a tenth of the run), got {t.control_iters}")
     if t.eval_every < -1:
         raise ConfigError(f"train.eval_every: expected -1 (never), 0 (at the end) or a positive int, got {t.eval_every}")
     if t.optimizer.lr <= 0:

@@ -10,8 +10,12 @@ A run folder (``output_dir`` of one ``densekd train``)::
     eval.csv            one JSON line per evaluation during training (engine)
     metrics.json        the final metrics, train_seconds, train_iterations (engine)
     health.json         start-up checks and guard warnings (densekd.health)
+    control.json        with train.control: the distilled student against its plain twin (densekd.engine.control)
     tb/                 TensorBoard scalars (engine)
     console.log         the run's console output when ``densekd compare --jobs N`` trains it in a worker
+    failed.json         ``densekd compare --tune``: the run stopped on a non-finite loss (read back, not retried)
+
+``log.csv``'s column of the plain twin (``train.control``): :data:`CONTROL_LOSS_KEY`.
 
 Keys (``Distiller.forward``'s outputs and ``log.csv``'s columns) of one distilled level: ``kd/<level>/<term>``,
 a weighted KD loss term (terms are ``loss_*``; ``<level>`` is the student's level label, e.g. ``classifier`` or
@@ -29,6 +33,10 @@ METRICS_FILE = "metrics.json"
 HEALTH_FILE = "health.json"
 TENSORBOARD_DIR = "tb"
 CONSOLE_FILE = "console.log"
+CONTROL_FILE = "control.json"
+FAILED_FILE = "failed.json"
+
+CONTROL_LOSS_KEY = "control/loss_task"
 
 KD_PREFIX = "kd/"
 TERM_PREFIX = "loss_"
@@ -69,5 +77,6 @@ def mask_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONSOLE_FILE", "EVAL_LOG_FILE", "HEALTH_FILE", "LOG_FILE", "METRICS_FILE",
-           "STUDENT_FILE", "TENSORBOARD_DIR", "kd_key", "kd_level", "kd_term", "mask_key"]
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONSOLE_FILE", "CONTROL_FILE", "CONTROL_LOSS_KEY", "EVAL_LOG_FILE",
+           "FAILED_FILE", "HEALTH_FILE", "LOG_FILE", "METRICS_FILE", "STUDENT_FILE", "TENSORBOARD_DIR", "kd_key",
+           "kd_level", "kd_term", "mask_key"]

@@ -103,3 +103,31 @@ def test_bench_measures_the_guards_overhead(make_config, teacher_ckpt, tmp_path)
     assert g["guards_overhead"] == pytest.approx((g["guards_grad_step"] / 4 + g["guards_log_row"] / 2))
     with pytest.raises(ConfigError, match="bench: expected --guards PAIRS >= 1, got -1"):
         bench(cfg, ["fitnet"], guard_pairs=-1)
+
+
+def test_bench_table_control_column():
+    rows = [dict(ROWS[0]), dict(ROWS[1], control_step=0.62, control_score_sec=1.5, control_run=0.071,
+                                control_iters=40, control_max_iters=400, control_pairs=30, control_batches=4)]
+    lines = bench_table(rows).splitlines()
+    assert lines[0].endswith("| modules / student step | control (train.control) |")
+    assert lines[2].endswith("| — | — | — | — |")
+    assert lines[3].endswith("| +62 % per step for 40 of 400 iterations, scoring 1.50 s: +7.1 % of the run |")
+    assert lines[-1].startswith("control: per step, the median of 30 paired differences of engine steps with and "
+                                "without the plain twin")
+
+
+def test_bench_measures_the_control(make_config, teacher_ckpt, tmp_path):
+    cfg = make_config(tmp_path / "o", teacher=teacher_ckpt, method="fitnet", batch_size=1)
+    rows = bench(cfg, ["fitnet"], iters=1, warmup=0, control_pairs=2, log=lambda _: None,
+                 overrides=["train.max_iters=20", "train.control_iters=5"])
+    assert "control_step" not in rows[0]  # plain: nothing to control
+    c = rows[1]
+    assert c["control_pairs"] == 2 and c["control_iters"] == 5 and c["control_max_iters"] == 20
+    assert sorted(c["control_times"]) == ["off", "on"] and all(len(v) == 2 for v in c["control_times"].values())
+    d = sorted(a - b for a, b in zip(c["control_times"]["on"], c["control_times"]["off"]))
+    base = sorted(c["control_times"]["off"])
+    assert c["control_step"] == pytest.approx((d[0] + d[1]) / (base[0] + base[1]))
+    assert c["control_run"] == pytest.approx((5 * c["control_step"] * (base[0] + base[1]) / 2 + c["control_score_sec"])
+                                             / (20 * (base[0] + base[1]) / 2))
+    with pytest.raises(ConfigError, match="bench: expected --control PAIRS >= 1, got -1"):
+        bench(cfg, ["fitnet"], control_pairs=-1)

@@ -8,9 +8,10 @@ from densekd import run_folder as rf
 
 def test_file_names_are_the_documented_ones():
     assert (rf.CHECKPOINT_FILE, rf.STUDENT_FILE, rf.CONFIG_FILE, rf.LOG_FILE, rf.EVAL_LOG_FILE, rf.METRICS_FILE,
-            rf.HEALTH_FILE, rf.TENSORBOARD_DIR, rf.CONSOLE_FILE) == (
+            rf.HEALTH_FILE, rf.TENSORBOARD_DIR, rf.CONSOLE_FILE, rf.CONTROL_FILE, rf.FAILED_FILE,
+            rf.CONTROL_LOSS_KEY) == (
         "checkpoint.pth", "student_final.pth", "config.yaml", "log.csv", "eval.csv", "metrics.json", "health.json",
-        "tb", "console.log")
+        "tb", "console.log", "control.json", "failed.json", "control/loss_task")
 
 
 def test_kd_keys_round_trip():

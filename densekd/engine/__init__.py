@@ -1,4 +1,5 @@
 """Task-agnostic training engine: loop, schedules, AMP, DDP, checkpoints, logs, evaluation."""
-from .trainer import StudentOnly, Trainer, TrainingInterrupted, build_pairs, evaluate, train
+from .student import StudentOnly
+from .trainer import Trainer, TrainingInterrupted, build_pairs, evaluate, train
 
 __all__ = ["StudentOnly", "Trainer", "TrainingInterrupted", "build_pairs", "evaluate", "train"]

@@ -10,7 +10,8 @@ Outputs in ``output_dir`` (rank 0 only): ``checkpoint.pth`` (resumable, every ``
 iterations, at the end and on SIGTERM), ``student_final.pth`` (plain student state dict), ``log.csv``,
 ``tb/`` (TensorBoard), ``config.yaml``, ``metrics.json`` (the final metrics, plus ``train_seconds``: wall time of
 the training loop in this process, evaluation excluded, and ``train_iterations``: how many iterations it ran),
-``health.json`` and the task's evaluation files.
+``health.json``, with ``train.control`` ``control.json`` (:mod:`densekd.engine.control`), and the task's
+evaluation files.
 Temporary checkpoint files a killed write left behind (``.tmp_*.pth``) are removed when a run starts.
 
 ``log.csv`` has one row at iteration 1, every ``train.log_every`` iterations and at the last one (means over
@@ -20,6 +21,7 @@ or ``backbone:0``, as in the KD loss keys):
 
 * ``lr``, every task loss term (e.g. ``loss_ce``, ``classification``), ``loss_task``, ``loss_kd``, ``loss``,
   ``grad_norm`` (with ``train.grad_clip``), ``time_per_iter``, ``max_mem_mb`` (CUDA);
+* ``control/loss_task``: with ``train.control``, the plain twin's task loss while it trains (empty after);
 * ``kd/<level>/<term>``: each weighted KD term (``loss_*``);
 * KD health (:mod:`densekd.health`, with a ``distill`` section and ``train.guards: true``, the default):
   ``kd/<level>/kd_task_ratio`` (the level's KD terms over ``loss_task``, of the row's means);
@@ -33,9 +35,10 @@ or ``backbone:0``, as in the KD loss keys):
   and the guards' ``kd/<level>/masks/<family>/shift_max`` (the largest distance of one mask's mean from
   0.5, its initial value; 0.5 = a gate ≈ 0 or ≈ 1 everywhere).
 
-Guard warnings (collapse, mask saturation, divergence ahead) are printed once each, listed at the end of the
-run and kept in ``health.json`` (``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind",
-"level", "message"}]}``), which also holds the start-up check lines.
+Guard warnings (collapse, mask saturation, divergence ahead; with ``train.control`` a student that KD made
+worse than its plain twin) are printed once each, listed at the end of the run and kept in ``health.json``
+(``{"iteration", "finished", "checks", "warnings": [{"iteration", "kind", "level", "message"}]}``), which also
+holds the start-up check lines.
 """
 from __future__ import annotations
 
@@ -52,12 +55,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import health
 from ..config import Config, load_config, to_dict
-from ..distiller import Distiller, Pair, task_losses
+from ..distiller import Distiller, Pair
 from ..errors import ConfigError, DenseKDError
 from ..health.checks import size_text
 from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FILE, LOG_FILE, METRICS_FILE,
@@ -65,8 +68,10 @@ from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FI
 from ..tasks import get_task
 from . import checkpoint as ckpt
 from . import distributed as du
+from .control import ControlTwin
 from .data import ResumableBatchSampler, SeededDataset, ShardSampler
 from .schedule import lr_factor
+from .student import StudentOnly, build_optimizer
 
 
 class TrainingInterrupted(DenseKDError):
@@ -76,29 +81,6 @@ class TrainingInterrupted(DenseKDError):
         super().__init__(f"stopped by SIGTERM at iteration {iteration}; checkpoint saved to {path}; "
                          f"run the same command again to resume")
         self.iteration, self.path = iteration, path
-
-
-class StudentOnly(nn.Module):
-    """Plain student training behind the Distiller's interface (same loop, no teacher, no KD terms)."""
-
-    def __init__(self, student: nn.Module, task_loss: Callable[[Any, Any], Any] | None = None) -> None:
-        super().__init__()
-        self.student = student
-        self.task_loss = task_loss
-        self.kd_losses = nn.ModuleDict()
-        self.iteration = 0
-        self.max_iterations: int | None = None
-
-    def forward(self, *inputs: Any, targets: Any = None, context: Any = None) -> dict[str, Tensor]:
-        task = task_losses(self.student, type(self.student).__name__, self.task_loss, inputs, targets)
-        loss = sum(task.values())
-        return {**task, "loss_task": loss, "loss": loss}
-
-    def trainable_parameters(self):
-        return (p for p in self.student.parameters() if p.requires_grad)
-
-    def student_state_dict(self):
-        return self.student.state_dict()
 
 
 def build_pairs(cfg: Config, task: Any) -> list[Pair]:
@@ -206,16 +188,12 @@ class Trainer:
                                                 grad_every=t.grad_ratio_every, world_size=self.world,
                                                 enabled=t.guards)
         self._student_params = [p for p in self.model.student.parameters() if p.requires_grad]
+        # train.control: a plain twin from the student's initial weights (densekd.engine.control)
+        self.control: ControlTwin | None = ControlTwin.build(self)
 
-        o = t.optimizer
-        params = list(self.model.trainable_parameters())
-        if o.type == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
-                                                                    weight_decay=o.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(t.optimizer, list(self.model.trainable_parameters()))
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
-        self._base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        self._base_lrs = [t.optimizer.lr for _ in self.optimizer.param_groups]
         self.iteration = 0
         if t.resume and os.path.isfile(self.ckpt_path):
             self._load(self.ckpt_path)
@@ -241,6 +219,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "config": to_dict(self.cfg),
             "health": self.guards.state_dict() if self.guards is not None else None,
+            "control": self.control.state_dict() if self.control is not None else None,
         }
 
     def save(self) -> None:
@@ -270,6 +249,8 @@ class Trainer:
         self.iteration = int(state["iteration"])
         if self.guards is not None:
             self.guards.load_state_dict(state.get("health"))
+        if self.control is not None:
+            self.control.load_state_dict(state.get("control"), self.iteration)
         ckpt.set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
         if state["sampler"].get("world_size") != self.world:
             self.messages.append(
@@ -302,12 +283,32 @@ class Trainer:
                 f"distance and mask statistics into {LOG_FILE} and {TENSORBOARD_DIR}/; warnings into {HEALTH_FILE}")))
         else:
             checks.append(health.Check(health.INFO, "guards", "off (train.guards: false)"))
+        if self.control is not None and self.control.model is not None:
+            checks.append(health.Check(health.INFO, "control", (
+                f"a plain twin of the student (same initial weights and batches, no KD) trains for the first "
+                f"{self.control.iters} iterations; then both are scored on {self.control.batches} validation "
+                f"batches (train.control)")))
         return [c.line() for c in checks]
 
     def _write_health(self, finished: bool) -> None:
         g = self.guards
-        health.write_health(self.out, self.iteration, self._start_lines + (g.first_lines if g else []),
+        control = self.control.lines() if self.control is not None else []
+        health.write_health(self.out, self.iteration, self._start_lines + (g.first_lines if g else []) + control,
                             g.warnings if g else [], finished)
+
+    def _finish_control(self) -> list[str]:
+        """The control's comparison (:mod:`densekd.engine.control`): its line, and its warning kept with the
+        guards' (``health.json``, the end-of-run list) when the distilled student is worse beyond the noise."""
+        assert self.control is not None and self.guards is not None
+        res = self.control.finish(self)
+        if du.is_main():
+            self.control.write(self.out)
+        if not res.worse:
+            return [f"control: {res.message()}"]
+        msg = f"iteration {res.iteration}: {res.message()}"
+        self.guards.warnings.append({"iteration": res.iteration, "kind": "control", "level": "student",
+                                     "message": msg})
+        return [f"health warning: {msg}"]
 
     # ---------------------------------------------------------------- loop
     def train_step(self, inputs: Sequence[Any], targets: Any, log_now: bool = False) -> tuple[list[str], list[float]]:
@@ -357,6 +358,9 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.control is not None and self.control.active(it):  # the plain twin, on the same batch
+            n2, v2 = self.control.step(self, inputs, targets, factor)
+            names, values = names + n2, values + v2
         self.iteration += 1
         return names, values
 
@@ -437,6 +441,12 @@ class Trainer:
                                 logger.write(line)
                             self._write_health(finished=False)
                     window, n_window, t0 = {}, 0, time.perf_counter()
+                if self.control is not None and self.control.due(self.iteration):
+                    lines = self._finish_control()
+                    if logger:
+                        for line in lines:
+                            logger.write(line)
+                        self._write_health(finished=False)
                 if logger:
                     logger.bar.update(1)
                 if t.checkpoint_every and self.iteration % t.checkpoint_every == 0 and not last:

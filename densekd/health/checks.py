@@ -182,8 +182,13 @@ def _quiet(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def _primary(metrics: Mapping[str, float]) -> tuple[str, float] | None:
-    for k in ("mIoU", "AP", "mAP"):
+#: the metric a check leads with, the first one an evaluation reports (segmentation, detection)
+PRIMARY_METRICS = ("mIoU", "AP", "mAP")
+
+
+def primary_value(metrics: Mapping[str, float]) -> tuple[str, float] | None:
+    """``(name, value)`` of the first of :data:`PRIMARY_METRICS` in ``metrics``; None when it has none."""
+    for k in PRIMARY_METRICS:
         if k in metrics:
             return k, float(metrics[k])
     return None
@@ -205,7 +210,7 @@ def teacher_checks(trainer: Any, batches: int) -> list[Check]:
     model = trainer.model
     t_metrics = _quiet(lambda: task.evaluate(model.teacher, first, trainer.device, None))
     s_metrics = _quiet(lambda: task.evaluate(model.student, first, trainer.device, None))
-    t, s = _primary(t_metrics), _primary(s_metrics)
+    t, s = primary_value(t_metrics), primary_value(s_metrics)
     if t is None or s is None:
         return [Check(WARN, "teacher", f"no primary metric in {sorted(t_metrics)}: the teacher's quality is not checked")]
     name, tv = t

@@ -66,3 +66,10 @@ class Task(Protocol):
 #       that are fitted on the teacher before training (MasKD's tokens, densekd/engine/prepare.py). Default:
 #       the model's loss dict (task_loss() is None) or task_loss(teacher(*inputs), targets), summed, with
 #       the teacher in train mode but its norm/dropout layers in eval.
+#   eval_split_overrides(data_cfg, split) -> list[str]
+#       the ``key=value`` overrides that make the engine evaluate on the named split instead of the configured
+#       validation data (segmentation: ``data.val_split=<split>``; detection: ``data.splits.<split>``); one
+#       ConfigError line when the data has no such split. Used by ``densekd compare --tune-split``.
+#   eval_data(data_cfg) -> str | None
+#       an identity of the data the engine evaluates on (equal strings: the same images); ``densekd compare
+#       --tune`` refuses a tuning run scored on the table's own data.

@@ -21,9 +21,12 @@ Config sections::
       filter_empty: true
       label_map: contiguous    # or category_id (labels = COCO ids, K = 90: torchvision hub weights)
       train_max_images: null   # N: train on the first N images (id order) only, e.g. a small labelled subset
+      splits:                  # optional: further evaluation splits by name (densekd compare --tune-split dev)
+        dev: {ann: data/coco/annotations/dev.json, images: data/coco/dev}
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -98,6 +101,14 @@ def expand_model_section(raw: Any) -> Any:
 
 
 @dataclass
+class DetectionSplit:
+    """One named evaluation split of ``data.splits``: a COCO annotation file and its image folder."""
+
+    ann: str
+    images: str
+
+
+@dataclass
 class DetectionDataConfig:
     train_ann: str = ""
     train_images: str = ""
@@ -107,6 +118,7 @@ class DetectionDataConfig:
     filter_empty: bool = False
     label_map: str = "contiguous"  # or "category_id" (label = COCO category id; for torchvision hub weights)
     train_max_images: int | None = None  # train on the first N images (image-id order) of train_ann only
+    splits: dict[str, DetectionSplit] = field(default_factory=dict)  # named evaluation splits, e.g. dev
 
     def validate(self, prefix: str) -> None:
         det._check_choice(self.label_map, ("contiguous", "category_id"), f"{prefix}.label_map")
@@ -195,6 +207,27 @@ class DetectionTask:
         if not data_cfg.val_images:
             raise ConfigError("data.val_images: required with data.val_ann")
         return CocoDetection(data_cfg.val_ann, data_cfg.val_images, train=False, label_map=data_cfg.label_map)
+
+    def eval_split_overrides(self, data_cfg: DetectionDataConfig, split: str) -> list[str]:
+        """Optional Task hook (``densekd compare --tune-split``): the overrides that make the engine evaluate on
+        the named split ``data.splits.<split>`` instead of ``data.val_ann``; one ConfigError line when the
+        config names no such split or its files are missing."""
+        named = data_cfg.splits.get(split)
+        if named is None:
+            have = f"it names {', '.join(sorted(data_cfg.splits))}" if data_cfg.splits else "it names none"
+            raise ConfigError(f"data.splits.{split}: the detection data names no split {split!r} ({have}); add "
+                              f"data.splits.{split}: {{ann: FILE.json, images: FOLDER}} (data.val_ann is the "
+                              f"split the table reports)")
+        for what, path, isfile in (("ann", named.ann, True), ("images", named.images, False)):
+            if not (os.path.isfile(path) if isfile else os.path.isdir(path)):
+                raise ConfigError(f"data.splits.{split}.{what}: {'file' if isfile else 'folder'} {path!r} "
+                                  f"does not exist")
+        return [f"data.val_ann={named.ann}", f"data.val_images={named.images}"]
+
+    def eval_data(self, data_cfg: DetectionDataConfig) -> str | None:
+        """Optional Task hook: what the engine evaluates on (the resolved ``data.val_ann``), None without it;
+        two configs with the same value are scored on the same images."""
+        return os.path.realpath(data_cfg.val_ann) if data_cfg.val_ann else None
 
     def check_data(self, model_cfg: DetectionModelConfig, dataset: CocoDetection) -> None:
         """Optional Task hook (train and val sets): the model's classes must be the data's categories."""

@@ -261,6 +261,25 @@ class SegmentationTask:
             max_images=data_cfg.max_images,
         )
 
+    def eval_split_overrides(self, data_cfg: SegDataConfig, split: str) -> list[str]:
+        """Optional Task hook (``densekd compare --tune-split``): the overrides that make the engine evaluate on
+        the split folder ``split`` of ``data.root`` instead of ``data.val_split``; one ConfigError line when the
+        data has no such split."""
+        import dataclasses
+
+        try:
+            self.build_dataset(dataclasses.replace(data_cfg, val_split=split), "val")
+        except ConfigError as e:
+            raise ConfigError(f"data.val_split: the {data_cfg.format} data in data.root={data_cfg.root} has no "
+                              f"split {split!r} ({e}; the table reports data.val_split={data_cfg.val_split})") from None
+        return [f"data.val_split={split}"]
+
+    def eval_data(self, data_cfg: SegDataConfig) -> str:
+        """Optional Task hook: what the engine evaluates on (layout, resolved root, split, image limit); two
+        configs with the same value are scored on the same images."""
+        limit = f" (first {data_cfg.max_images})" if data_cfg.max_images is not None else ""
+        return f"{data_cfg.format} {os.path.realpath(data_cfg.root)} split {data_cfg.val_split}{limit}"
+
     def check_data(self, model_cfg: SegModelConfig, dataset: Dataset) -> None:
         """Called by the engine once the training set is built: class counts must agree."""
         k = getattr(dataset, "num_classes", None)

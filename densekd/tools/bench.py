@@ -34,6 +34,12 @@ loading is not timed. Reported per method:
   log row with its guard work. With d_grad and d_log the medians of the paired differences (gradient-norm
   step − off, log row on − log row off; medians of paired differences, so a load that drifts during the run
   cancels) and t the median plain step: overhead = (d_grad / N + d_log / L) / t, as a fraction of a step.
+* with ``--control [PAIRS]`` (default 30) also what ``train.control`` costs (:func:`measure_control`): PAIRS
+  interleaved engine steps with and without the plain twin stepping beside the student (the order alternates),
+  d_step the median of their paired differences and t the median step without it; and the one-time scoring of
+  both students on the validation batches (s_score, timed once). Per step while the twin trains: d_step / t; over
+  the whole run, with C = ``train.control_iters`` (default a tenth) of T = ``train.max_iters``:
+  (C × d_step + s_score) / (T × t).
 
 :func:`bench_table` (pure) builds the Markdown table from the measured rows.
 """
@@ -72,8 +78,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
     kind = next((r.get("mem_kind") for r in rows if r.get("mem_kind")), "cpu_rss_delta")
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
     guards = any(r.get("guards_overhead") is not None for r in rows)
+    control = any(r.get("control_step") is not None for r in rows)
     head = ["method", "s/iter", f"× {baseline}", mem_head, f"× {baseline}", "teacher fwd (s)", "KD modules (s)",
-            "modules / student step"] + (["guards overhead"] if guards else [])
+            "modules / student step"] + (["guards overhead"] if guards else []) \
+        + (["control (train.control)"] if control else [])
     body = []
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
@@ -93,6 +101,11 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
             cells.append("—" if g is None else (
                 f"{100 * g:+.2f} % (gradient-norm step {100 * r['guards_grad_step']:+.0f} %, log row "
                 f"{100 * r['guards_log_row']:+.1f} %)"))
+        if control:
+            c = r.get("control_step")
+            cells.append("—" if c is None else (
+                f"{100 * c:+.0f} % per step for {r['control_iters']} of {r['control_max_iters']} iterations, "
+                f"scoring {r['control_score_sec']:.2f} s: {100 * r['control_run']:+.1f} % of the run"))
         body.append(cells)
     lines = [markdown_table(head, body)]
     if rows:
@@ -107,6 +120,12 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
             lines += ["", f"guards overhead: (d_grad / {g['guards_every']} + d_log / {g['guards_log_every']}) / plain step "
                           f"(train.grad_ratio_every / log_every), from medians of {g['guards_pairs']} interleaved paired "
                           f"steps of each kind in one process; in brackets d_grad and d_log as a share of a step"]
+        c = next((r for r in rows if r.get("control_step") is not None), None)
+        if c is not None:
+            lines += ["", f"control: per step, the median of {c['control_pairs']} paired differences of engine steps "
+                          f"with and without the plain twin over the median step without it; of the run: "
+                          f"(control_iters × that difference + the one-time scoring on {c['control_batches']} "
+                          f"validation batches) / (max_iters × step)"]
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +188,55 @@ def measure_guards(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 30
             "guards_pairs": pairs, "guards_step_sec": base, "guards_times": times}
 
 
+def measure_control(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 30) -> dict[str, Any]:
+    """What ``train.control`` adds to a run, measured in this process (see the module docstring)."""
+    import torch
+
+    from ..engine.control import CONTROL_BATCHES, ControlTwin, default_control_iters, score_pair
+
+    t = tr.cfg.train
+    if tr.val_set is None or len(tr.val_set) == 0:
+        return {}
+    twin = ControlTwin(tr, iters=2**62)  # trains at every measured step
+    cuda = tr.device.type == "cuda"
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    every = t.grad_ratio_every
+    # an iteration at which the guards measure no gradient norms (1-based n = 1 and multiples of every do)
+    start = next((i for i in range(1, 4) if every == 0 or (i + 1) % every != 0), 1)
+
+    def step(kind: str) -> float:
+        tr.control = twin if kind == "on" else None
+        tr.iteration = start  # the same iteration each time: the same guard work in both kinds
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+        t0 = time.perf_counter()
+        tr.train_step(inputs, targets)
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+        return time.perf_counter() - t0
+
+    try:
+        for i in range(pairs):
+            for kind in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                times[kind].append(step(kind))
+        t0 = time.perf_counter()
+        score_pair(tr.task, tr.model.student, twin.model.student, tr.val_set, tr.cfg.eval.batch_size,
+                   CONTROL_BATCHES, tr.device, 0)
+        score_sec = time.perf_counter() - t0
+    finally:
+        tr.control = None
+    med = statistics.median
+    d = med([a - b for a, b in zip(times["on"], times["off"])])
+    base = med(times["off"])
+    c_iters = t.control_iters if t.control_iters is not None else default_control_iters(t.max_iters)
+    return {"control_step": d / base, "control_score_sec": score_sec,
+            "control_run": (c_iters * d + score_sec) / (t.max_iters * base), "control_iters": c_iters,
+            "control_max_iters": t.max_iters, "control_pairs": pairs, "control_batches": CONTROL_BATCHES,
+            "control_times": times}
+
+
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
-            overrides: Sequence[str] = (), guard_pairs: int = 0) -> dict[str, Any]:
+            overrides: Sequence[str] = (), guard_pairs: int = 0, control_pairs: int = 0) -> dict[str, Any]:
     """Time ``warmup + iters`` training steps of ``method`` (``baseline``: no distillation) in *this* process."""
     import torch
 
@@ -181,7 +247,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
     raw = raw_config(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         ov = list(overrides) + method_overrides(raw, method) + [
-            f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0"]
+            f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0",
+            "train.control=false"]  # a config's own twin would step in measure_guards' steps (--control times it)
         tr = Trainer(config, ov)
         try:
             device = tr.device
@@ -249,6 +316,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
             guard_cost: dict[str, Any] = {}
             if guard_pairs > 0 and tr.guards is not None:
                 guard_cost = measure_guards(tr, inputs, targets, guard_pairs)
+            if control_pairs > 0 and kd:
+                guard_cost.update(measure_control(tr, inputs, targets, control_pairs))
             return {**guard_cost,
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
@@ -266,14 +335,14 @@ _MARK = "DENSEKD_BENCH_RESULT "
 def _worker(argv: Sequence[str]) -> int:
     spec = json.loads(argv[0])
     res = measure(spec["config"], spec["method"], spec["iters"], spec["warmup"], spec["overrides"],
-                  spec.get("guard_pairs", 0))
+                  spec.get("guard_pairs", 0), spec.get("control_pairs", 0))
     print(_MARK + json.dumps(res), flush=True)
     return 0
 
 
 def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
                           overrides: Sequence[str] = (), timeout: float | None = None,
-                          guard_pairs: int = 0) -> dict[str, Any]:
+                          guard_pairs: int = 0, control_pairs: int = 0) -> dict[str, Any]:
     """:func:`measure` in a fresh ``python -m densekd.tools.bench`` process (so memory peaks do not mix)."""
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(config, (str, os.PathLike)):
@@ -284,7 +353,7 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
                 yaml.safe_dump(dict(config), f)
             config = path
         spec = {"config": os.fspath(config), "method": method, "iters": iters, "warmup": warmup,
-                "overrides": list(overrides), "guard_pairs": guard_pairs}
+                "overrides": list(overrides), "guard_pairs": guard_pairs, "control_pairs": control_pairs}
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -302,23 +371,28 @@ def measure_in_subprocess(config: str | Mapping[str, Any], method: str, iters: i
 
 
 def bench(config: str | Mapping[str, Any], methods: Sequence[str], iters: int = 20, warmup: int = 5,
-          overrides: Sequence[str] = (), out: str | None = None, log=print, guard_pairs: int = 0) -> list[dict[str, Any]]:
+          overrides: Sequence[str] = (), out: str | None = None, log=print, guard_pairs: int = 0,
+          control_pairs: int = 0) -> list[dict[str, Any]]:
     """Measure the plain student (``baseline``) and every method (each in its own subprocess); write ``bench.md`` /
     ``bench.json`` to ``out`` when given; returns the rows (``baseline`` first). ``guard_pairs > 0``: also the KD health
-    guards' cost for every method (:func:`measure_guards`)."""
+    guards' cost for every method (:func:`measure_guards`); ``control_pairs > 0``: also ``train.control``'s
+    (:func:`measure_control`)."""
     from .compare.plan import check_methods
 
     if iters < 1 or warmup < 0:
         raise ConfigError(f"bench: expected --iters >= 1 and --warmup >= 0, got {iters} / {warmup}")
     if guard_pairs < 0:
         raise ConfigError(f"bench: expected --guards PAIRS >= 1, got {guard_pairs}")
+    if control_pairs < 0:
+        raise ConfigError(f"bench: expected --control PAIRS >= 1, got {control_pairs}")
     names = [m for m in methods if not is_plain(m)]
     check_methods(names or [PLAIN_STUDENT])
     rows = []
     for m in [PLAIN_STUDENT, *names]:
         log(f"bench: {m} ({warmup} warm-up + {iters} iterations)")
         rows.append(measure_in_subprocess(config, m, iters, warmup, overrides,
-                                          guard_pairs=guard_pairs if m != PLAIN_STUDENT else 0))
+                                          guard_pairs=guard_pairs if m != PLAIN_STUDENT else 0,
+                                          control_pairs=control_pairs if m != PLAIN_STUDENT else 0))
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
@@ -340,6 +414,9 @@ def add_subparser(sub) -> None:
     p.add_argument("--guards", type=int, nargs="?", const=30, default=0, metavar="PAIRS",
                    help="also measure what the KD health guards add to a step (PAIRS interleaved steps of each "
                         "kind; default 30 when given)")
+    p.add_argument("--control", type=int, nargs="?", const=30, default=0, metavar="PAIRS",
+                   help="also measure what train.control (a plain twin beside the student) adds to a step and to "
+                        "the run (PAIRS interleaved steps with and without it; default 30 when given)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
     p.set_defaults(func=_run_cli)
 
@@ -348,7 +425,8 @@ def _run_cli(args) -> int:
     from .compare.plan import split_methods
 
     methods, overrides = split_methods(args.methods, args.overrides)
-    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out, guard_pairs=args.guards)
+    rows = bench(args.config, methods, args.iters, args.warmup, overrides, args.out, guard_pairs=args.guards,
+                 control_pairs=args.control)
     print(bench_table(rows))
     return 0
 

@@ -30,9 +30,14 @@ Outputs in ``--out``: ``compare.md`` and ``compare.csv`` (mean ± sample std, dd
 method in the order of ``--methods``) and ``compare.png`` (bar chart of the primary metric: mIoU for
 segmentation, AP for detection, with std error bars). The aggregation (:func:`aggregate`) is a pure function.
 
+With ``--tune KEY=[v1, v2, ...]`` (or a ``compare.tune`` plan) every method's setting is first chosen on a
+held-out split with the same budget for every method, and the table reports each at its choice:
+:mod:`.tune`.
+
 One module per concern: :mod:`.statistics` (mean ± std, paired gains: pure), :mod:`.report` (the tables, CSV and
 chart), :mod:`.plan` (methods, the plain student, per-method overrides, where each run goes), :mod:`.runs` (the runs
-through the engine), :mod:`.command` (the command line).
+through the engine), :mod:`.tune` (choosing each method's setting on a held-out split first), :mod:`.command` (the
+command line).
 """
 from .command import add_subparser
 from .plan import (PLAIN_NAMES, PLAIN_STUDENT, baseline_of, check_methods, is_plain, method_overrides,

@@ -1,5 +1,6 @@
-"""``densekd compare CONFIG [key=value …] [--methods …] [--seeds N] [--kwargs …] [--set …] [--jobs N]``: the
-command line over the plan (:mod:`.plan`), the runs (:mod:`.runs`) and the report (:mod:`.report`); the config's
+"""``densekd compare CONFIG [key=value …] [--methods …] [--seeds N] [--kwargs …] [--set …] [--jobs N] [--tune …]``:
+the command line over the plan (:mod:`.plan`), the runs (:mod:`.runs`), the report (:mod:`.report`) and, with
+``--tune`` or a ``compare.tune`` plan, the tuning (:mod:`.tune`); the config's
 ``compare:`` section first, the command line's additions after."""
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from ...errors import ConfigError
 from .plan import PLAIN_NAMES, check_methods, parse_method_kwargs, parse_method_set, plan_from_config, split_methods
 from .report import format_markdown, gains_for
 from .runs import compare_runs
+from .tune import add_arguments as add_tune_arguments
+from .tune import run_cli as run_tune_cli
+from .tune import wants_tuning
 
 
 def add_subparser(sub) -> None:
@@ -26,6 +30,7 @@ def add_subparser(sub) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="METHOD:KEY=VALUE", dest="method_set",
                    help="engine overrides for one method's runs, e.g. fitnet:distill.weight=0.5 or "
                         "\"hinton_kd:distill.pairs=[{student: classifier}]\"")
+    add_tune_arguments(p)  # --tune KEY=[...] --tune-split --tune-seeds --no-tune (.tune)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted-key overrides for every run (right after CONFIG, or after the method names)")
     p.set_defaults(func=_run_cli)
@@ -56,6 +61,8 @@ def _run_cli(args) -> int:
         for m, kw in plan.kwargs.items():
             if m in args.methods:
                 kwargs[m] = {**kw, **kwargs.get(m, {})}
+    if wants_tuning(args, plan):  # every method tuned on the tune split first (.tune)
+        return run_tune_cli(args, plan, kwargs, method_set)
     rows, results = compare_runs(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,
                                  method_kwargs=kwargs, method_set=method_set, jobs=args.jobs)
     metrics = list(rows[0].stats) if rows else []

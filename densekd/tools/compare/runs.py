@@ -53,9 +53,12 @@ def worker_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // max(1, jobs))
 
 
-def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any, jobs: int, total: int, log) -> None:
+def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any, jobs: int, total: int, log,
+                  worker: Any = None) -> None:
     """Train ``todo`` = [(k, method, seed, run folder, overrides)] in ``jobs`` worker processes (spawned: nothing of
-    this process's state leaks into a run); a failed run is reported with the log that says why."""
+    this process's state leaks into a run); a failed run is reported with the log that says why. ``worker``: a
+    module-level function with :func:`_train_in_worker`'s arguments (default: it)."""
+    worker = worker or _train_in_worker
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -67,7 +70,7 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
         for k, m, s, d, ov in todo:
             resumed = os.path.isfile(os.path.join(d, CHECKPOINT_FILE))
             log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
-            futures[pool.submit(_train_in_worker, config, ov, threads, os.path.join(d, CONSOLE_FILE))] = (m, s, d)
+            futures[pool.submit(worker, config, ov, threads, os.path.join(d, CONSOLE_FILE))] = (m, s, d)
         for fut in as_completed(futures):
             m, s, d = futures[fut]
             try:
