@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..ops import (affine, at_least_fp32, cross_attention, pointwise, projected_attention, reverse_grad,
                    squared_error_sums)
+from ..ops.attention import attention_floor_flops, cross_attention_flops, projected_attention_flops
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -427,6 +428,25 @@ class ACAMKD(DistillLoss):
                 kept["spatial"] = m_s.detach().view(b, -1, h, w)
             self.last_masks = MaskRecord(kept)
         return out
+
+    def flops_above_floor(self, student_shape, teacher_shape) -> int:
+        """What the attention performs beyond the floor of its exact form (densekd.ops.attention, FLOPs section),
+        per forward + backward at one level of teacher shape [B, C, H, W], N = H·W, d = C/2:
+
+        * projected path (``z_norm="none"``): the kernel does 2·B·N²·(4d + 3M + 1) against a floor of
+          2·B·N²·(3d + 3M + 1) — QᵀK is recomputed in backward instead of keeping P (N×N): 2·B·N²·d above;
+        * explicit path (``z_norm="spatial"``, F_fuse formed): SDPA on two V heads performs 14·B·N²·C
+          against a floor of 2·B·N²·(3d + 3C) = 9·B·N²·C (QKᵀ, PV, ∂V, ∂P, ∂Q, ∂K once each): 5·B·N²·C above;
+        * ``fusion="teacher"``: no attention, 0.
+        """
+        if self.fusion is None:
+            return 0
+        b, c, h, w = (int(x) for x in teacher_shape)
+        n, d = h * w, self.fusion.q.out_channels
+        if self.ascm.z_norm == "none":
+            m = 0 if self.ascm.spatial_units is None else self.ascm.spatial_units.shape[0]
+            return projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True)
+        return cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
 
     def mask_statistics(self) -> dict[str, float]:
         """``{"spatial/mean", "spatial/dice", "spatial/entropy", "spatial/std", "spatial/std_min",
