@@ -19,6 +19,8 @@ Schema (shared by every task)::
       kwargs: {}
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
+      teacher_amp: auto        # the teacher's forward: auto | bf16 | none (see Distiller)
+      teacher_channels_last: false
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
             checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every}
     eval: {batch_size}
@@ -108,6 +110,10 @@ class DistillConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # multiplies every pair's weight
     pairs: list[dict[str, Any]] | None = None
+    # the frozen teacher's forward (densekd.distiller.Distiller): bf16 autocast where the device has bf16 matrix
+    # units ("auto"), always ("bf16") or never ("none": as the rest of the step); NHWC weights
+    teacher_amp: Literal["auto", "bf16", "none"] = "auto"
+    teacher_channels_last: bool = False
 
 
 @dataclass
