@@ -310,7 +310,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
                 "student_step_sec": student_sec, "modules_sec": modules,
-                "iters": iters, "warmup": warmup,
+                "iters": iters, "warmup": warmup, "step_times": times, "student_times": student_times,
+                "teacher_times": teacher_times,
                 "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             }
         finally:
