@@ -13,6 +13,12 @@ Settings (the shipped recipes, unchanged except for what a machine without the d
 * ``deeplabv3``: ``configs/segmentation/deeplabv3_r101_r18_acamkd.yaml``, DeepLabV3 R101 → R18 at 512×1024 crops,
   batch 2; distilled on the logits (19 classes). Data: two generated 512×1024 images with random label blocks.
 
+``demo_segmentation`` (``teacher`` only, not a paper's size): the README demo's TinySegNet with its shipped trained
+teacher on generated digits canvases at 64×64, for how the teacher's precision plays on a tiny model:
+
+    python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward_demo --settings demo_segmentation \
+        --batch 16 --iters 20
+
 The teacher is randomly initialised (``model.teacher.random_init=true``: timing does not depend on the weights),
 the student has no ImageNet file. ``tables``: for each setting, ``plain`` and every registered method that applies
 (``hinton_kd`` and ``cirkd`` are segmentation-only, ``fgd`` needs boxes; SAMKD on Faster R-CNN runs without its
@@ -44,7 +50,10 @@ SETTINGS = {
     "fcos": ("detection", "configs/detection/fcos_r101_r50_acamkd_2x.yaml", (800, 1333)),
     "faster_rcnn": ("detection", "configs/detection/faster_rcnn_r101_r50_acamkd_2x.yaml", (800, 1333)),
     "deeplabv3": ("segmentation", "configs/segmentation/deeplabv3_r101_r18_acamkd.yaml", (512, 1024)),
+    # not a paper's size: the README's demo (TinySegNet, shipped trained teacher, digits canvases), for comparison
+    "demo_segmentation": ("segmentation", "configs/compare/demo_methods.yaml", (64, 64)),
 }
+REAL = ["retinanet", "fcos", "faster_rcnn", "deeplabv3"]
 
 
 def write_detection_data(root: str, h: int, w: int, n: int = 2) -> tuple[str, str]:
@@ -94,6 +103,11 @@ def setting_overrides(name: str, tmp: str, scale: float) -> list[str]:
     """The engine overrides that make setting ``name`` run here at ``scale`` × the paper's size."""
     task, _, (h0, w0) = SETTINGS[name]
     h, w = round(h0 * scale), round(w0 * scale)
+    if name == "demo_segmentation":  # its own data and shipped teacher, at its own size and batch
+        from densekd.data.digits import make_digits_dataset
+
+        make_digits_dataset(os.path.join(tmp, name), n_train=32, n_val=8)
+        return [f"data.root={os.path.join(tmp, name)}", "data.max_images=null", "train.num_workers=0"]
     common = ["model.student.backbone_checkpoint=null", "model.teacher.checkpoint=null",
               "model.teacher.random_init=true", "train.num_workers=0", "train.batch_size=2"]
     if task == "detection":
@@ -287,7 +301,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["tables", "teacher"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

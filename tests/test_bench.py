@@ -52,10 +52,10 @@ def test_flops_table_columns_and_rates():
     # baseline: its step is the student step (0.5 s); acam_kd: 4 GFLOP in 0.75 s, the student's 2 in 0.5 s, the
     # teacher's 1.5 in 0.125 s, the modules' 0.5 in 0.125 s; floor 0.25 GFLOP at 100 GFLOP/s = 2.5 ms → 50×
     assert lines[2] == "| baseline | 2.0 | 4 | 2.0 | 4 | — | — | — | — | — | — |"
-    assert lines[3] == "| acam_kd | 4.0 | 5 | 2.0 | 4 | 1.5 | 12 | 0.5 | 4 | 0.2 | 50.0× |"
+    assert lines[3] == "| acam_kd | 4.0 | 5 | 2.0 | 4 | 1.5 | 12 | 0.5 | 4 | 0.25 | 50.0× |"
     assert "(100 GFLOP/s, best square product" in lines[-1]
     neg = bench_table([dict(rows[1], modules_sec=-0.01)])  # a modules time below the noise: no rate, no ratio
-    assert neg.splitlines()[-3].endswith("| 0.5 | — | 0.2 | — |")
+    assert neg.splitlines()[-3].endswith("| 0.5 | — | 0.25 | — |")
     assert "step GFLOP" not in bench_table(ROWS)  # rows measured before FLOPs were counted: no second table
 
 

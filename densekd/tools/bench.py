@@ -124,7 +124,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
 
 
 def _gflop(f: float | None) -> str:
-    return "—" if f is None else f"{f / 1e9:.1f}"
+    if f is None:
+        return "—"
+    g = f / 1e9
+    return f"{g:.1f}" if abs(g) >= 1 else f"{g:.2g}"
 
 
 def _rate(flops: float | None, sec: float | None) -> str:
