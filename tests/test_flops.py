@@ -89,3 +89,21 @@ def test_acam_kd_flops_above_floor(z_norm):
 
 def test_matmul_rate_is_a_rate():
     assert matmul_rate("cpu", size=64, repeats=2) > 0
+
+
+def test_channel_masks_alone_take_the_projected_path():
+    """z_norm standardises Z for the spatial masks only: with channel masks alone (acam_kd_channel) F_fuse is never
+    needed, so the projected kernel runs (no SDPA) and only its recomputed QᵀK is above the floor."""
+    from torch.profiler import profile
+
+    b, c, h, w = 2, 8, 5, 6
+    n, d = h * w, c // 2
+    mod = build_loss("acam_kd_channel", student_channels=4, teacher_channels=c, num_masks=3)
+    assert mod.ascm.z_norm == "spatial" and mod.ascm.spatial_units is None
+    assert mod.flops_above_floor((b, 4, h, w), (b, c, h, w)) == 2 * b * n * n * d
+    fs, ft = torch.randn(b, 4, h, w, requires_grad=True), torch.randn(b, c, h, w)
+    with profile() as prof:
+        sum(mod(fs, ft).values()).backward()
+    assert not any("scaled_dot_product" in e.key for e in prof.key_averages())
+    total = _count(lambda: sum(mod(fs, ft).values()).backward())
+    assert projected_attention_flops(b, n, d, 0) <= total < 2 * projected_attention_flops(b, n, d, 0)
