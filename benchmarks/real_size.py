@@ -2,7 +2,8 @@
 the teacher forward's precision and memory layout (issue 20).
 
     python benchmarks/real_size.py tables  --out benchmarks/results/real_size          # every setting and method
-    python benchmarks/real_size.py tables  --out /tmp/dry --scale 0.4 --iters 2 --warmup 1 --methods fitnet acam_kd
+    python benchmarks/real_size.py tables  --out runs/real_size_dry --scale 0.4 --iters 2 --warmup 1 \
+        --methods fitnet acam_kd                                                        # a quick dry run
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
@@ -20,12 +21,13 @@ teacher on generated digits canvases at 64×64, for how the teacher's precision 
         --batch 16 --iters 20
 
 The teacher is randomly initialised (``model.teacher.random_init=true``: timing does not depend on the weights),
-the student has no ImageNet file. ``tables``: for each setting, ``plain`` and every registered method that applies
-(``hinton_kd`` and ``cirkd`` are segmentation-only, ``fgd`` needs boxes; SAMKD on Faster R-CNN runs without its
-logit term, ``use_logits=false``, which that head cannot give) is measured by :func:`densekd.bench.measure` in its
-own subprocess: median seconds per step over ``--iters`` (with min–max), the teacher forward, the KD modules
-(full − student − teacher, paired per iteration), FLOPs counted by ``torch.utils.flop_counter`` and the KD
-modules' floor (see ``densekd/bench.py``). Writes ``<out>/<setting>.md`` / ``.json`` and ``<out>/summary.md``.
+the student has no ImageNet file. ``tables``: for each setting, ``baseline`` (the plain student) and every
+registered method that applies (``hinton_kd`` and ``cirkd`` are segmentation-only, ``fgd`` needs boxes; SAMKD on
+Faster R-CNN runs without its logit term, ``use_logits=false``, which that head cannot give) is measured by
+:func:`densekd.tools.bench.measure` in its own subprocess: median seconds per step over ``--iters`` (with
+min–max), the teacher forward, the KD modules (full − student − teacher, paired per iteration), FLOPs counted by
+``torch.utils.flop_counter`` and the KD modules' floor (see ``densekd/tools/bench.py``). Writes
+``<out>/<setting>.md`` / ``.json`` and ``<out>/summary.md``.
 
 ``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
 once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
@@ -42,8 +44,8 @@ import sys
 import tempfile
 import time
 
+#: the clone this script runs from (its shipped recipes); densekd itself is the installed package
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SETTINGS = {
     "retinanet": ("detection", "configs/detection/retinanet_r101_r50_acamkd_2x.yaml", (800, 1333)),
@@ -141,7 +143,8 @@ def _spread(times: list[float]) -> str:
 
 # --------------------------------------------------------------------------- tables
 def run_tables(args) -> int:
-    from densekd.bench import bench_table, measure_in_subprocess
+    from densekd.tools.bench import bench_table, measure_in_subprocess
+    from densekd.tools.compare.plan import PLAIN_STUDENT
     from densekd.losses.registry import available_losses
 
     methods = args.methods or available_losses()
@@ -155,8 +158,8 @@ def run_tables(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             base = setting_overrides(name, tmp, args.scale) + [f"distill.teacher_amp={args.teacher_amp}"]
             rows, skipped = [], []
-            for m in ["plain", *methods]:
-                ok, extra, why = applicable(name, m) if m != "plain" else (True, [], "")
+            for m in [PLAIN_STUDENT, *methods]:
+                ok, extra, why = applicable(name, m) if m != PLAIN_STUDENT else (True, [], "")
                 if not ok:
                     skipped.append(f"{m} ({why})")
                     continue
