@@ -163,7 +163,7 @@ class Distiller(nn.Module):
             moves them) and ACAM-KD's loss by 1–1.5 %.
         teacher_channels_last: ``True``: convert the teacher's 4-D weights to ``channels_last`` (NHWC) once here,
             so its convolutions run in that layout; the captured maps are handed to the losses contiguous (NCHW).
-            Exact up to fp32 rounding (measured 2e-6 relative). ``"auto"`` (default): on CPU (measured: 0.76–0.87×
+            Exact up to fp32 rounding (measured 2e-6 relative). ``"auto"`` (default): on CPU (measured: 0.76–0.89×
             the NCHW forward in fp32, and bf16 is only fast in NHWC) and wherever the teacher runs in bf16;
             not for an fp32 teacher on a GPU (not measured here). Decided for the device the teacher is on now.
     """
