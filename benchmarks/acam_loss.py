@@ -10,6 +10,10 @@ Each (form, level) is measured in a fresh subprocess, so its peak memory is its 
 
     python benchmarks/acam_loss.py                      # P3–P7 of an 800×1333 image, batch 2, C = 256
     python benchmarks/acam_loss.py --levels P5 P6 P7 --repeats 2 --markdown out.md
+    python benchmarks/acam_loss.py --z-norm none        # the literal ASCM (acam_kd_paper): the projected path
+
+``--z-norm`` is ACAM-KD's switch, applied to both forms: ``spatial`` (the default since 2026-12-05) needs all of
+F_fuse (its per-channel spatial std), ``none`` lets densekd project V on the M spatial units before the attention.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def naive_acam(mod, fs, ft):
+def naive_acam(mod, fs, ft, z_norm="none"):
     """ACAM-KD as written: explicit softmax(QKᵀ)V and Python loops over masks (the baseline)."""
     import torch
 
@@ -44,16 +48,20 @@ def naive_acam(mod, fs, ft):
     fused = torch.bmm(attn, v).transpose(1, 2).reshape(b, c, h, w)
     vvec = fused.mean(dim=(2, 3))
     z = fused.flatten(2)
+    if z_norm == "spatial":  # each channel standardised over space (unbiased std, + 1e-5), as ASCM does
+        z = (z - z.mean(dim=2, keepdim=True)) / (z.std(dim=2, keepdim=True) + 1e-5)
     d = ft - s_hat
     n_m = mod.num_masks
     mc = [torch.sigmoid(mod.ascm.channel_units[m] * vvec) for m in range(n_m)]  # each [B, C]
     ms = [torch.sigmoid(torch.einsum("c,bcn->bn", mod.ascm.spatial_units[m], z)) for m in range(n_m)]  # [B, HW]
+    # the denominators' Σ M (MasKD's form) or Σ M² (mask_norm="square", ACAM-KD's default)
+    norm = (lambda x: (x * x).sum(dim=1)) if mod.mask_norm == "square" else (lambda x: x.sum(dim=1))
     lc = ls = 0.0
     for m in range(n_m):
         wc = mc[m].view(b, c, 1, 1)
-        lc = lc + (((wc * d) ** 2).sum(dim=(1, 2, 3)) / (h * w * mc[m].sum(dim=1))).mean()
+        lc = lc + (((wc * d) ** 2).sum(dim=(1, 2, 3)) / (h * w * norm(mc[m]))).mean()
         wsp = ms[m].view(b, 1, h, w)
-        ls = ls + (((wsp * d) ** 2).sum(dim=(1, 2, 3)) / (c * ms[m].sum(dim=1))).mean()
+        ls = ls + (((wsp * d) ** 2).sum(dim=(1, 2, 3)) / (c * norm(ms[m]))).mean()
 
     def dice(masks):
         vals = []
@@ -67,7 +75,8 @@ def naive_acam(mod, fs, ft):
     return {"loss_channel": lc / n_m, "loss_spatial": ls / n_m, "loss_div": dice(mc) + dice(ms)}
 
 
-def worker(form: str, level: str, batch: int, channels: int, masks: int, repeats: int, device: str) -> dict:
+def worker(form: str, level: str, batch: int, channels: int, masks: int, repeats: int, device: str,
+           z_norm: str = "spatial") -> dict:
     import torch
 
     from densekd import build_loss
@@ -76,17 +85,17 @@ def worker(form: str, level: str, batch: int, channels: int, masks: int, repeats
     h, w = LEVELS[level]
     dev = torch.device(device)
     mod = build_loss("acam_kd", student_channels=channels, teacher_channels=channels, num_masks=masks,
-                     keep_masks=False).to(dev)
+                     keep_masks=False, z_norm=z_norm).to(dev)
     g = torch.Generator(device="cpu").manual_seed(1)
     fs = torch.randn(batch, channels, h, w, generator=g).to(dev).requires_grad_(True)
     ft = torch.randn(batch, channels, h, w, generator=g).to(dev)
-    fn = (lambda: mod(fs, ft)) if form == "densekd" else (lambda: naive_acam(mod, fs, ft))
+    fn = (lambda: mod(fs, ft)) if form == "densekd" else (lambda: naive_acam(mod, fs, ft, z_norm))
 
     def step():
         out = fn()
         total = sum(out.values())
         total.backward()
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v.detach()) for k, v in out.items()}
 
     # ru_maxrss is the process's lifetime peak, so the baseline is taken before the warm-up step too.
     if dev.type == "cuda":
@@ -116,7 +125,8 @@ def worker(form: str, level: str, batch: int, channels: int, masks: int, repeats
 
 def run_one(args, form: str, level: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", form, level, "--batch", str(args.batch), "--channels",
-           str(args.channels), "--masks", str(args.masks), "--repeats", str(args.repeats), "--device", args.device]
+           str(args.channels), "--masks", str(args.masks), "--repeats", str(args.repeats), "--device", args.device,
+           "--z-norm", args.z_norm]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return {"form": form, "level": level, "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
@@ -131,18 +141,20 @@ def main(argv=None) -> int:
     p.add_argument("--masks", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--z-norm", default="spatial", choices=["spatial", "none"],
+                   help="ACAM-KD's z_norm for both forms (default: the library's, spatial)")
     p.add_argument("--markdown", help="also write the table to this file")
     p.add_argument("--worker", nargs=2, metavar=("FORM", "LEVEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.batch, args.channels, args.masks,
-                                args.repeats, args.device)))
+                                args.repeats, args.device, args.z_norm)))
         return 0
 
     import torch
 
     header = (f"ACAM-KD forward+backward, batch {args.batch}, C = {args.channels}, M = {args.masks}, "
-              f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"z_norm {args.z_norm}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"best of {args.repeats}")
     rows = ["| level | H×W | densekd s | naive s | time ratio | densekd peak MiB | naive peak MiB | memory ratio "
             "| max rel. diff |", "|---|---|---|---|---|---|---|---|---|"]

@@ -19,6 +19,8 @@ Schema (shared by every task)::
       kwargs: {}
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
+      teacher_amp: none        # the teacher's forward: none | bf16 | auto (see Distiller)
+      teacher_channels_last: auto  # NHWC teacher weights: auto | true | false
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
             checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters}
     eval: {batch_size}
@@ -111,6 +113,11 @@ class DistillConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # multiplies every pair's weight
     pairs: list[dict[str, Any]] | None = None
+    # the frozen teacher's forward (densekd.distiller.Distiller): bf16 autocast never ("none": as the rest of the
+    # step), always ("bf16") or where the device has bf16 matrix units ("auto"); NHWC weights (true / false, or
+    # "auto": on CPU and for a bf16 teacher)
+    teacher_amp: Literal["auto", "bf16", "none"] = "none"
+    teacher_channels_last: bool | Literal["auto"] = "auto"
 
 
 @dataclass

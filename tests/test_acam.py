@@ -111,6 +111,7 @@ PAPER = {"mask_objective": "descent", "mask_norm": "sum"}  # the literal reading
     PAPER, {**PAPER, "query": "student"}, {"mask_objective": "detached"}, {"mask_norm": "sum"},
     {"fusion_residual": True}, {"fusion_residual": True, "z_norm": "none"},
     {"fusion_residual": True, "z_norm": "none", "query": "student", **PAPER},
+    {"masks": "channel", "fusion_residual": True},  # channel masks alone: the projected path under z_norm=spatial
 ])
 def test_matches_naive_formula(kw):
     mod = make(**kw)

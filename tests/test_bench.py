@@ -40,6 +40,25 @@ def test_bench_table_without_baseline_or_zero_memory():
     assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 | 0.1250 | +25.0 % |"
 
 
+def test_flops_table_columns_and_rates():
+    rows = [dict(ROWS[0], step_flops=2e9, student_step_flops=2e9, teacher_fwd_flops=None, modules_flops=None,
+                 modules_floor_flops=None, matmul_gflops=100.0),
+            dict(ROWS[1], step_flops=4e9, student_step_flops=2e9, teacher_fwd_flops=1.5e9, modules_flops=0.5e9,
+                 modules_floor_flops=0.25e9, matmul_gflops=100.0)]
+    table = bench_table(rows)
+    lines = table[table.index("| method | step GFLOP"):].splitlines()
+    assert lines[0] == ("| method | step GFLOP | GFLOP/s | student step GFLOP | GFLOP/s | teacher fwd GFLOP | GFLOP/s "
+                        "| KD modules GFLOP | GFLOP/s | floor GFLOP | modules / floor time |")
+    # baseline: its step is the student step (0.5 s); acam_kd: 4 GFLOP in 0.75 s, the student's 2 in 0.5 s, the
+    # teacher's 1.5 in 0.125 s, the modules' 0.5 in 0.125 s; floor 0.25 GFLOP at 100 GFLOP/s = 2.5 ms → 50×
+    assert lines[2] == "| baseline | 2.0 | 4 | 2.0 | 4 | — | — | — | — | — | — |"
+    assert lines[3] == "| acam_kd | 4.0 | 5 | 2.0 | 4 | 1.5 | 12 | 0.5 | 4 | 0.25 | 50.0× |"
+    assert "(100 GFLOP/s, best square product" in lines[-1]
+    neg = bench_table([dict(rows[1], modules_sec=-0.01)])  # a modules time below the noise: no rate, no ratio
+    assert neg.splitlines()[-3].endswith("| 0.5 | — | 0.25 | — |")
+    assert "step GFLOP" not in bench_table(ROWS)  # rows measured before FLOPs were counted: no second table
+
+
 def test_bench_bad_arguments():
     with pytest.raises(ConfigError, match="bench: expected --iters >= 1"):
         bench("x.yaml", ["fitnet"], iters=0)
@@ -61,14 +80,24 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
     table = capsys.readouterr().out
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert lines[0].startswith("| method | s/iter | × baseline | peak RSS Δ (MiB) | × baseline | teacher fwd (s) |")
-    assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == ["baseline", "fitnet", "cwd"]
-    assert all(len(ln.split(" | ")) == 8 for ln in lines)
+    assert [ln.split(" | ")[0][2:] for ln in lines[1:4]] == ["baseline", "fitnet", "cwd"]
+    assert all(len(ln.split(" | ")) == 8 for ln in lines[:4])
+    assert lines[4].startswith("| method | step GFLOP | GFLOP/s | student step GFLOP |")  # the FLOPs table
+    assert [ln.split(" | ")[0][2:] for ln in lines[5:]] == ["baseline", "fitnet", "cwd"]
+    assert all(len(ln.split(" | ")) == 11 for ln in lines[4:])
     rows = json.load(open(out / "bench.json"))
     assert [r["method"] for r in rows] == ["baseline", "fitnet", "cwd"]
     assert rows[0]["teacher_fwd_sec"] is None and rows[0]["modules_sec"] is None
     for r in rows[1:]:  # the three paired timings of a KD method are all there (values: never asserted)
         assert r["teacher_fwd_sec"] > 0 and r["student_step_sec"] > 0 and isinstance(r["modules_sec"], float)
     assert all(r["iters"] == 2 and r["mem_kind"] == "cpu_rss_delta" for r in rows)
+    # FLOPs: the baseline step is the student step; a KD step = student + teacher + modules (the 1×1 aligners at
+    # least); FitNet and CWD perform nothing above their floor
+    assert rows[0]["step_flops"] == rows[0]["student_step_flops"] > 0 and rows[0]["teacher_fwd_flops"] is None
+    for r in rows[1:]:
+        assert r["student_step_flops"] == rows[0]["step_flops"] and r["teacher_fwd_flops"] > 0
+        assert r["modules_flops"] == r["step_flops"] - r["student_step_flops"] - r["teacher_fwd_flops"] > 0
+        assert r["modules_floor_flops"] == r["modules_flops"] and r["matmul_gflops"] > 0
     assert (out / "bench.md").read_text() == bench_table(rows)
 
 

@@ -170,7 +170,9 @@ class Trainer:
             try:
                 self.model: nn.Module = Distiller(student, teacher, build_pairs(cfg, self.task),
                                                   task_loss=self.task.task_loss(), example_inputs=inputs,
-                                                  ignore_index=getattr(self.task, "ignore_index", 255))
+                                                  ignore_index=getattr(self.task, "ignore_index", 255),
+                                                  teacher_amp=cfg.distill.teacher_amp,
+                                                  teacher_channels_last=cfg.distill.teacher_channels_last)
             except TypeError as e:  # build_loss(...) with a keyword the method does not take
                 if str(e).startswith("build_loss("):
                     raise ConfigError(f"distill.kwargs: {e}") from None

@@ -22,8 +22,8 @@ linear maps, S_s Z and mean_hw Z, so training never forms F_fuse: both maps are 
 (``STCAFF.project``) and a blockwise kernel (``densekd.ops.ProjectedAttention``, flash-style: P built a few query rows
 at a time, recomputed in backward from the row log-sum-exp) returns exactly what ASCM needs. The values are
 the explicit formula's (tests: against softmax(QKᵀ)V, gradcheck, every parameter's gradient); F_fuse itself
-is computed with ``scaled_dot_product_attention`` only when ``last_masks["fused"]`` is read, or when
-``z_norm="spatial"`` needs all of it.
+is computed with ``scaled_dot_product_attention`` only when ``last_masks["fused"]`` is read, or when the spatial
+masks' ``z_norm="spatial"`` needs all of it.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..ops import (affine, at_least_fp32, cross_attention, pointwise, projected_attention, reverse_grad,
                    squared_error_sums)
+from ..ops.attention import attention_floor_flops, cross_attention_flops, projected_attention_flops
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -389,12 +390,12 @@ class ACAMKD(DistillLoss):
         s_for_masks = s_hat if self.mask_objective == "descent" else s_hat.detach()
         self.last_masks = MaskRecord()  # the previous forward's record (and what it holds) is let go first
         fused: Tensor | Callable[[], Tensor] | None  # None only when nothing is kept
-        if self.fusion is not None and self.ascm.z_norm == "none":
+        if self.fusion is not None and not self._needs_fused():
             # STCA-FF + ASCM without forming F_fuse (see STCAFF.project); the same values as the explicit path
             logits, mean, fused = self.fusion.project(t_flat, s_for_masks, (h, w), self.ascm.spatial_units,
                                                       self.ascm.channel_units is not None, self.keep_masks)
             m_c, m_s = self.ascm.masks_from(logits, mean)
-        else:  # fusion="teacher", or z_norm="spatial" (needs all of F_fuse)
+        else:  # fusion="teacher", or z_norm="spatial" with spatial masks (needs all of F_fuse)
             fused = (self.fusion(teacher_feat, s_for_masks.view(b, c, h, w)) if self.fusion is not None
                      else teacher_feat)
             m_c, m_s = self.ascm(fused)
@@ -427,6 +428,30 @@ class ACAMKD(DistillLoss):
                 kept["spatial"] = m_s.detach().view(b, -1, h, w)
             self.last_masks = MaskRecord(kept)
         return out
+
+    def _needs_fused(self) -> bool:
+        """Whether ASCM needs all of F_fuse: only to standardise Z for the spatial masks (``z_norm="spatial"``);
+        the channel masks read mean_hw F_fuse, which the projected path gives (``masks="channel"`` never needs it)."""
+        return self.ascm.z_norm == "spatial" and self.ascm.spatial_units is not None
+
+    def flops_above_floor(self, student_shape, teacher_shape) -> int:
+        """What the attention performs beyond the floor of its exact form (densekd.ops.attention, FLOPs section),
+        per forward + backward at one level of teacher shape [B, C, H, W], N = H·W, d = C/2:
+
+        * projected path (``z_norm="none"``, or channel masks only): the kernel does 2·B·N²·(4d + 3M + 1)
+          against a floor of 2·B·N²·(3d + 3M + 1) — QᵀK is recomputed in backward instead of keeping P (N×N): 2·B·N²·d above;
+        * explicit path (``z_norm="spatial"`` with spatial masks, F_fuse formed): SDPA on two V heads performs 14·B·N²·C
+          against a floor of 2·B·N²·(3d + 3C) = 9·B·N²·C (QKᵀ, PV, ∂V, ∂P, ∂Q, ∂K once each): 5·B·N²·C above;
+        * ``fusion="teacher"``: no attention, 0.
+        """
+        if self.fusion is None:
+            return 0
+        b, c, h, w = (int(x) for x in teacher_shape)
+        n, d = h * w, self.fusion.q.out_channels
+        if not self._needs_fused():
+            m = 0 if self.ascm.spatial_units is None else self.ascm.spatial_units.shape[0]
+            return projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True)
+        return cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
 
     def mask_statistics(self) -> dict[str, float]:
         """``{"spatial/mean", "spatial/dice", "spatial/entropy", "spatial/std", "spatial/std_min",

@@ -140,6 +140,13 @@ class DistillLoss(nn.Module):
                 f"to interpolate the student map to the teacher's size)"
             )
 
+    def flops_above_floor(self, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> int:
+        """Matrix-product FLOPs (forward + backward, as :func:`densekd.ops.flops.flop_counter` counts them) that one
+        call of this module on features of these shapes performs beyond the floor of its exact form, e.g. the
+        products a blockwise attention recomputes in backward to keep memory small. 0 (the default): the
+        counted FLOPs are the floor. ``densekd bench`` subtracts it from the counted FLOPs."""
+        return 0
+
     def forward(  # pragma: no cover - interface
         self, student_feat: Tensor, teacher_feat: Tensor, context: DistillContext | None = None
     ) -> dict[str, Tensor]:

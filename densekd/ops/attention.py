@@ -133,3 +133,30 @@ def projected_attention(q: Tensor, k: Tensor, vt: Tensor, scale: float | None = 
     if rows is None:
         rows = block_rows(q.shape[0], q.shape[2], q.device)
     return ProjectedAttention.apply(q, k, vt, scale, rows)
+
+
+# --------------------------------------------------------------------------- FLOPs (forward + backward)
+# Matrix-product FLOPs, 2 per multiply-add, in the units densekd.ops.flops.flop_counter counts (tests/test_flops.py
+# checks that the counter gives exactly these on both kernels). N = H·W positions, d = d_qk, B the batch.
+
+def attention_floor_flops(batch: int, n: int, d_qk: int, d_v: int, column_sums: bool = False) -> int:
+    """Floor of exact softmax(QKᵀ/√d)·V attention, forward + backward, with every input needing a gradient:
+    forward QKᵀ and PV; backward ∂V = Pᵀ∂O, ∂P = ∂O Vᵀ, ∂Q = ∂S K, ∂K = ∂Sᵀ Q, with P kept from the forward
+    (nothing recomputed): 2·B·N²·(3·d_qk + 3·d_v). ``column_sums``: the column sums Pᵀ1 are an output too
+    (:class:`ProjectedAttention`), whose gradient enters the softmax backward as one N×N matrix–vector
+    product: + 2·B·N²."""
+    return 2 * batch * n * n * (3 * d_qk + 3 * d_v + (1 if column_sums else 0))
+
+
+def projected_attention_flops(batch: int, n: int, d_qk: int, m: int) -> int:
+    """What :class:`ProjectedAttention` performs on q, k [B, d_qk, N] and Ṽ [B, m, N]: its floor
+    (:func:`attention_floor_flops` with the column sums) plus QᵀK once more, recomputed blockwise in backward
+    instead of keeping P (N×N): 2·B·N²·(4·d_qk + 3·m + 1)."""
+    return attention_floor_flops(batch, n, d_qk, m, column_sums=True) + 2 * batch * n * n * d_qk
+
+
+def cross_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:
+    """What :func:`cross_attention` performs through ``scaled_dot_product_attention`` (forward + backward):
+    per head of width w (d_v / d_qk heads of width d_qk, or one zero-padded head of width d_v) QKᵀ and PV
+    forward, QKᵀ recomputed, ∂V, ∂P, ∂Q, ∂K backward: 7 products of N×N×w per head, 14·B·N²·d_v either way."""
+    return 14 * batch * n * n * d_v

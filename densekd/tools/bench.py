@@ -24,6 +24,17 @@ loading is not timed. Reported per method:
   optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
   iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
 * ratios to ``baseline``;
+* FLOPs (a second table): the matrix-product FLOPs (convolutions, mm/bmm, attention; forward + backward,
+  2 per multiply-add) of one full step, of the plain student step, of the teacher forward and of the KD
+  modules (full − student − teacher), counted by ``torch.utils.flop_counter.FlopCounterMode`` on one extra
+  step of each after the timed ones (:func:`densekd.ops.flops.flop_counter`, which also counts the in-place
+  and CPU-attention kernels the counter lacks; element-wise work and the optimizer are not FLOPs here), and
+  the achieved GFLOP/s of each (FLOPs / its median seconds). ``floor``: the KD modules' FLOPs minus what each
+  level's module performs beyond the floor of its exact form (:meth:`DistillLoss.flops_above_floor`, e.g.
+  the products ACAM-KD's attention recomputes); ``modules / floor time``: the KD modules' seconds over the
+  time the floor FLOPs take at this device's matrix-product rate (``matmul GFLOP/s``: the best of a few
+  square products in the step's precision, measured in the same process, :func:`densekd.ops.flops.matmul_rate`).
+  1× would be a module that runs its floor products at the rate of a large square product and nothing else;
 * with ``--guards [PAIRS]`` (default 30) also ``guards overhead``: what the KD health guards
   (:mod:`densekd.health`) add to a training step, measured in the same process by :func:`measure_guards`.
   Their work is not spread over every step: a step that measures gradient norms (iteration 1 and every
@@ -126,7 +137,51 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
                           f"with and without the plain twin over the median step without it; of the run: "
                           f"(control_iters × that difference + the one-time scoring on {c['control_batches']} "
                           f"validation batches) / (max_iters × step)"]
+    if any(r.get("step_flops") is not None for r in rows):
+        lines += ["", flops_table(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _gflop(f: float | None) -> str:
+    if f is None:
+        return "—"
+    g = f / 1e9
+    return f"{g:.1f}" if abs(g) >= 1 else f"{g:.2g}"
+
+
+def _rate(flops: float | None, sec: float | None) -> str:
+    if flops is None or sec is None or sec <= 0 or flops <= 0:
+        return "—"
+    return f"{flops / sec / 1e9:.0f}"
+
+
+def flops_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The FLOPs table (pure): per row ``step_flops``, ``student_step_flops``, ``teacher_fwd_flops``,
+    ``modules_flops``, ``modules_floor_flops`` and ``matmul_gflops`` (None where they do not apply) beside the
+    seconds of :func:`bench_table`'s rows. GFLOP/s = FLOPs / median seconds; ``modules / floor time`` =
+    modules seconds / (floor FLOPs / matmul rate)."""
+    lines = ["| method | step GFLOP | GFLOP/s | student step GFLOP | GFLOP/s | teacher fwd GFLOP | GFLOP/s "
+             "| KD modules GFLOP | GFLOP/s | floor GFLOP | modules / floor time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        st = r.get("student_step_sec") if r.get("teacher_fwd_sec") is not None else r.get("sec_per_iter")
+        mod, floor, rate = r.get("modules_sec"), r.get("modules_floor_flops"), r.get("matmul_gflops")
+        ratio = "—"
+        if mod is not None and floor and rate and mod > 0:
+            ratio = f"{mod / (floor / (rate * 1e9)):.1f}×"
+        lines.append("| " + " | ".join([
+            r["method"], _gflop(r.get("step_flops")), _rate(r.get("step_flops"), r.get("sec_per_iter")),
+            _gflop(r.get("student_step_flops")), _rate(r.get("student_step_flops"), st),
+            _gflop(r.get("teacher_fwd_flops")), _rate(r.get("teacher_fwd_flops"), r.get("teacher_fwd_sec")),
+            _gflop(r.get("modules_flops")), _rate(r.get("modules_flops"), mod), _gflop(floor), ratio]) + " |")
+    rate = next((r.get("matmul_gflops") for r in rows if r.get("matmul_gflops")), None)
+    lines += ["", "FLOPs: matrix products only (convolutions, mm/bmm, attention), forward + backward, 2 per "
+                  "multiply-add, counted by torch.utils.flop_counter.FlopCounterMode on one step of each kind; "
+                  "KD modules = full − student − teacher; floor: the KD modules' FLOPs without what their kernels "
+                  "perform beyond the floor of the exact form (e.g. ACAM-KD's recomputed attention products); "
+                  "modules / floor time: KD modules' seconds over floor FLOPs at the matmul rate"
+                  + (f" ({rate:.0f} GFLOP/s, best square product in the step's precision, same process)" if rate else "")]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- one measurement (subprocess)
@@ -242,6 +297,7 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
 
     from ..distiller import Distiller, task_losses
     from ..engine.trainer import Trainer
+    from ..ops.flops import matmul_rate
     from .compare.plan import method_overrides, raw_config
 
     raw = raw_config(config, overrides)
@@ -309,6 +365,10 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                     student_times.append(timed(student_step))
                     teacher_times.append(timed(teacher_forward))
             peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
+            flops = _count_flops(model, step, student_step, teacher_forward, warmup + iters, kd)
+            amp = tr.cfg.train.amp
+            flops["matmul_gflops"] = matmul_rate(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+                amp, torch.float32)) / 1e9
             teacher_fwd = statistics.median(teacher_times) if kd else None
             student_sec = statistics.median(student_times) if kd else None
             # KD modules on top: full step − student step − teacher forward, paired per iteration
@@ -318,15 +378,38 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 guard_cost = measure_guards(tr, inputs, targets, guard_pairs)
             if control_pairs > 0 and kd:
                 guard_cost.update(measure_control(tr, inputs, targets, control_pairs))
-            return {**guard_cost,
+            return {**guard_cost, **flops,
                 "method": method, "sec_per_iter": statistics.median(times), "peak_mem_bytes": int(peak),
                 "mem_kind": "cuda" if cuda else "cpu_rss_delta", "teacher_fwd_sec": teacher_fwd,
                 "student_step_sec": student_sec, "modules_sec": modules,
-                "iters": iters, "warmup": warmup,
+                "iters": iters, "warmup": warmup, "step_times": times, "student_times": student_times,
+                "teacher_times": teacher_times,
                 "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             }
         finally:
             tr.close()
+
+
+def _count_flops(model: Any, step: Any, student_step: Any, teacher_forward: Any, i: int, kd: bool
+                 ) -> dict[str, Any]:
+    """One more step of each kind, under :func:`densekd.ops.flops.flop_counter` (see the module docstring)."""
+    from ..ops.flops import flop_counter
+
+    def counted(fn, *a) -> int:
+        with flop_counter() as fc:
+            fn(*a)
+        return int(fc.get_total_flops())
+
+    total = counted(step, i)
+    if not kd:
+        return {"step_flops": total, "student_step_flops": total, "teacher_fwd_flops": None,
+                "modules_flops": None, "modules_floor_flops": None}
+    student, teacher = counted(student_step), counted(teacher_forward)
+    modules = total - student - teacher
+    above = sum(int(model.kd_losses[lv.key].flops_above_floor(lv.student_shape, lv.teacher_shape))
+                for lv in model.levels)
+    return {"step_flops": total, "student_step_flops": student, "teacher_fwd_flops": teacher,
+            "modules_flops": modules, "modules_floor_flops": modules - above}
 
 
 _MARK = "DENSEKD_BENCH_RESULT "

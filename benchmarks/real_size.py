@@ -1,0 +1,324 @@
+"""What each method costs at the papers' sizes: ``densekd bench`` on the papers' detectors and segmenter, and
+the teacher forward's precision and memory layout (issue 20).
+
+    python benchmarks/real_size.py tables  --out benchmarks/results/real_size          # every setting and method
+    python benchmarks/real_size.py tables  --out runs/real_size_dry --scale 0.4 --iters 2 --warmup 1 \
+        --methods fitnet acam_kd                                                        # a quick dry run
+    python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
+
+Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
+
+* ``retinanet`` / ``fcos`` / ``faster_rcnn``: ``configs/detection/*_r101_r50_acamkd_2x.yaml``, R101-FPN → R50-FPN
+  at 800×1333 (``--scale`` multiplies both sides), batch 2; distilled on every FPN level the head uses (P3–P7,
+  Faster R-CNN P2–P6). Data: two generated 800×1333 images with 8 boxes each (COCO format, 80 categories);
+* ``deeplabv3``: ``configs/segmentation/deeplabv3_r101_r18_acamkd.yaml``, DeepLabV3 R101 → R18 at 512×1024 crops,
+  batch 2; distilled on the logits (19 classes). Data: two generated 512×1024 images with random label blocks.
+
+``demo_segmentation`` (``teacher`` only, not a paper's size): the README demo's TinySegNet with its shipped trained
+teacher on generated digits canvases at 64×64, for how the teacher's precision plays on a tiny model:
+
+    python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward_demo --settings demo_segmentation \
+        --batch 16 --iters 20
+
+The teacher is randomly initialised (``model.teacher.random_init=true``: timing does not depend on the weights),
+the student has no ImageNet file. ``tables``: for each setting, ``baseline`` (the plain student) and every
+registered method that applies (``hinton_kd`` and ``cirkd`` are segmentation-only, ``fgd`` needs boxes; SAMKD on
+Faster R-CNN runs without its logit term, ``use_logits=false``, which that head cannot give) is measured by
+:func:`densekd.tools.bench.measure` in its own subprocess: median seconds per step over ``--iters`` (with
+min–max), the teacher forward, the KD modules (full − student − teacher, paired per iteration), FLOPs counted by
+``torch.utils.flop_counter`` and the KD modules' floor (see ``densekd/tools/bench.py``). Writes
+``<out>/<setting>.md`` / ``.json`` and ``<out>/summary.md``.
+
+``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
+once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
+interleaved iteration by iteration in one process (the order rotates), ``--iters`` each after one warm-up; and how
+far the bf16 / channels_last maps are from the fp32 NCHW ones (relative Frobenius error per level, worst level).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+#: the clone this script runs from (its shipped recipes); densekd itself is the installed package
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SETTINGS = {
+    "retinanet": ("detection", "configs/detection/retinanet_r101_r50_acamkd_2x.yaml", (800, 1333)),
+    "fcos": ("detection", "configs/detection/fcos_r101_r50_acamkd_2x.yaml", (800, 1333)),
+    "faster_rcnn": ("detection", "configs/detection/faster_rcnn_r101_r50_acamkd_2x.yaml", (800, 1333)),
+    "deeplabv3": ("segmentation", "configs/segmentation/deeplabv3_r101_r18_acamkd.yaml", (512, 1024)),
+    # not a paper's size: the README's demo (TinySegNet, shipped trained teacher, digits canvases), for comparison
+    "demo_segmentation": ("segmentation", "configs/compare/demo_methods.yaml", (64, 64)),
+}
+REAL = ["retinanet", "fcos", "faster_rcnn", "deeplabv3"]
+
+
+def write_detection_data(root: str, h: int, w: int, n: int = 2) -> tuple[str, str]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img_dir = os.path.join(root, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(os.path.join(img_dir, f"{i}.png"))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+        for _ in range(8):  # a few boxes of COCO-like sizes (relative to the image)
+            bw, bh = (int(v) for v in rng.integers(max(4, w // 50), max(8, w // 3), 2))
+            bh = min(bh, h - 2)
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(rng.integers(1, 81)),
+                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+    ann = os.path.join(root, "annotations.json")
+    with open(ann, "w", encoding="utf-8") as f:
+        json.dump({"images": images, "annotations": anns,
+                   "categories": [{"id": c, "name": str(c)} for c in range(1, 81)]}, f)
+    return ann, img_dir
+
+
+def write_segmentation_data(root: str, h: int, w: int, n: int = 2, classes: int = 19) -> str:
+    """``folder`` layout: <root>/<split>/images/<i>.png and masks/<i>.png, splits train and val (the engine
+    builds both; val is never evaluated here), labels in blocks of 32×32."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for sub in ("images", "masks"):
+            os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+        for i in range(n):
+            Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(
+                os.path.join(root, split, "images", f"{i}.png"))
+            blocks = rng.integers(0, classes, ((h + 31) // 32, (w + 31) // 32)).astype(np.uint8)
+            mask = np.kron(blocks, np.ones((32, 32), np.uint8))[:h, :w]
+            Image.fromarray(mask).save(os.path.join(root, split, "masks", f"{i}.png"))
+    return root
+
+
+def setting_overrides(name: str, tmp: str, scale: float) -> list[str]:
+    """The engine overrides that make setting ``name`` run here at ``scale`` × the paper's size."""
+    task, _, (h0, w0) = SETTINGS[name]
+    h, w = round(h0 * scale), round(w0 * scale)
+    if name == "demo_segmentation":  # its own data and shipped teacher, at its own size and batch
+        from densekd.data.digits import make_digits_dataset
+
+        make_digits_dataset(os.path.join(tmp, name), n_train=32, n_val=8)
+        return [f"data.root={os.path.join(tmp, name)}", "data.max_images=null", "train.num_workers=0"]
+    common = ["model.student.backbone_checkpoint=null", "model.teacher.checkpoint=null",
+              "model.teacher.random_init=true", "train.num_workers=0", "train.batch_size=2"]
+    if task == "detection":
+        ann, img = write_detection_data(os.path.join(tmp, name), h, w)
+        return common + [f"data.train_ann={ann}", f"data.train_images={img}", "data.val_ann=null",
+                         "data.val_images=null", f"model.min_size={h}", f"model.max_size={w}",
+                         "data.flip_prob=0.0"]
+    root = write_segmentation_data(os.path.join(tmp, name), h, w)
+    return common + [f"data.root={root}", "data.format=folder", "data.num_classes=19", f"data.crop_size=[{h}, {w}]",
+                     "data.scale_range=[1.0, 1.0]", "data.flip=false", "model.student.sync_bn=false"]
+
+
+def applicable(name: str, method: str) -> tuple[bool, list[str], str]:
+    """(runs, extra overrides, why not) for ``method`` on setting ``name``."""
+    from densekd.tasks.detection import SEGMENTATION_ONLY
+    from densekd.tasks.segmentation import NEEDS_BOXES
+
+    task, recipe, _ = SETTINGS[name]
+    if task == "detection" and method in SEGMENTATION_ONLY:
+        return False, [], "segmentation only"
+    if task == "segmentation" and method in NEEDS_BOXES:
+        return False, [], "needs boxes"
+    if name == "faster_rcnn" and method == "samkd":  # no dense class logits: SFD's feature term only
+        return True, ["distill.method=samkd", "distill.kwargs={use_logits: false}"], ""
+    return True, [], ""
+
+
+def _spread(times: list[float]) -> str:
+    return f"{min(times):.3f}–{max(times):.3f}" if times else "—"
+
+
+# --------------------------------------------------------------------------- tables
+def run_tables(args) -> int:
+    from densekd.tools.bench import bench_table, measure_in_subprocess
+    from densekd.tools.compare.plan import PLAIN_STUDENT
+    from densekd.losses.registry import available_losses
+
+    methods = args.methods or available_losses()
+    os.makedirs(args.out, exist_ok=True)
+    summary = [f"# densekd bench at {args.scale:g} × the papers' sizes", "",
+               f"`python benchmarks/real_size.py tables --scale {args.scale:g} --iters {args.iters} "
+               f"--warmup {args.warmup}`; {args.threads} threads; teacher_amp {args.teacher_amp}", ""]
+    t_start = time.perf_counter()
+    for name in args.settings:
+        task, recipe, size = SETTINGS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            base = setting_overrides(name, tmp, args.scale) + [f"distill.teacher_amp={args.teacher_amp}"]
+            rows, skipped = [], []
+            for m in [PLAIN_STUDENT, *methods]:
+                ok, extra, why = applicable(name, m) if m != PLAIN_STUDENT else (True, [], "")
+                if not ok:
+                    skipped.append(f"{m} ({why})")
+                    continue
+                t0 = time.perf_counter()
+                print(f"[{name}] {m} ...", flush=True)
+                try:
+                    row = measure_in_subprocess(os.path.join(ROOT, recipe), m, args.iters, args.warmup,
+                                                base + extra)
+                except Exception as e:  # noqa: BLE001 - one failing method must not lose the others' rows
+                    skipped.append(f"{m} (failed: {str(e).splitlines()[0][:200]})")
+                    print(f"[{name}] {m} failed: {e}", flush=True)
+                    continue
+                row["wall_sec"] = time.perf_counter() - t0
+                rows.append(row)
+                print(f"[{name}] {m}: {row['sec_per_iter']:.3f} s/step ({row['wall_sec']:.0f} s in all)", flush=True)
+            h, w = (round(s * args.scale) for s in size)
+            text = "\n".join([f"## {name}: {os.path.basename(recipe)} at {h}×{w}, batch 2", "",
+                              bench_table(rows).rstrip(), "", spread_table(rows), "",
+                              "not run: " + (", ".join(skipped) if skipped else "none")])
+            with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            with open(os.path.join(args.out, f"{name}.json"), "w", encoding="utf-8") as f:
+                json.dump(rows, f, indent=1)
+            summary += [text, ""]
+            print(text, flush=True)
+    summary.append(f"wall time of the whole run: {time.perf_counter() - t_start:.0f} s")
+    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(summary) + "\n")
+    return 0
+
+
+def spread_table(rows: list[dict]) -> str:
+    """Per method: the spread of the measured steps and the KD modules against the issue's targets."""
+    lines = ["| method | step s median (min–max) | modules / student step | modules / floor time | wall s |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        st, mod = r.get("student_step_sec"), r.get("modules_sec")
+        share = "—" if mod is None or not st else f"{100 * mod / st:+.1f} %"
+        floor, rate = r.get("modules_floor_flops"), r.get("matmul_gflops")
+        ratio = f"{mod / (floor / (rate * 1e9)):.1f}×" if mod and mod > 0 and floor and rate else "—"
+        lines.append(f"| {r['method']} | {r['sec_per_iter']:.3f} ({_spread(r.get('step_times', []))}) | {share} "
+                     f"| {ratio} | {r.get('wall_sec', 0):.0f} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- teacher
+def run_teacher(args) -> int:
+    import torch
+
+    from densekd.engine.trainer import Trainer
+
+    os.makedirs(args.out, exist_ok=True)
+    variants = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+    results, lines = [], [
+        "| setting | batch | fp32 s | fp32 NHWC s | bf16 s | bf16 NHWC s | bf16 NHWC / fp32 | rel. error bf16 "
+        "| rel. change by 8-bit input noise | rel. error NHWC (fp32) | KD loss rel. diff bf16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in args.settings:
+        task, recipe, _ = SETTINGS[name]
+        for batch in args.batch:
+            with tempfile.TemporaryDirectory() as tmp:
+                ov = setting_overrides(name, tmp, args.scale) + [f"train.batch_size={batch}", f"output_dir={tmp}/o",
+                                                                 "train.resume=false", "distill.teacher_amp=none"]
+                cfg = os.path.join(ROOT, recipe)  # the recipe's own method (ACAM-KD) for the KD-loss agreement
+                tr = Trainer(cfg, ov)
+                try:
+                    d = tr.model
+                    batch_data = tr.task.to_device(next(iter(tr.loader)), tr.device)
+                    inputs, _targets = tr.task.model_inputs(batch_data)
+                    spec = d.pairs[0].teacher_spec
+
+                    def forward(amp: str, nhwc: bool) -> dict:
+                        fmt = torch.channels_last if nhwc else torch.contiguous_format
+                        d.teacher.to(memory_format=fmt)
+                        d.teacher_amp = "bf16" if amp == "bf16" else "none"
+                        t0 = time.perf_counter()
+                        out = d.teacher_levels(inputs, spec)
+                        return {"sec": time.perf_counter() - t0, "maps": out}
+
+                    ref = forward("fp32", False)["maps"]
+                    err = {}
+                    for v in variants:
+                        maps = forward(*v)["maps"]  # also the warm-up of each variant
+                        err[v] = max(float((maps[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-30)) for k in ref)
+                    # yardstick: how much the images' own 8-bit quantisation (±0.5/255 per pixel) moves the maps
+                    std = torch.tensor(tr.cfg.data.std if task == "segmentation" else [1.0, 1.0, 1.0]).view(3, 1, 1)
+                    gen = torch.Generator().manual_seed(0)
+
+                    def jitter(x):
+                        if isinstance(x, torch.Tensor):
+                            return x + (torch.rand(x.shape, generator=gen) - 0.5) / 255 / std.to(x.device, x.dtype)
+                        return [jitter(t) for t in x]
+
+                    d.teacher.to(memory_format=torch.contiguous_format)
+                    d.teacher_amp = "none"
+                    noisy = d.teacher_levels(tuple(jitter(x) for x in inputs), spec)
+                    quant = max(float((noisy[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-30)) for k in ref)
+                    kd = {}
+                    if task == "segmentation":  # batch norm on running statistics (a batch of 1 has none);
+                        d.student.eval()  # detectors return their losses only in training mode (frozen BN there)
+                    for amp in ("none", "bf16"):  # the recipe's KD loss on the same student maps
+                        d.teacher_amp = amp
+                        with torch.no_grad():
+                            kd[amp] = float(d(*inputs, targets=_targets)["loss_kd"])
+                    d.student.train()
+                    kd_rel = abs(kd["bf16"] - kd["none"]) / max(abs(kd["none"]), 1e-30)
+                    times = {v: [] for v in variants}
+                    for i in range(args.iters):
+                        for j in range(len(variants)):
+                            v = variants[(i + j) % len(variants)]
+                            times[v].append(forward(*v)["sec"])
+                finally:
+                    tr.close()
+            med = {v: statistics.median(t) for v, t in times.items()}
+            res = {"setting": name, "batch": batch, "scale": args.scale, "iters": args.iters,
+                   "times": {f"{a}{'_nhwc' if c else ''}": t for (a, c), t in times.items()},
+                   "rel_error": {f"{a}{'_nhwc' if c else ''}": e for (a, c), e in err.items()},
+                   "rel_error_8bit_input": quant, "kd_loss": kd, "kd_loss_rel_diff": kd_rel,
+                   "method": tr.cfg.distill.method}
+            results.append(res)
+            cells = [f"{med[v]:.3f} ({_spread(times[v])})" for v in variants]
+            lines.append(f"| {name} | {batch} | " + " | ".join(cells) +
+                         f" | {med[('bf16', True)] / med[('fp32', False)]:.2f}× | {err[('bf16', False)]:.1e} "
+                         f"| {quant:.1e} | {err[('fp32', True)]:.1e} | {kd_rel:.1e} |")
+            print(lines[-1], flush=True)
+    head = (f"Teacher forward (as the Distiller runs it), median (min–max) of {args.iters} interleaved iterations "
+            f"per variant after one warm-up, one process; {args.threads} threads, torch {torch.__version__}; "
+            f"scale {args.scale:g}; rel. error: ‖F − F_fp32‖ / ‖F_fp32‖ of the worst captured level (fp32 NCHW maps "
+            f"as reference); 8-bit input noise: the same for fp32 maps of the images plus uniform ±0.5/255 per pixel "
+            f"(the data's own quantisation); KD loss: the recipe's method (ACAM-KD) on the same student maps, "
+            f"teacher in bf16 vs fp32 (random-initialised teachers)")
+    text = "\n".join([head, "", *lines])
+    print("\n" + text)
+    with open(os.path.join(args.out, "teacher_forward.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "teacher_forward.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["tables", "teacher"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
+    ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--scale", type=float, default=1.0, help="× the papers' image / crop size (1 = 800×1333, 512×1024)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--teacher-amp", default="auto", choices=["auto", "bf16", "none"], help="tables: distill.teacher_amp")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="teacher: batch sizes")
+    args = ap.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bench subprocesses inherit it
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return run_tables(args) if args.what == "tables" else run_teacher(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
