@@ -83,6 +83,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.relation import relation_kl
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -211,21 +212,30 @@ def _kl_rows(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
 
 
+def _rows(emb: Tensor) -> Tensor:
+    """[B, C, H, W] → its B·H·W positions as rows [B·H·W, C] (image-major; one copy)."""
+    return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+
+
+def _unit(feat: Tensor) -> Tensor:
+    """x̂ = x/‖x‖₂ over the channels of [B, C, H, W], in float32 (normalised before the layout changes: the
+    bank then receives exactly the values it always did)."""
+    return F.normalize(feat.float(), dim=1)
+
+
+def _minibatch_relation(s_rows: Tensor, t_rows: Tensor, b: int, tau: float) -> Tensor:
+    """Eq. (2)–(3) on unit rows [B·A, C] (image-major): every image pair's A×A similarities, the softmax over
+    image j's A positions, as :func:`~densekd.ops.relation_kl` with groups of A columns."""
+    a = s_rows.shape[0] // b
+    return relation_kl(s_rows, s_rows, t_rows, t_rows, 1.0 / tau, group=a) / (a * b * b)
+
+
 def minibatch_pixel_relation_loss(student_feat: Tensor, teacher_feat: Tensor, tau: float = 0.1) -> Tensor:
     """Eq. (2)–(3): mean over the B² ordered image pairs of the row-averaged KL between the teacher's and the
-    student's softmax(S/τ) pixel-to-pixel similarity rows. Loops over the anchor image i (peak memory
-    B·A² per step instead of B²·A²)."""
-    b = student_feat.shape[0]
-    s = F.normalize(student_feat.float().flatten(2), dim=1)  # [B, C_s, A]
-    t = F.normalize(teacher_feat.detach().float().flatten(2), dim=1)  # [B, C_t, A]
-    a = s.shape[2]
-    total = s.new_zeros(())
-    for i in range(b):  # 1/τ scales the anchor image's [C, A] map, not the [B, A, A] products
-        s_ij = torch.einsum("ca,bcq->baq", s[i] / tau, s)  # eq. (2): S_S^{ij}/τ, all j at once  [B, A, A]
-        with torch.no_grad():
-            t_ij = torch.einsum("ca,bcq->baq", t[i] / tau, t)
-        total = total + _kl_rows(t_ij, s_ij).sum() / a  # eq. (3): batchmean over the A rows, per pair
-    return total / (b * b)
+    student's softmax(S/τ) pixel-to-pixel similarity rows. Formed a block of rows at a time
+    (:class:`~densekd.ops.RelationKL`): no B·A × B·A matrix is kept."""
+    return _minibatch_relation(_rows(_unit(student_feat)), _rows(_unit(teacher_feat.detach())),
+                               student_feat.shape[0], tau)
 
 
 def logit_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -407,9 +417,11 @@ class CIRKD(DistillLoss):
         self.bank_updates += 1
         return updates + 1
 
-    def contrast_sets(self) -> tuple[Tensor, Tensor]:
-        """Eq. (5): (V_p [K·n_p, C], V_r [K·n_r, C]) — the same random slots for every class, class-major."""
-        g = _seeded_generator(self.seed, int(self.bank_updates), _CONTRAST, _dist_rank())  # D2
+    def contrast_sets(self, updates: int | None = None) -> tuple[Tensor, Tensor]:
+        """Eq. (5): (V_p [K·n_p, C], V_r [K·n_r, C]) — the same random slots for every class, class-major.
+        ``updates``: the bank's update count when the caller knows it (saves reading the buffer back)."""
+        updates = int(self.bank_updates) if updates is None else updates
+        g = _seeded_generator(self.seed, updates, _CONTRAST, _dist_rank())  # D2
         ip = torch.randperm(self.pixel_memory_size, generator=g)[: self.pixel_contrast_per_class]
         ir = torch.randperm(self.region_memory_size, generator=g)[: self.region_contrast_per_class]
         c = self.teacher_channels
@@ -420,10 +432,8 @@ class CIRKD(DistillLoss):
     def _memory_relation(self, s_anchor: Tensor, t_anchor: Tensor, contrast: Tensor) -> Tensor:
         """Eq. (6)/(7): KL of the anchors' softmax similarity to the contrast set, batchmean, × T_c²."""
         tc, tau = self.contrast_kd_temperature, self.contrast_temperature
-        scale = 1.0 / (tau * tc)  # on the [N, C] anchors, not on the [N, |V|] logits
-        t_logits = (t_anchor * scale) @ contrast.t()
-        s_logits = (s_anchor * scale) @ contrast.t()
-        return _kl_rows(t_logits, s_logits).mean() * tc**2
+        kl = relation_kl(s_anchor, contrast, t_anchor, contrast, 1.0 / (tau * tc))
+        return kl / s_anchor.shape[0] * tc**2
 
     # ------------------------------------------------------------------ forward
     def _labels_at(self, context: DistillContext | None, b: int, hw: tuple[int, int]) -> Tensor:
@@ -458,6 +468,8 @@ class CIRKD(DistillLoss):
                     raise ValueError(f"cirkd: student and teacher logits must be [B, K, h, w] of one shape, got "
                                      f"student {tuple(zs.shape)} and teacher {tuple(zt.shape)}")
                 out["loss_kd"] = self.lambda_kd * logit_kd_loss(zs, zt.detach(), self.kd_temperature)
+            t_emb = _unit(teacher_feat.detach())  # F̂_T
+            t_rows = _rows(t_emb)  # [B·A, C_t]: eq. (2)–(3) and the memory terms' anchors
             if self.lambda_minibatch_pixel > 0:  # eq. (2)–(3)
                 if b < 2:
                     raise ValueError(
@@ -465,25 +477,25 @@ class CIRKD(DistillLoss):
                         f"process, got student features of shape {tuple(student_feat.shape)}; raise "
                         f"train.batch_size or set lambda_minibatch_pixel=0"
                     )
-                out["loss_batch_p2p"] = self.lambda_minibatch_pixel * minibatch_pixel_relation_loss(
-                    student_feat, teacher_feat, self.contrast_temperature)
+                out["loss_batch_p2p"] = self.lambda_minibatch_pixel * _minibatch_relation(
+                    _rows(_unit(student_feat)), t_rows, b, self.contrast_temperature)
             if self.use_memory:  # eq. (4)–(7)
                 labels = self._labels_at(context, b, (h, w))
                 ignore = context.ignore_index if context is not None else 255
-                t_emb = F.normalize(teacher_feat.detach().float(), dim=1)
-                s_emb = F.normalize(self.align(student_feat.float()), dim=1)
-                if self.training:
-                    self.update_memory(t_emb, labels, ignore)  # eq. (4), before the relations ([M])
+                s_rows = _rows(_unit(self.align(student_feat.float())))  # ĝ_S, [B·A, C_t]
+                if self.training:  # eq. (4), before the relations ([M])
+                    updates = self.update_memory(t_emb, labels, ignore)
+                else:
+                    updates = int(self.bank_updates)
                 valid = (labels != ignore).reshape(-1)
-                s_anchor = s_emb.permute(0, 2, 3, 1).reshape(-1, self.teacher_channels)[valid]
-                t_anchor = t_emb.permute(0, 2, 3, 1).reshape(-1, self.teacher_channels)[valid]
-                v_p, v_r = self.contrast_sets()
+                s_anchor, t_anchor = s_rows[valid], t_rows[valid]
+                v_p, v_r = self.contrast_sets(updates)
                 for name, lam, contrast in (("loss_memory_p2p", self.lambda_memory_pixel, v_p),
                                             ("loss_memory_p2r", self.lambda_memory_region, v_r)):
                     if lam == 0:
                         continue
                     if s_anchor.shape[0] == 0:  # [M]: no labelled pixel → a zero term that keeps the graph
-                        out[name] = 0.0 * s_emb.pow(2).mean()
+                        out[name] = 0.0 * s_rows.pow(2).mean()
                     else:
                         out[name] = lam * self._memory_relation(s_anchor, t_anchor, contrast)
         return out
