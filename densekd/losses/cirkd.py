@@ -62,7 +62,10 @@ Decisions (methods.md, Baselines: "follow each paper's official formulation and 
      number of bank updates so far (a buffer) and a purpose tag, not from the global RNG: a resumed run draws
      exactly what an uninterrupted one draws, and the enqueue draws are the same on every process, so every
      rank holds a bit-identical bank (the update works on gathered data). The contrast draws also take the
-     rank, so processes sample independently as [M]'s per-process ``randperm`` does.
+     rank, so processes sample independently as [M]'s per-process ``randperm`` does. The update draws its
+     ``randperm(n_c)[:K]`` of every (image, class) at once: it takes the generator's raw 32-bit stream and runs
+     the first K swaps of each Fisher–Yates shuffle side by side (``_randperm_heads``), the very numbers and
+     order a loop of ``randperm`` calls consumes (tested against ``randperm`` and against that loop).
   D3 the bank is updated in training mode only (``self.training``), and only ever holds detached,
      L2-normalised float32 teacher embeddings; the relations are computed in float32 outside autocast.
   D4 a batch of one image has no cross-image pair: (3) would shrink to the single-image term, so it is an

@@ -51,13 +51,13 @@ class RelationKL(torch.autograd.Function):
         grad_rows = torch.empty_like(s_rows) if with_grad and ctx.needs_input_grad[0] else None
         grad_cols = torch.zeros_like(s_cols) if with_grad and ctx.needs_input_grad[1] else None
         sr, tr = s_rows * scale, t_rows * scale  # the scale on the [N, C] rows, not the [N, M] products
-        total = s_rows.new_zeros((), dtype=torch.float64)
+        parts = []  # each block's KL
         for a in range(0, n, rows):
             b = min(n, a + rows)
             log_pt = F.log_softmax((tr[a:b] @ t_cols.t()).view(b - a, m // group, group), dim=-1)
             log_ps = F.log_softmax((sr[a:b] @ s_cols.t()).view(b - a, m // group, group), dim=-1)
             pt = log_pt.exp()
-            total += torch.dot(pt.view(-1), log_pt.sub_(log_ps).view(-1))  # Σ p_t (log p_t − log p_s)
+            parts.append(torch.dot(pt.view(-1), log_pt.sub_(log_ps).view(-1)))  # Σ p_t (log p_t − log p_s)
             if grad_rows is None and grad_cols is None:
                 continue
             g = log_ps.exp_().sub_(pt).view(b - a, m)  # ∂KL/∂z_s = p_s − p_t
@@ -70,7 +70,7 @@ class RelationKL(torch.autograd.Function):
         if grad_cols is not None:
             grad_cols.mul_(scale)
         ctx.save_for_backward(grad_rows, grad_cols)
-        return total.to(s_rows.dtype)
+        return torch.stack(parts).sum() if parts else s_rows.new_zeros(())
 
     @staticmethod
     @once_differentiable
