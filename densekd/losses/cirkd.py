@@ -471,8 +471,9 @@ class CIRKD(DistillLoss):
                     raise ValueError(f"cirkd: student and teacher logits must be [B, K, h, w] of one shape, got "
                                      f"student {tuple(zs.shape)} and teacher {tuple(zt.shape)}")
                 out["loss_kd"] = self.lambda_kd * logit_kd_loss(zs, zt.detach(), self.kd_temperature)
-            t_emb = _unit(teacher_feat.detach())  # F̂_T
-            t_rows = _rows(t_emb)  # [B·A, C_t]: eq. (2)–(3) and the memory terms' anchors
+            if self.lambda_minibatch_pixel > 0 or self.use_memory:
+                t_emb = _unit(teacher_feat.detach())  # F̂_T, once for eq. (2)–(7) and the bank
+                t_rows = _rows(t_emb)  # [B·A, C_t]
             if self.lambda_minibatch_pixel > 0:  # eq. (2)–(3)
                 if b < 2:
                     raise ValueError(

@@ -48,19 +48,25 @@ class RelationKL(torch.autograd.Function):
     def _forward(ctx, s_rows: Tensor, s_cols: Tensor, t_rows: Tensor, t_cols: Tensor, scale: float, group: int,
                  rows: int, with_grad: bool) -> Tensor:
         n, m = s_rows.shape[0], s_cols.shape[0]
+        rows = max(1, min(rows, n))
         grad_rows = torch.empty_like(s_rows) if with_grad and ctx.needs_input_grad[0] else None
         grad_cols = torch.zeros_like(s_cols) if with_grad and ctx.needs_input_grad[1] else None
         sr, tr = s_rows * scale, t_rows * scale  # the scale on the [N, C] rows, not the [N, M] products
+        s_cols_t, t_cols_t = s_cols.t().contiguous(), t_cols.t().contiguous()  # [C, M]: the products' layout
+        # one workspace for every block (fresh [rows, M] buffers per block cost page faults on CPU)
+        z, log_pt, log_ps, pt = torch.empty(4, rows, m, dtype=sr.dtype, device=sr.device).unbind(0)
         parts = []  # each block's KL
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            log_pt = F.log_softmax((tr[a:b] @ t_cols.t()).view(b - a, m // group, group), dim=-1)
-            log_ps = F.log_softmax((sr[a:b] @ s_cols.t()).view(b - a, m // group, group), dim=-1)
-            pt = log_pt.exp()
-            parts.append(torch.dot(pt.view(-1), log_pt.sub_(log_ps).view(-1)))  # Σ p_t (log p_t − log p_s)
+            shape = (b - a, m // group, group)
+            zb, lt, ls, p = z[: b - a], log_pt[: b - a], log_ps[: b - a], pt[: b - a]
+            torch.log_softmax(torch.mm(tr[a:b], t_cols_t, out=zb).view(shape), -1, out=lt.view(shape))
+            torch.log_softmax(torch.mm(sr[a:b], s_cols_t, out=zb).view(shape), -1, out=ls.view(shape))
+            torch.exp(lt, out=p)
+            parts.append(torch.dot(p.view(-1), lt.sub_(ls).view(-1)))  # Σ p_t (log p_t − log p_s)
             if grad_rows is None and grad_cols is None:
                 continue
-            g = log_ps.exp_().sub_(pt).view(b - a, m)  # ∂KL/∂z_s = p_s − p_t
+            g = ls.exp_().sub_(p)  # ∂KL/∂z_s = p_s − p_t
             if grad_rows is not None:
                 torch.mm(g, s_cols, out=grad_rows[a:b])
             if grad_cols is not None:
