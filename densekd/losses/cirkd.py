@@ -428,8 +428,8 @@ class CIRKD(DistillLoss):
         ip = torch.randperm(self.pixel_memory_size, generator=g)[: self.pixel_contrast_per_class]
         ir = torch.randperm(self.region_memory_size, generator=g)[: self.region_contrast_per_class]
         c = self.teacher_channels
-        v_p = self.pixel_queue[:, ip.to(self.pixel_queue.device)].reshape(-1, c)
-        v_r = self.region_queue[:, ir.to(self.region_queue.device)].reshape(-1, c)
+        v_p = self.pixel_queue.index_select(1, ip.to(self.pixel_queue.device)).reshape(-1, c)  # whole rows: a copy
+        v_r = self.region_queue.index_select(1, ir.to(self.region_queue.device)).reshape(-1, c)
         return v_p, v_r
 
     def _memory_relation(self, s_anchor: Tensor, t_anchor: Tensor, contrast: Tensor) -> Tensor:
