@@ -364,8 +364,8 @@ class CIRKD(DistillLoss):
         labs = concat_all_gather(labels.contiguous())
         n, c, h, w = keys.shape
         a, k = h * w, self.num_classes
-        host = torch.cat([labs.reshape(-1).long(), self.region_queue_ptr, self.pixel_queue_ptr,
-                          self.bank_updates.reshape(1)]).cpu()
+        host = torch.cat([labs.reshape(-1).to(self.region_queue_ptr.device, torch.long), self.region_queue_ptr,
+                          self.pixel_queue_ptr, self.bank_updates.reshape(1)]).cpu()
         lab_cpu = host[: n * a].reshape(n, a)
         ptr_r, ptr_p, updates = host[n * a: n * a + k], host[n * a + k: n * a + 2 * k], int(host[-1])
         valid = lab_cpu != ignore_index

@@ -6,8 +6,9 @@ similarity matrices, their two log-softmaxes and the products between them from 
 a dozen elementwise passes over each. :class:`RelationKL` forms a block of rows of both similarity matrices,
 reduces it to its KL and — when a gradient will be asked for — to its gradient rows at once (∂KL_row/∂z_s =
 softmax(z_s) − softmax(z_t)), so nothing of size N×M outlives its block: backward only scales the two gradients
-it kept (N×C and M×C). Exact: the same products and the same log-softmax formula (tests/test_ops.py:
-gradcheck and against the autograd form).
+it kept (N×C and M×C). The blocks share one workspace (out= products and log-softmaxes: on CPU a fresh
+buffer per block costs page faults). Exact: the same products and the same log-softmax formula as the autograd
+form, only the order of the final sums differs (tests/test_ops.py: gradcheck, and against the autograd form).
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-#: elements of one [rows, M] block of the similarity matrices on CPU (4 MiB in fp32: a block and the few
-#: buffers made from it stay in a core's L2 cache); 64 Mi elements on other devices, where fewer and larger
-#: products keep kernel launches few.
+#: elements of one [rows, M] block of the similarity matrices (the workspace holds four such buffers): 4 MiB in
+#: fp32 on CPU (the demo's terms in 4–16 blocks; of 2^16, 2^18, 2^20 and 2^22 elements, 2^18 and 2^20 were the
+#: fastest for CIRKD's memory term, one thread on a loaded machine, so noisy); 64 MiB on other devices, where fewer and larger products keep
+#: kernel launches few (a choice, not measured: no GPU was available here; as ``ATTENTION_BLOCK_ELEMENTS``).
 RELATION_BLOCK_ELEMENTS = 2**20
-RELATION_BLOCK_ELEMENTS_ACCELERATOR = 2**26
+RELATION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
 
 
 def relation_block_rows(n: int, m: int, device: torch.device) -> int:
