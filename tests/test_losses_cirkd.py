@@ -19,6 +19,7 @@ import densekd
 from densekd import Distiller, DistillContext, available_losses, build_loss
 from densekd.config import from_dict
 from densekd.errors import ConfigError
+import densekd.losses.cirkd as cirkd_mod
 from densekd.losses.cirkd import CIRKD
 from densekd.tasks import get_task
 from _loss_helpers import check_grad_flow
@@ -270,6 +271,144 @@ def test_bank_updates_only_in_training_mode_and_labels_are_resized():
     m.train()
     m(s, t, _ctx(masks))
     assert int(m.bank_updates) == 1 and m.pixel_queue_ptr.tolist() == [4, 4]  # 2 pixels of each class × 2 images
+
+
+# --------------------------------------------------------------------------- eq. (4): the vectorised update
+def _loop_update(self, teacher_emb, labels, ignore_index=255):
+    """The reference: CIRKD.update_memory as it was before the vectorised form (commit a7f87c2), a Python loop
+    over images and classes, kept verbatim (``concat_all_gather`` looked up on the module, so that a test can
+    stand in for the other processes)."""
+    keys = cirkd_mod.concat_all_gather(teacher_emb.detach().float().contiguous())
+    labs = cirkd_mod.concat_all_gather(labels.contiguous())
+    n, c, h, w = keys.shape
+    a, k = h * w, self.num_classes
+    lab_cpu = labs.reshape(n, a).cpu()
+    bad = lab_cpu[(lab_cpu != ignore_index) & ((lab_cpu < 0) | (lab_cpu >= k))]
+    if bad.numel():
+        raise ValueError(f"cirkd: context.masks holds label {int(bad[0])}, outside 0..{k - 1} (num_classes={k}) "
+                         f"and not the ignore index {ignore_index}")
+    flat = keys.reshape(n, c, a)
+    lab_dev = labs.reshape(n, a).long()
+    cls = torch.where(lab_dev == ignore_index, torch.full_like(lab_dev, k), lab_dev)
+    onehot = F.one_hot(cls, k + 1).to(flat.dtype).transpose(1, 2)  # [N, K+1, A]
+    sums = torch.bmm(onehot, flat.transpose(1, 2))[:, :k]  # [N, K, C]
+    means = F.normalize(sums / onehot[:, :k].sum(2, keepdim=True).clamp_min(1.0), dim=2).reshape(n * k, c)
+
+    gen = cirkd_mod._seeded_generator(self.seed, int(self.bank_updates), cirkd_mod._ENQUEUE)
+    ptr_r, ptr_p = self.region_queue_ptr.tolist(), self.pixel_queue_ptr.tolist()
+    n_r, n_p, m = self.region_memory_size, self.pixel_memory_size, self.pixel_update_freq
+    region_plan = {}  # queue slot (flat) → source row; later writes replace earlier ones
+    pixel_plan = {}
+    for i in range(n):
+        for cl in torch.unique(lab_cpu[i]).tolist():  # ascending, as torch.unique in [M]
+            if cl == ignore_index:
+                continue
+            idx = (lab_cpu[i] == cl).nonzero().squeeze(1)
+            region_plan[cl * n_r + ptr_r[cl]] = i * k + cl
+            ptr_r[cl] = (ptr_r[cl] + 1) % n_r
+            num = idx.numel()
+            perm = torch.randperm(num, generator=gen)
+            kk = min(num, m)
+            pos = idx[perm[:kk]] if self.pixel_sampling == "class" else perm[:kk]  # D1
+            p = ptr_p[cl]
+            if p + kk >= n_p:  # [M]: the last kk slots, pointer back to 0
+                slots = range(n_p - kk, n_p)
+                ptr_p[cl] = 0
+            else:
+                slots = range(p, p + kk)
+                ptr_p[cl] = (p + kk) % n_p
+            for s_, q in zip(slots, pos.tolist()):
+                pixel_plan[cl * n_p + s_] = i * a + q
+    dev = self.region_queue.device
+    if region_plan:
+        dst = torch.tensor(list(region_plan), dtype=torch.long, device=dev)
+        src = torch.tensor(list(region_plan.values()), dtype=torch.long, device=means.device)
+        self.region_queue.view(-1, c).index_copy_(0, dst, means[src].to(dev))
+    if pixel_plan:
+        dst = torch.tensor(list(pixel_plan), dtype=torch.long, device=dev)
+        src = torch.tensor(list(pixel_plan.values()), dtype=torch.long, device=flat.device)
+        rows = flat.transpose(1, 2).reshape(n * a, c)[src]
+        self.pixel_queue.view(-1, c).index_copy_(0, dst, F.normalize(rows, dim=1).to(dev))
+    self.region_queue_ptr.copy_(torch.tensor(ptr_r, dtype=torch.long))
+    self.pixel_queue_ptr.copy_(torch.tensor(ptr_p, dtype=torch.long))
+    self.bank_updates += 1
+
+
+_BANK = ("pixel_queue", "pixel_queue_ptr", "region_queue", "region_queue_ptr", "bank_updates")
+
+
+def _random_batch(gen, n, k, h, w, c, n_present, ignore_frac=0.2):
+    """Labels of ``n_present`` of the k classes (the others missing) with ignored pixels, unit embeddings."""
+    present = torch.randperm(k, generator=gen)[:n_present]
+    labels = present[torch.randint(0, n_present, (n, h, w), generator=gen)]
+    labels[torch.rand(n, h, w, generator=gen) < ignore_frac] = 255
+    return F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1), labels
+
+
+@pytest.mark.parametrize("pixel_sampling", ["class", "official"])
+def test_vectorised_update_is_the_loop_bit_for_bit(pixel_sampling):
+    """Random batches, several updates each: queues, pointers and counts equal (torch.equal) to the loop's.
+    The cases wrap both queues around (several times per update in the small ones), leave classes out, hold
+    ignored pixels, one-pixel classes (no random draw) and classes larger than pixel_update_freq."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [  # (images, classes, h, w, N_p, N_r, pixels per class and image, classes present)
+        (3, 4, 2, 3, 5, 2, 2, 2), (5, 6, 3, 4, 7, 3, 3, 4), (4, 11, 8, 8, 48, 3, 16, 7),
+        (16, 11, 6, 6, 300, 20, 16, 9), (2, 3, 1, 1, 1, 1, 1, 2), (6, 5, 4, 4, 16, 4, 16, 3),
+    ]
+    wrapped = missing = 0
+    for case_no, (n, k, h, w, n_p, n_r, m, n_present) in enumerate(cases):
+        kw = dict(student_channels=4, teacher_channels=4, num_classes=k, pixel_memory_size=n_p,
+                  region_memory_size=n_r, pixel_update_freq=m, pixel_sampling=pixel_sampling, seed=case_no)
+        ref, new = CIRKD(**kw), CIRKD(**kw)
+        for _ in range(4):
+            emb, labels = _random_batch(gen, n, k, h, w, 4, n_present)
+            before = new.pixel_queue_ptr.clone()
+            _loop_update(ref, emb, labels)
+            assert new.update_memory(emb, labels) == int(ref.bank_updates)
+            for name in _BANK:
+                assert torch.equal(getattr(new, name), getattr(ref, name)), (case_no, name)
+            present = torch.zeros(k, dtype=torch.bool)
+            present[labels[labels != 255].unique()] = True
+            wrapped += int((new.pixel_queue_ptr < before)[present].sum())
+            missing += int((~present).sum())
+    assert wrapped > 10 and missing > 10  # the cases did exercise wrap-around and missing classes
+
+
+def test_vectorised_update_on_a_gathered_batch(monkeypatch):
+    """Under DDP the update sees every process's images (rank order): with concat_all_gather standing in for
+    three more ranks, the vectorised update equals the loop's on the gathered batch, bit for bit."""
+    gen = torch.Generator().manual_seed(1)
+    others = [_random_batch(gen, 2, 5, 4, 4, 6, 3) for _ in range(3)]
+
+    def gather(x):  # this process is rank 1 of 4
+        parts = [o[0] if x.dim() == 4 else o[1] for o in others]
+        return torch.cat(parts[:1] + [x] + parts[1:])
+
+    monkeypatch.setattr(cirkd_mod, "concat_all_gather", gather)
+    for sampling in ("class", "official"):
+        kw = dict(student_channels=6, teacher_channels=6, num_classes=5, pixel_memory_size=20, region_memory_size=5,
+                  pixel_update_freq=4, pixel_sampling=sampling)
+        ref, new = CIRKD(**kw), CIRKD(**kw)
+        for _ in range(3):
+            emb, labels = _random_batch(gen, 2, 5, 4, 4, 6, 4)
+            _loop_update(ref, emb, labels)
+            new.update_memory(emb, labels)
+            for name in _BANK:
+                assert torch.equal(getattr(new, name), getattr(ref, name)), (sampling, name)
+        assert int(new.region_queue_ptr.sum()) > 0 and int(new.bank_updates) == 3
+
+
+def test_randperm_heads_draw_what_randperm_draws():
+    """The vectorised shuffle: each row is randperm(n)[:heads] of a sequential run on one generator."""
+    sizes = torch.tensor([1, 2, 16, 17, 3, 1, 300, 5, 64])
+    g = torch.Generator().manual_seed(5)
+    expected = [torch.randperm(int(n), generator=g)[:16] for n in sizes]
+    heads = cirkd_mod._randperm_heads(sizes, 16, torch.Generator().manual_seed(5))
+    assert heads.shape == (9, 16)
+    for row, exp in zip(heads, expected):
+        assert torch.equal(row[: exp.numel()], exp)
+    assert cirkd_mod._randperm_heads(torch.tensor([1, 1]), 16, g).tolist() == [[0], [0]]  # no draw at all
+    assert cirkd_mod._randperm_heads(torch.zeros(0, dtype=torch.long), 16, g).shape == (0, 0)
 
 
 # --------------------------------------------------------------------------- gradients

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from densekd.ops import (ProjectedAttention, SquaredErrorSums, at_least_fp32, block_rows, cross_attention, pointwise,
-                         projected_attention, reverse_grad, squared_error_sums)
+from densekd.ops import (RELATION_BLOCK_ELEMENTS, ProjectedAttention, RelationKL, SquaredErrorSums, at_least_fp32,
+                         block_rows, cross_attention, pointwise, projected_attention, relation_block_rows, relation_kl,
+                         reverse_grad, squared_error_sums)
 
 
 @pytest.mark.parametrize("d_qk,d_v", [(4, 8), (3, 6), (3, 7), (5, 5)])
@@ -96,3 +97,75 @@ def test_reverse_grad():
     torch.testing.assert_close(y, x.detach())
     (y * torch.tensor([3.0, 4.0])).sum().backward()
     torch.testing.assert_close(x.grad, torch.tensor([-3.0, -4.0]))
+
+
+def _relation_kl_explicit(s_rows, s_cols, t_rows, t_cols, scale, group):
+    """Σ KL(softmax(z_t) ‖ softmax(z_s)) over rows and column groups, written out with autograd."""
+    n, m = s_rows.shape[0], s_cols.shape[0]
+    log_pt = torch.log_softmax((scale * t_rows @ t_cols.t()).view(n, m // group, group), -1)
+    log_ps = torch.log_softmax((scale * s_rows @ s_cols.t()).view(n, m // group, group), -1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 10])
+@pytest.mark.parametrize("group", [8, 4, 2])
+def test_relation_kl_gradcheck_and_explicit(rows, group):
+    """The blockwise kernel (gradients formed in forward) against finite differences (float64) and against the
+    explicit formula, any block size, softmax over all columns or over groups of them."""
+    g = torch.Generator().manual_seed(0)
+    s_rows = torch.randn(10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    s_cols = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t_rows, t_cols = torch.randn(10, 5, generator=g, dtype=torch.float64), torch.randn(8, 5, generator=g, dtype=torch.float64)
+    fn = lambda a, b: relation_kl(a, b, t_rows, t_cols, 0.7, group, rows)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (s_rows, s_cols))
+    value = fn(s_rows, s_cols)
+    ref = _relation_kl_explicit(s_rows, s_cols, t_rows, t_cols, 0.7, group)
+    torch.testing.assert_close(value, ref)
+    assert value > 0
+    grads = torch.autograd.grad(value, (s_rows, s_cols))
+    for got, exp in zip(grads, torch.autograd.grad(ref, (s_rows, s_cols))):
+        torch.testing.assert_close(got, exp)
+
+
+def test_relation_kl_self_relation_fixed_columns_and_no_grad():
+    """s_cols = s_rows (a self-relation: both gradients add up); columns without gradient (a memory bank); under
+    no_grad no gradient is formed; the teacher side never gets one; float32 under autocast."""
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(12, 3, generator=g, requires_grad=True)
+    t = torch.randn(12, 4, generator=g, requires_grad=True)
+    value = relation_kl(s, s, t, t, 2.0, group=4, rows=5)
+    value.backward()
+    s_ref = s.detach().clone().requires_grad_()
+    _relation_kl_explicit(s_ref, s_ref, t.detach(), t.detach(), 2.0, 4).backward()
+    torch.testing.assert_close(s.grad, s_ref.grad)
+    assert t.grad is None
+    bank = torch.randn(6, 3, generator=g)
+    tb = torch.randn(6, 4, generator=g)
+    s.grad = None
+    relation_kl(s, bank, t, tb, 1.5).backward()
+    s_ref.grad = None
+    _relation_kl_explicit(s_ref, bank, t.detach(), tb, 1.5, 6).backward()
+    torch.testing.assert_close(s.grad, s_ref.grad)
+    with torch.no_grad():
+        quiet = relation_kl(s, s, t, t, 2.0, group=4, rows=5)
+    assert not quiet.requires_grad and torch.equal(quiet, value.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert relation_kl(s, s, t, t, 2.0, group=4).dtype == torch.float32
+    assert relation_block_rows(10, 2**10, torch.device("cpu")) == 10
+    assert relation_block_rows(5000, 4103, torch.device("cpu")) == RELATION_BLOCK_ELEMENTS // 4103
+
+
+def test_relation_kl_bad_input():
+    s, t = torch.randn(4, 3), torch.randn(4, 5)
+    with pytest.raises(ValueError, match=r"^relation_kl expects s_rows \[N, C_s\], s_cols \[M, C_s\], t_rows \[N, C_t\], "
+                                         r"t_cols \[M, C_t\] with M a multiple of group, got \(4, 3\), \(6, 3\), "
+                                         r"\(4, 5\), \(6, 5\) and group 4$"):
+        relation_kl(s, torch.randn(6, 3), t, torch.randn(6, 5), group=4)
+    with pytest.raises(ValueError, match=r"^relation_kl expects .* got \(4, 3\), \(4, 3\), \(3, 5\), \(4, 5\) and group 4$"):
+        relation_kl(s, s, torch.randn(3, 5), t)
+    a = s.clone().requires_grad_()
+    out = RelationKL.apply(a, a, t, t, 1.0, 4, 4, False)  # forward told that no backward follows
+    with pytest.raises(RuntimeError, match=r"^relation_kl: its forward ran without gradients \(under no_grad\), no "
+                                           r"backward$"):
+        out.backward()
+

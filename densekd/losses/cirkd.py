@@ -62,7 +62,10 @@ Decisions (methods.md, Baselines: "follow each paper's official formulation and 
      number of bank updates so far (a buffer) and a purpose tag, not from the global RNG: a resumed run draws
      exactly what an uninterrupted one draws, and the enqueue draws are the same on every process, so every
      rank holds a bit-identical bank (the update works on gathered data). The contrast draws also take the
-     rank, so processes sample independently as [M]'s per-process ``randperm`` does.
+     rank, so processes sample independently as [M]'s per-process ``randperm`` does. The update draws its
+     ``randperm(n_c)[:K]`` of every (image, class) at once: it takes the generator's raw 32-bit stream and runs
+     the first K swaps of each Fisher–Yates shuffle side by side (``_randperm_heads``), the very numbers and
+     order a loop of ``randperm`` calls consumes (tested against ``randperm`` and against that loop).
   D3 the bank is updated in training mode only (``self.training``), and only ever holds detached,
      L2-normalised float32 teacher embeddings; the relations are computed in float32 outside autocast.
   D4 a batch of one image has no cross-image pair: (3) would shrink to the single-image term, so it is an
@@ -83,6 +86,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.relation import relation_kl
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -96,6 +100,84 @@ def _seeded_generator(*parts: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return g
+
+
+def _randperm_stream(gen: torch.Generator, count: int) -> Tensor:
+    """The next ``count`` 32-bit outputs of ``gen``'s Mersenne twister, in order, as int64 (D2).
+
+    ``random_`` over the full int64 range draws ``random64()`` per element, which the CPU generator forms
+    from two consecutive 32-bit outputs (first one high); splitting them back gives the stream that
+    ``torch.randperm`` consumes one output per swap. Draws one output too many when ``count`` is odd (the
+    generator is used for nothing else afterwards)."""
+    v = torch.empty((count + 1) // 2, dtype=torch.long).random_(-(2**63), None, generator=gen)
+    return torch.stack([(v >> 32) & 0xFFFFFFFF, v & 0xFFFFFFFF], 1).reshape(-1)[:count]
+
+
+def _randperm_heads(sizes: Tensor, heads: int, gen: torch.Generator) -> Tensor:
+    """``torch.randperm(n, generator=gen)[:heads]`` for each n (≥ 1) of ``sizes`` in turn, as the rows of one
+    [S, min(heads, max n)] tensor (entries past a row's n are padding), from the same random numbers.
+
+    CPU ``randperm(n)`` (n < 2³²/20) is the Fisher–Yates shuffle ``for i < n−1: swap(r[i], r[i + u_i mod
+    (n−i)])``, one 32-bit output u_i per swap, and position i is final after swap i; so the first ``heads``
+    swaps of every shuffle, run side by side (a loop over ``heads``, not over the permutations), give the
+    heads. The tests check it against ``torch.randperm``."""
+    draws = sizes - 1  # randperm(n) consumes n − 1 outputs
+    total = int(draws.sum()) if sizes.numel() else 0
+    width = int(sizes.max()) if sizes.numel() else 0
+    perm = torch.arange(width).repeat(sizes.numel(), 1)
+    if total == 0:
+        return perm[:, :heads]
+    stream = _randperm_stream(gen, total)
+    first = torch.cumsum(draws, 0) - draws  # each shuffle's first output in the stream
+    rows = torch.arange(sizes.numel())
+    for i in range(min(heads, width - 1)):  # swap i of every shuffle at once
+        live = draws > i
+        u = stream[torch.where(live, first + i, 0)]
+        j = torch.where(live, i + u % (sizes - i).clamp_min(1), i)
+        vi = perm[:, i].clone()
+        perm[:, i] = perm[rows, j]
+        perm[rows, j] = vi
+    return perm[:, :heads]
+
+
+def _last_writes(dst: Tensor) -> Tensor:
+    """Indices of the last write to each distinct slot of ``dst`` (writes in order; a sequential loop of
+    writes leaves the last one)."""
+    uniq, inv = torch.unique(dst, return_inverse=True)
+    last = torch.full((uniq.numel(),), -1, dtype=torch.long)
+    return last.scatter_reduce_(0, inv, torch.arange(dst.numel()), "amax")
+
+
+def _pixel_slots(cls_of_seg: Tensor, rank: Tensor, k_seg: Tensor, ptr: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Eq. (4)'s pixel-queue pointer walk for every segment at once: segment s is its class's
+    ``rank[s]``-th and writes ``k_seg[s]`` slots from the pointer p — or, if p + k ≥ ``size``, the last k slots
+    and the pointer goes back to 0. Returns (each segment's first slot, the pointers after the update).
+    Between wrap-arounds the pointer is a cumulative sum; each pass of the loop resolves one wrap-around of
+    every class (a wrap restarts that class's walk at 0), so it runs once plus once per wrap-around of the
+    class that wraps most — not once per image or class."""
+    if rank.numel() == 0:
+        return torch.zeros(0, dtype=torch.long), ptr.clone()
+    n_cls, t = ptr.numel(), int(rank.max()) + 1
+    kk = torch.zeros(n_cls, t, dtype=torch.long)
+    kk[cls_of_seg, rank] = k_seg
+    present = kk > 0
+    before = torch.cumsum(kk, 1) - kk  # the k's of a class's earlier segments
+    before_ext = torch.cat([before, kk.sum(1, keepdim=True)], 1)
+    steps = torch.arange(t)
+    first = torch.zeros(n_cls, t, dtype=torch.long)
+    start, p0 = torch.zeros(n_cls, dtype=torch.long), ptr.clone()  # the current run: first segment, pointer
+    while True:
+        run_before = before_ext.gather(1, start[:, None])
+        p = p0[:, None] + before - run_before
+        run = present & (steps >= start[:, None])
+        wrap = run & (p + kk >= size)
+        wrapped = wrap.any(1)
+        stop = torch.where(wrapped, wrap.long().argmax(1), torch.full_like(start, t))  # the run's first wrap
+        first = torch.where(run & (steps <= stop[:, None]), torch.where(wrap, size - kk, p), first)
+        if not bool(wrapped.any()):
+            return first[cls_of_seg, rank], p0 + before_ext[:, t] - run_before[:, 0]
+        start = torch.where(wrapped, stop + 1, start)
+        p0 = torch.where(wrapped, torch.zeros_like(p0), p0)
 
 
 def _dist_world() -> int:
@@ -133,21 +215,30 @@ def _kl_rows(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
 
 
+def _rows(emb: Tensor) -> Tensor:
+    """[B, C, H, W] → its B·H·W positions as rows [B·H·W, C] (image-major; one copy)."""
+    return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+
+
+def _unit(feat: Tensor) -> Tensor:
+    """x̂ = x/‖x‖₂ over the channels of [B, C, H, W], in float32 (normalised before the layout changes: the
+    bank then receives exactly the values it always did)."""
+    return F.normalize(feat.float(), dim=1)
+
+
+def _minibatch_relation(s_rows: Tensor, t_rows: Tensor, b: int, tau: float) -> Tensor:
+    """Eq. (2)–(3) on unit rows [B·A, C] (image-major): every image pair's A×A similarities, the softmax over
+    image j's A positions, as :func:`~densekd.ops.relation_kl` with groups of A columns."""
+    a = s_rows.shape[0] // b
+    return relation_kl(s_rows, s_rows, t_rows, t_rows, 1.0 / tau, group=a) / (a * b * b)
+
+
 def minibatch_pixel_relation_loss(student_feat: Tensor, teacher_feat: Tensor, tau: float = 0.1) -> Tensor:
     """Eq. (2)–(3): mean over the B² ordered image pairs of the row-averaged KL between the teacher's and the
-    student's softmax(S/τ) pixel-to-pixel similarity rows. Loops over the anchor image i (peak memory
-    B·A² per step instead of B²·A²)."""
-    b = student_feat.shape[0]
-    s = F.normalize(student_feat.float().flatten(2), dim=1)  # [B, C_s, A]
-    t = F.normalize(teacher_feat.detach().float().flatten(2), dim=1)  # [B, C_t, A]
-    a = s.shape[2]
-    total = s.new_zeros(())
-    for i in range(b):  # 1/τ scales the anchor image's [C, A] map, not the [B, A, A] products
-        s_ij = torch.einsum("ca,bcq->baq", s[i] / tau, s)  # eq. (2): S_S^{ij}/τ, all j at once  [B, A, A]
-        with torch.no_grad():
-            t_ij = torch.einsum("ca,bcq->baq", t[i] / tau, t)
-        total = total + _kl_rows(t_ij, s_ij).sum() / a  # eq. (3): batchmean over the A rows, per pair
-    return total / (b * b)
+    student's softmax(S/τ) pixel-to-pixel similarity rows. Formed a block of rows at a time
+    (:class:`~densekd.ops.RelationKL`): no B·A × B·A matrix is kept."""
+    return _minibatch_relation(_rows(_unit(student_feat)), _rows(_unit(teacher_feat.detach())),
+                               student_feat.shape[0], tau)
 
 
 def logit_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -259,86 +350,93 @@ class CIRKD(DistillLoss):
 
     # ------------------------------------------------------------------ memory (eq. 4)
     @torch.no_grad()
-    def update_memory(self, teacher_emb: Tensor, labels: Tensor, ignore_index: int = 255) -> None:
+    def update_memory(self, teacher_emb: Tensor, labels: Tensor, ignore_index: int = 255) -> int:
         """Eq. (4): enqueue region means and sampled pixels of every image of every process (gathered).
 
         ``teacher_emb`` [B, C_t, H, W] L2-normalised teacher embeddings, ``labels`` [B, H, W] at the same
-        resolution. Images in rank order, classes ascending, pointers advanced as [M] does; the writes are
-        planned on the CPU and applied with one ``index_copy_`` per queue (a slot written twice in one update
-        keeps the later write, as the sequential loop would)."""
+        resolution. Images in rank order, classes ascending, pointers advanced as [M] does — computed for
+        every (image, class) segment at once: the labels, pointers and update count come to the host in one
+        copy (the CPU generator's draws depend on the class counts, D2), the writes are planned there with
+        tensor operations (no loop over images or classes) and applied with one ``index_copy_`` per queue (a
+        slot written twice in one update keeps the later write, as the sequential loop would). Returns the
+        number of updates so far (this one included)."""
         keys = concat_all_gather(teacher_emb.detach().float().contiguous())
         labs = concat_all_gather(labels.contiguous())
         n, c, h, w = keys.shape
         a, k = h * w, self.num_classes
-        lab_cpu = labs.reshape(n, a).cpu()
-        bad = lab_cpu[(lab_cpu != ignore_index) & ((lab_cpu < 0) | (lab_cpu >= k))]
+        host = torch.cat([labs.reshape(-1).to(self.region_queue_ptr.device, torch.long), self.region_queue_ptr,
+                          self.pixel_queue_ptr, self.bank_updates.reshape(1)]).cpu()
+        lab_cpu = host[: n * a].reshape(n, a)
+        ptr_r, ptr_p, updates = host[n * a: n * a + k], host[n * a + k: n * a + 2 * k], int(host[-1])
+        valid = lab_cpu != ignore_index
+        bad = lab_cpu[valid & ((lab_cpu < 0) | (lab_cpu >= k))]
         if bad.numel():
             raise ValueError(f"cirkd: context.masks holds label {int(bad[0])}, outside 0..{k - 1} (num_classes={k}) "
                              f"and not the ignore index {ignore_index}")
-        flat = keys.reshape(n, c, a)
-        # region means of every (image, class) at once: one-hot [N, K+1, A] @ [N, A, C] (ignore → column K)
-        lab_dev = labs.reshape(n, a).long()
-        cls = torch.where(lab_dev == ignore_index, torch.full_like(lab_dev, k), lab_dev)
-        onehot = F.one_hot(cls, k + 1).to(flat.dtype).transpose(1, 2)  # [N, K+1, A]
-        sums = torch.bmm(onehot, flat.transpose(1, 2))[:, :k]  # [N, K, C]
-        means = F.normalize(sums / onehot[:, :k].sum(2, keepdim=True).clamp_min(1.0), dim=2).reshape(n * k, c)
-
-        gen = _seeded_generator(self.seed, int(self.bank_updates), _ENQUEUE)  # same on every rank (D2)
-        ptr_r, ptr_p = self.region_queue_ptr.tolist(), self.pixel_queue_ptr.tolist()
         n_r, n_p, m = self.region_memory_size, self.pixel_memory_size, self.pixel_update_freq
-        region_plan: dict[int, int] = {}  # queue slot (flat) → source row; later writes replace earlier ones
-        pixel_plan: dict[int, int] = {}
-        for i in range(n):
-            for cl in torch.unique(lab_cpu[i]).tolist():  # ascending, as torch.unique in [M]
-                if cl == ignore_index:
-                    continue
-                idx = (lab_cpu[i] == cl).nonzero().squeeze(1)
-                region_plan[cl * n_r + ptr_r[cl]] = i * k + cl
-                ptr_r[cl] = (ptr_r[cl] + 1) % n_r
-                num = idx.numel()
-                perm = torch.randperm(num, generator=gen)
-                kk = min(num, m)
-                pos = idx[perm[:kk]] if self.pixel_sampling == "class" else perm[:kk]  # D1
-                p = ptr_p[cl]
-                if p + kk >= n_p:  # [M]: the last kk slots, pointer back to 0
-                    slots = range(n_p - kk, n_p)
-                    ptr_p[cl] = 0
-                else:
-                    slots = range(p, p + kk)
-                    ptr_p[cl] = (p + kk) % n_p
-                for s_, q in zip(slots, pos.tolist()):
-                    pixel_plan[cl * n_p + s_] = i * a + q
-        dev = self.region_queue.device
-        if region_plan:
-            dst = torch.tensor(list(region_plan), dtype=torch.long, device=dev)
-            src = torch.tensor(list(region_plan.values()), dtype=torch.long, device=means.device)
-            self.region_queue.view(-1, c).index_copy_(0, dst, means[src].to(dev))
-        if pixel_plan:
-            dst = torch.tensor(list(pixel_plan), dtype=torch.long, device=dev)
-            src = torch.tensor(list(pixel_plan.values()), dtype=torch.long, device=flat.device)
-            rows = flat.transpose(1, 2).reshape(n * a, c)[src]
-            self.pixel_queue.view(-1, c).index_copy_(0, dst, F.normalize(rows, dim=1).to(dev))
-        self.region_queue_ptr.copy_(torch.tensor(ptr_r, dtype=torch.long))
-        self.pixel_queue_ptr.copy_(torch.tensor(ptr_p, dtype=torch.long))
+        cls = torch.where(valid, lab_cpu, k)  # ignore → k (after every class)
+        counts = torch.zeros(n, k + 1, dtype=torch.long).scatter_add_(1, cls, torch.ones_like(cls))[:, :k]
+        present = counts > 0
+        # segments: the (image, class) pairs with pixels, image-major and classes ascending ([M]: torch.unique)
+        seg_img, seg_cls = present.nonzero(as_tuple=True)
+        seg_n = counts[seg_img, seg_cls]
+        rank = (torch.cumsum(present, 0) - 1)[seg_img, seg_cls]  # the segment's turn in its class's queue
+        # region queue: one slot per segment, pointer + rank (mod N_r)
+        r_dst = seg_cls * n_r + (ptr_r[seg_cls] + rank) % n_r
+        r_src = seg_img * k + seg_cls
+        new_ptr_r = (ptr_r + present.sum(0)) % n_r
+        # pixel queue: K = min(n_c, m) drawn pixels per segment (randperm(n_c)[:K], same draws as [M]'s loop)
+        k_seg = seg_n.clamp_max(m)
+        heads = _randperm_heads(seg_n, m, _seeded_generator(self.seed, updates, _ENQUEUE))  # same on every rank (D2)
+        first, new_ptr_p = _pixel_slots(seg_cls, rank, k_seg, ptr_p, n_p)
+        seg_of = torch.repeat_interleave(torch.arange(seg_n.numel()), k_seg)  # one entry per written pixel
+        j = torch.arange(seg_of.numel()) - (torch.cumsum(k_seg, 0) - k_seg)[seg_of]
+        drawn = heads[seg_of, j]
+        if self.pixel_sampling == "class":  # the class's own positions, ascending (D1)
+            order = torch.sort(cls, dim=1, stable=True).indices  # each image's positions grouped by class
+            class_start = torch.cumsum(counts, 1) - counts
+            pos = order[seg_img[seg_of], class_start[seg_img, seg_cls][seg_of] + drawn]
+        else:  # [M]: randperm(n_c) taken as positions in the whole image
+            pos = drawn
+        p_dst = seg_cls[seg_of] * n_p + first[seg_of] + j
+        p_img = seg_img[seg_of]
+        if seg_n.numel():
+            dev = self.region_queue.device
+            flat = keys.reshape(n, c, a)
+            # region means of every (image, class) at once: one-hot [N, K+1, A] @ [N, A, C] (ignore → column K)
+            lab_dev = labs.reshape(n, a).long()
+            cls_dev = torch.where(lab_dev == ignore_index, torch.full_like(lab_dev, k), lab_dev)
+            onehot = F.one_hot(cls_dev, k + 1).to(flat.dtype).transpose(1, 2)  # [N, K+1, A]
+            sums = torch.bmm(onehot, flat.transpose(1, 2))[:, :k]  # [N, K, C]
+            means = F.normalize(sums / onehot[:, :k].sum(2, keepdim=True).clamp_min(1.0), dim=2).reshape(n * k, c)
+            keep = _last_writes(r_dst)
+            self.region_queue.view(-1, c).index_copy_(
+                0, r_dst[keep].to(dev), means[r_src[keep].to(means.device)].to(dev))
+            keep = _last_writes(p_dst)
+            rows = flat.transpose(1, 2)[p_img[keep].to(flat.device), pos[keep].to(flat.device)]  # [P, C]
+            self.pixel_queue.view(-1, c).index_copy_(0, p_dst[keep].to(dev), F.normalize(rows, dim=1).to(dev))
+        self.region_queue_ptr.copy_(new_ptr_r)
+        self.pixel_queue_ptr.copy_(new_ptr_p)
         self.bank_updates += 1
+        return updates + 1
 
-    def contrast_sets(self) -> tuple[Tensor, Tensor]:
-        """Eq. (5): (V_p [K·n_p, C], V_r [K·n_r, C]) — the same random slots for every class, class-major."""
-        g = _seeded_generator(self.seed, int(self.bank_updates), _CONTRAST, _dist_rank())  # D2
+    def contrast_sets(self, updates: int | None = None) -> tuple[Tensor, Tensor]:
+        """Eq. (5): (V_p [K·n_p, C], V_r [K·n_r, C]) — the same random slots for every class, class-major.
+        ``updates``: the bank's update count when the caller knows it (saves reading the buffer back)."""
+        updates = int(self.bank_updates) if updates is None else updates
+        g = _seeded_generator(self.seed, updates, _CONTRAST, _dist_rank())  # D2
         ip = torch.randperm(self.pixel_memory_size, generator=g)[: self.pixel_contrast_per_class]
         ir = torch.randperm(self.region_memory_size, generator=g)[: self.region_contrast_per_class]
         c = self.teacher_channels
-        v_p = self.pixel_queue[:, ip.to(self.pixel_queue.device)].reshape(-1, c)
-        v_r = self.region_queue[:, ir.to(self.region_queue.device)].reshape(-1, c)
+        v_p = self.pixel_queue.index_select(1, ip.to(self.pixel_queue.device)).reshape(-1, c)  # whole rows: a copy
+        v_r = self.region_queue.index_select(1, ir.to(self.region_queue.device)).reshape(-1, c)
         return v_p, v_r
 
     def _memory_relation(self, s_anchor: Tensor, t_anchor: Tensor, contrast: Tensor) -> Tensor:
         """Eq. (6)/(7): KL of the anchors' softmax similarity to the contrast set, batchmean, × T_c²."""
         tc, tau = self.contrast_kd_temperature, self.contrast_temperature
-        scale = 1.0 / (tau * tc)  # on the [N, C] anchors, not on the [N, |V|] logits
-        t_logits = (t_anchor * scale) @ contrast.t()
-        s_logits = (s_anchor * scale) @ contrast.t()
-        return _kl_rows(t_logits, s_logits).mean() * tc**2
+        kl = relation_kl(s_anchor, contrast, t_anchor, contrast, 1.0 / (tau * tc))
+        return kl / s_anchor.shape[0] * tc**2
 
     # ------------------------------------------------------------------ forward
     def _labels_at(self, context: DistillContext | None, b: int, hw: tuple[int, int]) -> Tensor:
@@ -373,6 +471,9 @@ class CIRKD(DistillLoss):
                     raise ValueError(f"cirkd: student and teacher logits must be [B, K, h, w] of one shape, got "
                                      f"student {tuple(zs.shape)} and teacher {tuple(zt.shape)}")
                 out["loss_kd"] = self.lambda_kd * logit_kd_loss(zs, zt.detach(), self.kd_temperature)
+            if self.lambda_minibatch_pixel > 0 or self.use_memory:
+                t_emb = _unit(teacher_feat.detach())  # F̂_T, once for eq. (2)–(7) and the bank
+                t_rows = _rows(t_emb)  # [B·A, C_t]
             if self.lambda_minibatch_pixel > 0:  # eq. (2)–(3)
                 if b < 2:
                     raise ValueError(
@@ -380,25 +481,25 @@ class CIRKD(DistillLoss):
                         f"process, got student features of shape {tuple(student_feat.shape)}; raise "
                         f"train.batch_size or set lambda_minibatch_pixel=0"
                     )
-                out["loss_batch_p2p"] = self.lambda_minibatch_pixel * minibatch_pixel_relation_loss(
-                    student_feat, teacher_feat, self.contrast_temperature)
+                out["loss_batch_p2p"] = self.lambda_minibatch_pixel * _minibatch_relation(
+                    _rows(_unit(student_feat)), t_rows, b, self.contrast_temperature)
             if self.use_memory:  # eq. (4)–(7)
                 labels = self._labels_at(context, b, (h, w))
                 ignore = context.ignore_index if context is not None else 255
-                t_emb = F.normalize(teacher_feat.detach().float(), dim=1)
-                s_emb = F.normalize(self.align(student_feat.float()), dim=1)
-                if self.training:
-                    self.update_memory(t_emb, labels, ignore)  # eq. (4), before the relations ([M])
+                s_rows = _rows(_unit(self.align(student_feat.float())))  # ĝ_S, [B·A, C_t]
+                if self.training:  # eq. (4), before the relations ([M])
+                    updates = self.update_memory(t_emb, labels, ignore)
+                else:
+                    updates = int(self.bank_updates)
                 valid = (labels != ignore).reshape(-1)
-                s_anchor = s_emb.permute(0, 2, 3, 1).reshape(-1, self.teacher_channels)[valid]
-                t_anchor = t_emb.permute(0, 2, 3, 1).reshape(-1, self.teacher_channels)[valid]
-                v_p, v_r = self.contrast_sets()
+                s_anchor, t_anchor = s_rows[valid], t_rows[valid]
+                v_p, v_r = self.contrast_sets(updates)
                 for name, lam, contrast in (("loss_memory_p2p", self.lambda_memory_pixel, v_p),
                                             ("loss_memory_p2r", self.lambda_memory_region, v_r)):
                     if lam == 0:
                         continue
                     if s_anchor.shape[0] == 0:  # [M]: no labelled pixel → a zero term that keeps the graph
-                        out[name] = 0.0 * s_emb.pow(2).mean()
+                        out[name] = 0.0 * s_rows.pow(2).mean()
                     else:
                         out[name] = lam * self._memory_relation(s_anchor, t_anchor, contrast)
         return out

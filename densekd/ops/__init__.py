@@ -6,10 +6,14 @@ from .attention import (ATTENTION_BLOCK_ELEMENTS, ATTENTION_BLOCK_ELEMENTS_ACCEL
                         block_rows, cross_attention, projected_attention)
 from .grad import reverse_grad
 from .linear import affine, pointwise
+from .relation import (RELATION_BLOCK_ELEMENTS, RELATION_BLOCK_ELEMENTS_ACCELERATOR, RelationKL, relation_block_rows,
+                       relation_kl)
 from .squared_error import SquaredErrorSums, at_least_fp32, squared_error_sums
 from .wavelet import min_side_for, need_ptwt, wavelet_decompose, wavelet_reconstruct
 
 __all__ = ["ATTENTION_BLOCK_ELEMENTS", "ATTENTION_BLOCK_ELEMENTS_ACCELERATOR", "ProjectedAttention", "SquaredErrorSums",
+           "RELATION_BLOCK_ELEMENTS", "RELATION_BLOCK_ELEMENTS_ACCELERATOR", "RelationKL",
            "affine", "at_least_fp32", "block_rows", "cross_attention", "pointwise", "projected_attention",
+           "relation_block_rows", "relation_kl",
            "reverse_grad", "squared_error_sums", "min_side_for", "need_ptwt", "wavelet_decompose",
            "wavelet_reconstruct"]
