@@ -1,15 +1,16 @@
-"""The paper's ACAM-KD ablations (Tables 8–10) on the detection demo's setting, from finished runs: AP ± std over
-seeds, the gain over the plain student paired by seed (± std, per seed, > 2 std), and the paper's COCO numbers
-beside ours (RetinaNet R101 → R50, the paper's Tables 8–10). Reads only what the runs wrote (``metrics.json``); trains
-nothing. The runs come from
+"""The detection demo's tables from finished runs: the paper's ACAM-KD ablations (Tables 8–10) and the comparison
+of every method (SAMKD's Table I), each as AP ± std over seeds, the gain over the plain student paired by seed
+(± std, per seed, > 2 std), and the papers' COCO numbers beside ours (ACAM-KD: RetinaNet R101 → R50, its Tables
+8–10; SAMKD: FCOS R101 → R50, its Table I). Reads only what the runs wrote (``metrics.json``) in the run folders
+of the demo's settings (``densekd.demo.detection.run_names``); trains nothing. The runs come from
 
-    python -m densekd demo --task detection --seeds 3 --threads 1 --out runs/demo_val \\
+    python -m densekd demo --task detection --seeds 3 --out runs/demo_val \\
         --methods baseline fitnet maskd acam_kd_teacher_fusion acam_kd acam_kd_spatial acam_kd_channel \\
-        acam_kd_student_query acam_kd_paper
+        acam_kd_student_query acam_kd_paper samkd fgd mgd pkd dmkd freekd
 
     python benchmarks/detection_ablation_table.py runs/demo_val/runs-det-<hash>
 
-A method with fewer finished seeds than the others is shown with its own n (and left out when it has none).
+A method with fewer finished seeds than the others is shown with its own n (and marked "not run" when it has none).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from densekd.run_folder import METRICS_FILE
 from densekd.tools.compare import fmt, markdown_table, mean_std, paired_gains
 
-#: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
+#: ACAM-KD's Tables 8–10: (table, row label, the paper's COCO mAP with RetinaNet R101 → R50; plain student 37.4)
 PAPER = {
     "baseline": ("—", "student (plain)", 37.4),
     "fitnet": ("10", "no mask (FitNet)", 37.4),
@@ -34,19 +35,35 @@ PAPER = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    root = Path(argv[0])
+#: the comparison (SAMKD's Table I, FCOS R101 → R50: plain 35.3; PKD and ACAM-KD are not in it)
+COMPARE = {
+    "baseline": ("I", "student (plain)", 35.3),
+    "fitnet": ("—", "FitNet", None),
+    "fgd": ("I", "FGD", 38.0),
+    "mgd": ("I", "MGD", 38.2),
+    "freekd": ("I", "FreeKD", 38.3),
+    "dmkd": ("I", "DMKD", 38.5),
+    "pkd": ("—", "PKD", None),
+    "maskd": ("—", "MasKD", None),
+    "samkd": ("I", "SAMKD", 38.8),
+    "acam_kd": ("—", "ACAM-KD", None),
+}
+
+
+def table(root: Path, paper_rows: dict, paper_name: str) -> str:
+    from densekd.demo.detection import DemoConfig, run_names
+
+    folders = run_names(DemoConfig(methods=tuple(paper_rows)))
     runs: dict[str, list[dict]] = {}
-    for m in PAPER:
-        for d in sorted((root / m).glob("seed*")):
+    for m in paper_rows:
+        for d in sorted((root / folders[m]).glob("seed*")):
             f = d / METRICS_FILE
             if f.is_file():
                 runs.setdefault(m, []).append({"seed": int(d.name[4:]), **json.loads(f.read_text())})
     gains = {g.method: g for g in paired_gains(runs, "baseline", "AP", list(runs))}
-    base = PAPER["baseline"][2]
+    base = paper_rows["baseline"][2]
     rows = []
-    for m, (table, label, paper) in PAPER.items():
+    for m, (table, label, paper) in paper_rows.items():
         if m not in runs:
             rows.append([table, label, m, "not run", "—", "—", "—",
                          "—" if paper is None else f"{paper:.1f}", "—" if paper is None or m == "baseline"
@@ -59,9 +76,18 @@ def main(argv: list[str] | None = None) -> int:
                      "—" if g is None else f"{g.verdict()} ({', '.join(f'{100 * v:+.2f}' for v in g.per_seed.values())})",
                      "—" if paper is None else f"{paper:.1f}",
                      "—" if paper is None or m == "baseline" else f"{paper - base:+.1f}"])
-    print(markdown_table(["paper table", "row", "densekd method", "our val AP (×100)", "seeds",
-                          "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows,
-                         align=True))
+    return markdown_table([f"{paper_name} table", "row", "densekd method", "our val AP (×100)", "seeds",
+                           "our gain vs plain (paired)", "> 2 std (per seed)", "paper mAP", "paper gain"], rows,
+                          align=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(argv[0])
+    print("ACAM-KD's ablations (its Tables 8–10; paper: RetinaNet R101 → R50 on COCO)\n")
+    print(table(root, PAPER, "ACAM-KD"))
+    print("\nEvery method (SAMKD's Table I; paper: FCOS R101 → R50 on COCO)\n")
+    print(table(root, COMPARE, "SAMKD"))
     return 0
 
 
