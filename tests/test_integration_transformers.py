@@ -208,7 +208,8 @@ def test_kd_terms_fp32_under_mixed_precision(seg_data, seg_teacher, tmp_path):
         seen.setdefault(key, value)
 
     tr.model.decode_head.classifier.register_forward_hook(lambda m, i, o: record("student", o.dtype))
-    tr.teacher.decode_head.classifier.register_forward_hook(lambda m, i, o: record("teacher", o.dtype))
+    # (on a module before the teacher's last captured one: the capture hook stops its forward there)
+    tr.teacher.decode_head.linear_fuse.register_forward_hook(lambda m, i, o: record("teacher", o.dtype))
     for mod in tr.distiller.kd_losses.values():
         mod.register_forward_pre_hook(lambda m, a: record("kd", (a[0].dtype, a[1].dtype,
                                                                  torch.is_autocast_enabled("cpu"))))
@@ -216,6 +217,19 @@ def test_kd_terms_fp32_under_mixed_precision(seg_data, seg_teacher, tmp_path):
     assert seen["student"] == torch.bfloat16 and seen["teacher"] == torch.bfloat16  # the forward ran in bf16
     assert seen["kd"] == (torch.float32, torch.float32, False)
     assert math.isfinite(tr.state.log_history[0]["loss_kd"])
+
+
+def test_compute_loss_func_is_the_task_loss(seg_data, seg_teacher, tmp_path):
+    calls = []
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        calls.append(tuple(labels.shape))
+        return outputs.logits.float().mean() * 0 + 5.0
+
+    tr = seg_trainer(seg_data, seg_teacher, tmp_path, method="fitnet", check=False, compute_loss_func=loss_fn,
+                     targs=dict(max_steps=1))
+    tr.train()
+    assert calls == [(4, 32, 32)] and tr.state.log_history[0]["loss_task"] == pytest.approx(5.0)
 
 
 # --------------------------------------------------------------------------- resume
@@ -293,7 +307,11 @@ def test_ratio_warning_silent_when_balanced(seg_data, seg_teacher, tmp_path, rec
 
 
 def test_teacher_at_chance_stops_the_run(seg_data, tmp_path):
-    tr = seg_trainer(seg_data, seg_model(16, seed=3), tmp_path, method="fitnet")
+    teacher = seg_model(16, seed=3)
+    with torch.no_grad():  # predicts the most frequent class (0, background) everywhere: exactly chance
+        teacher.decode_head.classifier.weight.zero_()
+        teacher.decode_head.classifier.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    tr = seg_trainer(seg_data, teacher, tmp_path, method="fitnet")
     with pytest.raises(HealthCheckError) as e:
         tr.train()
     assert _one_line(e.value).startswith("densekd check failed: teacher: mIoU ")
@@ -340,9 +358,9 @@ def test_teacher_of_another_label_set(seg_data, seg_teacher, tmp_path):
 def test_pair_naming_a_module_the_model_lacks(seg_data, seg_teacher, tmp_path):
     with pytest.raises(UnknownNameError) as e:
         seg_trainer(seg_data, seg_teacher, tmp_path, pairs=["decode_head.clasifier"])
-    assert _one_line(e.value) == ("pair 0: the student has no module 'decode_head.clasifier' (no module named "
-                                  "'decode_head.clasifier' in SegformerForSemanticSegmentation; closest: "
-                                  "decode_head.classifier)")
+    assert _one_line(e.value).startswith("pair 0: the student has no module 'decode_head.clasifier' (no module named "
+                                         "'decode_head.clasifier' in SegformerForSemanticSegmentation; closest: "
+                                         "decode_head.classifier, ")
     with pytest.raises(UnknownNameError, match=r"^pair 0: the teacher has no module 'segformer.stage.3' \(.*closest: "
                                                r"segformer.stages.3"):
         seg_trainer(seg_data, seg_teacher, tmp_path, pairs=[("segformer.stages.3", "segformer.stage.3")])
@@ -360,8 +378,10 @@ def test_shapes_that_cannot_be_aligned(seg_data, seg_teacher, tmp_path):
 
 
 def test_other_bad_inputs(seg_data, seg_teacher, tmp_path):
-    with pytest.raises(UnknownNameError, match=r"^pair 0 \(decode_head.classifier\): unknown method 'acam'; available"):
+    with pytest.raises(UnknownNameError, match=r"^unknown loss 'acam'; did you mean acam_kd\? \(available: "):
         seg_trainer(seg_data, seg_teacher, tmp_path, method="acam")
+    with pytest.raises(UnknownNameError, match=r"^pair 0 \(decode_head.classifier\): unknown method 'acam'; available"):
+        seg_trainer(seg_data, seg_teacher, tmp_path, pairs=[{"student": "decode_head.classifier", "loss": "acam"}])
     with pytest.raises(ConfigError, match=r"^DistillationTrainer needs teacher="):
         DistillationTrainer(model=seg_model(8), args=args(tmp_path))
     opt = torch.optim.SGD(seg_model(8).parameters(), lr=0.1)

@@ -12,8 +12,8 @@ Trainer (imports transformers only when run).
 config JSON with ``model_type`` (a randomly initialised model, seeded by ``--seed``). ``T``: a fine-tuned model
 directory or Hub id. Data: a densekd segmentation layout (``--format folder|ade20k|cityscapes|voc``, see
 :mod:`densekd.data.segmentation`); training crops ``--crop`` with random scale ``--scale`` and flips, evaluation at
-full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments`` (values parsed as YAML:
-``max_steps=400``, ``bf16=true``); put them before ``--pairs`` / ``--kwargs``, which take every word that follows.
+full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments`` (numbers, ``true``/``false``, ``null``, YAML lists
+and mappings; anything else is a word: ``max_steps=400 learning_rate=2e-3 bf16=true save_strategy=no``); put them before ``--pairs`` / ``--kwargs``, which take every word that follows.
 
 ``train`` and ``distill`` save the final student with ``save_model`` into the output folder (the plain model:
 ``from_pretrained(D)`` loads it) and write ``eval_<split>.json`` (mIoU, pixel accuracy on ``--eval-split``).
@@ -28,15 +28,36 @@ from typing import Any
 from ..errors import ConfigError
 
 
-def _kv(words: list[str] | None, what: str) -> dict[str, Any]:
+def _value(text: str) -> Any:
+    """A ``key=value`` word's value: int, float (``2e-3`` too, which YAML reads as a string), true/false, null,
+    a YAML list or mapping, else the word itself (``no``, ``cosine``: YAML 1.1 would read ``no`` as false)."""
     import yaml
 
+    low = text.lower()
+    if low in ("", "none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {text!r}: {str(e).splitlines()[0]}") from None
+    return text
+
+
+def _kv(words: list[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for w in words or []:
         key, sep, value = w.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected {what} as key=value, got {w!r}")
-        out[key] = yaml.safe_load(value) if value else None
+        out[key] = _value(value)
     return out
 
 
@@ -57,7 +78,10 @@ def _training_args(words: list[str], output_dir: str, seed: int) -> Any:
             raise ConfigError(f"{k}: pass it as --{k.replace('_', '-')}, not as {k}=")
     base = {"report_to": "none", "batch_eval_metrics": True, "remove_unused_columns": False,
             "dataloader_num_workers": 0}
-    return TrainingArguments(output_dir=output_dir, seed=seed, **{**base, **args})
+    try:
+        return TrainingArguments(output_dir=output_dir, seed=seed, **{**base, **args})
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"TrainingArguments: {str(e).strip().splitlines()[0]}") from None
 
 
 def _data(a: argparse.Namespace, split: str, train: bool) -> Any:

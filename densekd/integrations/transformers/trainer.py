@@ -185,8 +185,8 @@ class DistillationTrainer(Trainer):
     # ----------------------------------------------------------------- running the networks
     def _call(self, model: nn.Module, args: tuple[Any, ...]) -> Any:
         """How the Distiller runs a network: ``(pixel values, other inputs[, labels])`` as keyword arguments. The
-        student runs as the Trainer wrapped it (DDP) and returns its own loss; the teacher under the Trainer's
-        autocast, without labels."""
+        student runs as the Trainer wrapped it (DDP) and returns its own loss (or ``compute_loss_func``'s, when the
+        Trainer was given one); the teacher under the Trainer's autocast, without labels."""
         pv, rest = args[0], args[1]
         if model is self.distiller.teacher:
             kw = {k: v for k, v in rest.items() if self._teacher_args is None or k in self._teacher_args}
@@ -195,6 +195,10 @@ class DistillationTrainer(Trainer):
         run = self._running if self._running is not None else model
         if len(args) < 3:
             return run(**{self._main_input: pv}, **rest)
+        if self.compute_loss_func is not None:  # the user's task loss, as the plain Trainer would compute it
+            out = run(**{self._main_input: pv}, **rest)
+            self._outputs = out
+            return {"loss_task_main": self.compute_loss_func(out, args[2], num_items_in_batch=None)}
         out = run(**{self._main_input: pv}, **rest, labels=args[2])
         self._outputs = out
         loss = out["loss"] if isinstance(out, Mapping) else out[0]
