@@ -112,7 +112,7 @@ def test_upernet_student_from_a_segformer_teacher(setup, tmp_path):
     tr = DistillationTrainer(model=student, teacher=str(d / "teacher"), method="acam_kd", check=False,
                              args=TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4,
                                                     report_to="none", use_cpu=True, disable_tqdm=True,
-                                                    save_strategy="no"),
+                                                    save_strategy="no", logging_steps=1),
                              train_dataset=train, data_collator=Collate())
     (p,) = tr.distiller.pairs
     assert (p.student, p.teacher_spec, p.kwargs) == ("decode_head.classifier", "decode_head.classifier",
