@@ -121,3 +121,23 @@ def test_upernet_student_from_a_segformer_teacher(setup, tmp_path):
     assert lv.student_shape == lv.teacher_shape == (4, 3, 8, 8)
     tr.train()
     assert tr.state.log_history[0]["loss_kd"] > 0
+
+
+def test_key_value_words_read_as_training_arguments_expect(tmp_path, capsys):
+    """The project's key=value reader, with ``2e-3`` a number and ``no`` a word (TrainingArguments' values)."""
+    from densekd.integrations.hf_cli import _training_args
+
+    args = _training_args(["learning_rate=2e-3", "save_strategy=no", "bf16=false", "max_steps=3", "report_to=[]",
+                           "lr_scheduler_type=cosine", "weight_decay=.5"], str(tmp_path), 0)
+    assert args.learning_rate == 0.002 and args.max_steps == 3 and args.report_to == [] and args.bf16 is False
+    assert str(args.save_strategy.value) == "no" and args.lr_scheduler_type == "cosine" and args.weight_decay == 0.5
+    data = ["--data", str(tmp_path / "never-read")]
+    for word, expect in [("max_steps", "'max_steps': expected key=value, e.g. max_steps=400"),
+                         ("max_steps=[1,", "'max_steps=[1,': the value is not valid YAML (")]:
+        rc = main(["hf", "train", "--model", str(tmp_path / "m.json"), *data, "--output-dir", str(tmp_path), word])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"densekd hf: error: TrainingArguments field {expect}") and "\n" not in err
+    rc = main(["hf", "distill", "--student", "s.json", "--teacher", "t", *data, "--output-dir", str(tmp_path),
+               "--kwargs", "num_masks"])
+    assert rc == 2 and capsys.readouterr().err.strip() == ("densekd hf: error: --kwargs 'num_masks': expected "
+                                                           "key=value, e.g. num_masks=8")

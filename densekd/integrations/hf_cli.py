@@ -12,8 +12,10 @@ Trainer (imports transformers only when run).
 config JSON with ``model_type`` (a randomly initialised model, seeded by ``--seed``). ``T``: a fine-tuned model
 directory or Hub id. Data: a densekd segmentation layout (``--format folder|ade20k|cityscapes|voc``, see
 :mod:`densekd.data.segmentation`); training crops ``--crop`` with random scale ``--scale`` and flips, evaluation at
-full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments`` (numbers, ``true``/``false``, ``null``, YAML lists
-and mappings; anything else is a word: ``max_steps=400 learning_rate=2e-3 bf16=true save_strategy=no``); put them before ``--pairs`` / ``--kwargs``, which take every word that follows.
+full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments``, read as densekd reads every ``key=value``
+(:func:`densekd.config.parse_assignment`: YAML scalars, lists and mappings) except that ``2e-3`` is a number and
+``no`` stays a word: ``max_steps=400 learning_rate=2e-3 bf16=true save_strategy=no``. Put them before ``--pairs`` /
+``--kwargs``, which take every word that follows.
 
 ``train`` and ``distill`` save the final student with ``save_model`` into the output folder (the plain model:
 ``from_pretrained(D)`` loads it) and write ``eval_<split>.json`` (mIoU, pixel accuracy on ``--eval-split``).
@@ -22,43 +24,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_assignment
 from ..errors import ConfigError
 
-
-def _value(text: str) -> Any:
-    """A ``key=value`` word's value: int, float (``2e-3`` too, which YAML reads as a string), true/false, null,
-    a YAML list or mapping, else the word itself (``no``, ``cosine``: YAML 1.1 would read ``no`` as false)."""
-    import yaml
-
-    low = text.lower()
-    if low in ("", "none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text[:1] in "[{":
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {text!r}: {str(e).splitlines()[0]}") from None
-    return text
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _kv(words: list[str] | None, what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for w in words or []:
-        key, sep, value = w.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected {what} as key=value, got {w!r}")
-        out[key] = _value(value)
-    return out
+def _assignment(word: str, what: str, example: str) -> tuple[str, Any]:
+    """A ``key=value`` word read by :func:`densekd.config.parse_assignment` (a YAML scalar, list or mapping), with
+    two readings ``TrainingArguments`` expects: a number YAML leaves a string (``2e-3``) is a float, and a YAML 1.1
+    boolean written as a word (``no``, ``off``, ``yes``) stays that word (``save_strategy=no``)."""
+    key, value = parse_assignment(word, what, f"key=value, e.g. {example}")
+    text = word.partition("=")[2].strip()
+    if isinstance(value, bool) and text.lower() not in ("true", "false"):
+        return key, text
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return key, float(value)
+    return key, value
+
+
+def _kv(words: list[str] | None, what: str, example: str) -> dict[str, Any]:
+    return dict(_assignment(w, what, example) for w in words or [])
 
 
 def _training_args(words: list[str], output_dir: str, seed: int) -> Any:
@@ -67,7 +57,7 @@ def _training_args(words: list[str], output_dir: str, seed: int) -> Any:
 
     from transformers import TrainingArguments
 
-    args = _kv(words, "a TrainingArguments field")
+    args = _kv(words, "TrainingArguments field", "max_steps=400")
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     for k in args:
         if k not in fields:
@@ -167,9 +157,9 @@ def _run_train(a: argparse.Namespace) -> int:
     from .transformers.metrics import SegmentationMetrics
 
     _threads(a)
+    args = _training_args(a.args, a.output_dir, a.seed)  # a bad word fails before any data or model is read
     train = _data(a, a.train_split, train=True)
     model = load_student(a.model, _labels(train), a.seed, a.ignore_index)
-    args = _training_args(a.args, a.output_dir, a.seed)
     tr = Trainer(model=model, args=args, train_dataset=train, data_collator=Collate(a.ignore_index),
                  eval_dataset=_data(a, a.eval_split, train=False),
                  compute_metrics=SegmentationMetrics(train.num_classes, a.ignore_index))
@@ -184,13 +174,14 @@ def _distiller(a: argparse.Namespace, check: bool) -> Any:
     from .transformers.metrics import SegmentationMetrics
 
     _threads(a)
+    args = _training_args(a.args, a.output_dir, a.seed)  # bad words fail before any data or model is read
+    kwargs = _kv(a.kwargs, "--kwargs", "num_masks=8")
     train = _data(a, a.train_split, train=True)
     teacher = load_model(a.teacher, "teacher", SEMANTIC_SEGMENTATION)
     student = load_student(a.student, _labels(train, teacher), a.seed, a.ignore_index)
-    args = _training_args(a.args, a.output_dir, a.seed)
     pairs = [tuple(w.split(":", 1)) if ":" in w else w for w in a.pairs] if a.pairs else None
     return DistillationTrainer(model=student, teacher=teacher, method=a.method, pairs=pairs, weight=a.weight,
-                               method_kwargs=_kv(a.kwargs, "a method argument"), check=check,
+                               method_kwargs=kwargs, check=check,
                                check_batches=getattr(a, "batches", 4), args=args, train_dataset=train,
                                data_collator=Collate(a.ignore_index), eval_dataset=_data(a, a.eval_split, train=False),
                                compute_metrics=SegmentationMetrics(train.num_classes, a.ignore_index))
