@@ -1,10 +1,10 @@
-"""The table of benchmarks/hf_segformer.md: SegFormer students on the built-in digits, trained by ``densekd hf``.
+"""The table for a write-up in benchmarks/results/: SegFormer students on the built-in digits, by ``densekd hf``.
 
     python benchmarks/hf_segformer.py table runs/hf_segformer --split val [--methods plain acam_kd fitnet]
 
 Reads ``RUNS/<method>/seed<S>/eval_<split>.json`` (written by ``densekd hf train`` / ``densekd hf distill``) and
 prints mIoU and pixel accuracy per method (mean ± std over seeds) with each method's gain over ``plain`` paired
-by seed (densekd.compare's statistics, the same as ``densekd compare``), then every run's numbers.
+by seed (densekd.tools.compare's statistics, the same as ``densekd compare``), then every run's numbers.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from densekd.compare import aggregate, format_markdown, paired_gains
+from densekd.tools.compare import aggregate, format_markdown, paired_gains
 
 
 def load(runs: Path, split: str, methods: list[str] | None) -> dict[str, list[dict]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# benchmarks/hf_segformer.md: SegFormer students distilled inside the transformers Trainer (densekd hf), on the
-# built-in digits. Run from the repository root; every training is one `densekd hf` command (1 thread each).
+# SegFormer students distilled inside the transformers Trainer (densekd hf), on the built-in digits. Run from the
+# root of a clone; every training is one `densekd hf` command (1 thread each).
 #   bash benchmarks/hf_segformer.sh teacher   # data + teacher (whole pool), its mIoU on dev and val
 #   bash benchmarks/hf_segformer.sh dev       # the doctor's ratios, then the weight grid on dev (seed 0)
 #   bash benchmarks/hf_segformer.sh val       # plain, ACAM-KD, FitNet on val, seeds 0 1 2, then the table

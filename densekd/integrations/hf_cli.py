@@ -12,10 +12,10 @@ Trainer (imports transformers only when run).
 config JSON with ``model_type`` (a randomly initialised model, seeded by ``--seed``). ``T``: a fine-tuned model
 directory or Hub id. Data: a densekd segmentation layout (``--format folder|ade20k|cityscapes|voc``, see
 :mod:`densekd.data.segmentation`); training crops ``--crop`` with random scale ``--scale`` and flips, evaluation at
-full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments``, read as densekd reads every ``key=value``
-(:func:`densekd.config.parse_assignment`: YAML scalars, lists and mappings) except that ``2e-3`` is a number and
-``no`` stays a word: ``max_steps=400 learning_rate=2e-3 bf16=true save_strategy=no``. Put them before ``--pairs`` /
-``--kwargs``, which take every word that follows.
+full resolution. Bare ``key=value`` words are ``transformers.TrainingArguments``, read as densekd reads every
+``key=value`` (:func:`densekd.config.parse_assignment`: YAML scalars, lists and mappings) except that ``2e-3`` is a
+number and ``no`` stays a word: ``max_steps=400 learning_rate=2e-3 bf16=true save_strategy=no``. Put them before
+``--pairs`` / ``--kwargs``, which take every word that follows.
 
 ``train`` and ``distill`` save the final student with ``save_model`` into the output folder (the plain model:
 ``from_pretrained(D)`` loads it) and write ``eval_<split>.json`` (mIoU, pixel accuracy on ``--eval-split``).
@@ -62,7 +62,8 @@ def _training_args(words: list[str], output_dir: str, seed: int) -> Any:
     for k in args:
         if k not in fields:
             close = difflib.get_close_matches(k, sorted(fields), n=1)
-            raise ConfigError(f"unknown TrainingArguments field {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown TrainingArguments field {k!r}{hint}")
     for k in ("output_dir", "seed"):
         if k in args:
             raise ConfigError(f"{k}: pass it as --{k.replace('_', '-')}, not as {k}=")
@@ -110,7 +111,8 @@ def load_student(spec: str, id2label: dict[int, str], seed: int, ignore_index: i
         cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **{**d, **labels})
         return transformers.AutoModelForSemanticSegmentation.from_config(cfg)
     try:
-        return transformers.AutoModelForSemanticSegmentation.from_pretrained(spec, ignore_mismatched_sizes=True, **labels)
+        return transformers.AutoModelForSemanticSegmentation.from_pretrained(spec, ignore_mismatched_sizes=True,
+                                                                             **labels)
     except (OSError, ValueError) as e:
         raise ConfigError(f"model {spec!r} could not be loaded: {str(e).strip().splitlines()[0]}") from None
 
