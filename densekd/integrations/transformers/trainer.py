@@ -39,6 +39,7 @@ from transformers import Trainer
 
 from ...distiller import Distiller, Pair
 from ...errors import ConfigError, DenseKDError
+from ...run_folder import TERM_PREFIX
 from .._state import module_state_preserved, rng_preserved
 from .families import (
     OBJECT_DETECTION,
@@ -240,7 +241,7 @@ class DistillationTrainer(Trainer):
         losses = self.distill_step(model, inputs)
         outputs, self._outputs = self._outputs, None
         logged = {"loss_task": losses["loss_task"], "loss_kd": losses["loss_kd"]}
-        logged.update({"kd_" + (k[5:] if k.startswith("loss_") else k): v
+        logged.update({"kd_" + k.removeprefix(TERM_PREFIX): v
                        for k, v in self.distiller.kd_terms(losses).items()})
         for k, v in logged.items():
             v = v.detach().float()
