@@ -100,6 +100,10 @@ from .integrations.yolo_cli import add_subparser as _add_yolo  # noqa: E402
 
 COMMANDS.append(("yolo", _add_yolo))
 
+from .integrations.hf_cli import add_subparser as _add_hf  # noqa: E402
+
+COMMANDS.append(("hf", _add_hf))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densekd", description="Knowledge distillation for dense prediction")

@@ -166,6 +166,12 @@ class Distiller(nn.Module):
             Exact up to fp32 rounding (measured 2e-6 relative). ``"auto"`` (default): on CPU (measured: 0.76–0.89×
             the NCHW forward in fp32, and bf16 is only fast in NHWC) and wherever the teacher runs in bf16;
             not for an fp32 teacher on a GPU (not measured here). Decided for the device the teacher is on now.
+        call: how a network runs on a batch, ``call(model, args)``: ``args`` are the inputs (for the student's
+            own task loss, when ``task_loss`` is None, the targets follow them). Default ``model(*args)``. For
+            models called with keyword arguments, or a student run through a wrapper (DDP): the Hugging Face
+            integration (:mod:`densekd.integrations.transformers`).
+        kd_fp32: compute every KD term in float32 with autocast off (features cast to float32), whatever
+            precision the forward ran in.
     """
 
     def __init__(
@@ -179,9 +185,13 @@ class Distiller(nn.Module):
         ignore_index: int = 255,
         teacher_amp: str = "none",
         teacher_channels_last: bool | str = "auto",
+        call: Callable[[nn.Module, tuple[Any, ...]], Any] | None = None,
+        kd_fp32: bool = False,
     ) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
+        self.call = call
+        self.kd_fp32 = bool(kd_fp32)
         if not pairs:
             raise ConfigError("Distiller needs at least one distillation pair")
         if teacher_amp not in TEACHER_AMP:
@@ -253,7 +263,7 @@ class Distiller(nn.Module):
                else contextlib.nullcontext())
         with torch.inference_mode(), self._t_cap.recording(), amp:
             try:
-                self.teacher(*inputs)
+                self._call(self.teacher, tuple(inputs))
             except StopForward:
                 pass
         self._t_cap.stop_when_complete = False
@@ -269,7 +279,10 @@ class Distiller(nn.Module):
             for cap in (self._s_cap, self._ctx_cap):
                 if cap is not None:
                     stack.enter_context(cap.recording())
-            return self.student(*args)
+            return self._call(self.student, args)
+
+    def _call(self, model: nn.Module, args: tuple[Any, ...]) -> Any:
+        return self.call(model, args) if self.call is not None else model(*args)
 
     # ----------------------------------------------------------------- build
     @torch.no_grad()
@@ -386,31 +399,41 @@ class Distiller(nn.Module):
         result: dict[str, Tensor] = dict(task)
         loss_task = sum(task.values())
         loss_kd = loss_task.new_zeros(()) if isinstance(loss_task, Tensor) else torch.zeros(())
-        for i, pair in enumerate(self.pairs):
-            s_lv, t_lv = self._levels(pair)
-            aux_lv = {name: (self._s_cap.levels(a[0]), self._t_cap.levels(a[1])) for name, a in pair.aux.items()}
-            for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
-                t = self._teacher_map(t)  # a copy: an inference-mode tensor cannot be saved for backward
-                if s.shape[2:] != t.shape[2:]:
-                    self._check_shapes(pair, s_label, s, t_label, t)
-                    s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
-                level_ctx = ctx
-                if aux_lv:
-                    level_ctx = DistillContext(**{**ctx.__dict__, "aux": {
-                        name: (list(sv.values())[j], self._teacher_map(list(tv.values())[j]))
-                        for name, (sv, tv) in aux_lv.items()
-                    }})
-                terms = self.kd_losses[self._key(i, s_label)](s, t, level_ctx)
-                for name, value in terms.items():
-                    v = pair.weight * value
-                    result[kd_key(s_label, name)] = v
-                    loss_kd = loss_kd + v
+        if self.kd_fp32:
+            loss_kd = loss_kd.float()
+        cast = (lambda x: x.float()) if self.kd_fp32 else (lambda x: x)
+        with self._kd_precision(loss_kd):
+            for i, pair in enumerate(self.pairs):
+                s_lv, t_lv = self._levels(pair)
+                aux_lv = {name: (self._s_cap.levels(a[0]), self._t_cap.levels(a[1])) for name, a in pair.aux.items()}
+                for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
+                    s, t = cast(s), cast(self._teacher_map(t))  # a copy: an inference-mode tensor cannot be saved for backward
+                    if s.shape[2:] != t.shape[2:]:
+                        self._check_shapes(pair, s_label, s, t_label, t)
+                        s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
+                    level_ctx = ctx
+                    if aux_lv:
+                        level_ctx = DistillContext(**{**ctx.__dict__, "aux": {
+                            name: (cast(list(sv.values())[j]), cast(self._teacher_map(list(tv.values())[j])))
+                            for name, (sv, tv) in aux_lv.items()
+                        }})
+                    terms = self.kd_losses[self._key(i, s_label)](s, t, level_ctx)
+                    for name, value in terms.items():
+                        v = pair.weight * cast(value)
+                        result[kd_key(s_label, name)] = v
+                        loss_kd = loss_kd + v
         result["loss_task"] = loss_task
         result["loss_kd"] = loss_kd
         result["loss"] = loss_task + loss_kd
         for cap in self._captures():  # the losses hold what they need; drop the features now
             cap.clear()
         return result
+
+    def _kd_precision(self, like: Tensor) -> Any:
+        """Autocast off for the KD terms when ``kd_fp32`` (on the device the losses run on)."""
+        if not self.kd_fp32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=like.device.type, enabled=False)
 
     def teacher_levels(self, inputs: Sequence[Any], spec: str) -> "OrderedDict[str, Tensor]":
         """The frozen teacher's captured levels of ``spec`` (one of the pairs' teacher specs) on ``inputs``:

@@ -198,3 +198,55 @@ def test_task_losses_shared_helper():
     assert set(task_losses(m, "m", lambda o, t: F.cross_entropy(o, t), (x,), y)) == {"loss_task_main"}
     with pytest.raises(TypeError, match=r"^m did not return a dict of scalar losses; pass task_loss="):
         task_losses(m, "m", None, (x,), None)
+
+
+class _KeywordsOnly(TinySegmenter):
+    """A model called with keyword arguments only (as Hugging Face models are), returning its own loss."""
+
+    def forward(self, *, pixel_values, labels=None):
+        out = super().forward(pixel_values)
+        return out if labels is None else {"loss": F.cross_entropy(out, labels)}
+
+
+def test_call_hook_runs_both_networks_and_the_task_loss():
+    torch.manual_seed(0)
+    s, t = _KeywordsOnly(width=4), _KeywordsOnly(width=8)
+    x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    seen = []
+
+    def call(model, args):
+        seen.append((model, len(args)))
+        return model(pixel_values=args[0], labels=args[1] if len(args) > 1 else None)
+
+    d = Distiller(s, t, [Pair("classifier", loss="fitnet")], example_inputs=(x,), call=call)
+    assert {(m, n) for m, n in seen} == {(s, 1), (t, 1)}  # the dry run: inputs only
+    seen.clear()
+    out = d(x, targets=y)
+    assert seen == [(s, 2), (t, 1)]  # the student with its targets (its own loss), the teacher without
+    assert torch.allclose(out["loss"], out["loss_task"] + out["loss_kd"]) and out["loss_task"].requires_grad
+    assert out["loss_kd"] > 0 and set(out) >= {"loss", "kd/classifier/loss_feat"}
+    with pytest.raises(TypeError):  # without the hook the Distiller calls model(*args), which this model refuses
+        Distiller(s, t, [Pair("classifier", loss="fitnet")], example_inputs=(x,))
+
+
+def test_kd_fp32_under_autocast():
+    torch.manual_seed(0)
+    s, t = TinySegmenter(width=4), TinySegmenter(width=8)
+    x, y = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    task = lambda out, tgt: F.cross_entropy(out.float(), tgt)  # noqa: E731
+    seen = []
+
+    def spy(module, args):
+        seen.append((args[0].dtype, args[1].dtype, torch.is_autocast_enabled("cpu")))
+
+    for fp32, expect in ((True, (torch.float32, torch.float32, False)), (False, (torch.bfloat16, torch.bfloat16, True))):
+        d = Distiller(s, t, [Pair("classifier", loss="fitnet")], task_loss=task, example_inputs=(x,), kd_fp32=fp32)
+        d.kd_losses["0|classifier"].register_forward_pre_hook(spy)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = d(x, targets=y)
+        assert seen == [expect]
+        assert out["loss_kd"].dtype == torch.float32
+        out["loss"].backward()
+        assert s.classifier.weight.grad is not None
+        s.zero_grad()

@@ -43,6 +43,25 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     assert m.tolist() == expected
 
 
+def test_ade20k_ids_shift_down_and_other_is_ignored(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    lab = np.array([[0, 1, 2, 150], [151, 255, 75, 1]], np.uint8)
+    _save(root / "images" / "validation" / "ADE_val_00000001.jpg", np.zeros((2, 4, 3), np.uint8))
+    _save(root / "annotations" / "validation" / "ADE_val_00000001.png", lab)
+    ds = build_segmentation_dataset("ade20k", root, "validation", EVAL)
+    assert len(ds) == 1 and ds.num_classes == 150
+    _, m = ds[0]
+    assert m.tolist() == [[255, 0, 1, 149], [255, 255, 74, 0]]
+    with pytest.raises(ConfigError, match=r"^data.num_classes=19 but the ade20k format has 150 classes$"):
+        build_segmentation_dataset("ade20k", root, "validation", EVAL, num_classes=19)
+    (root / "annotations" / "validation" / "ADE_val_00000001.png").unlink()
+    with pytest.raises(ConfigError, match=r"^ADE20K image .*ADE_val_00000001.jpg has no annotation .*ADE_val_00000001"
+                                          r".png$"):
+        build_segmentation_dataset("ade20k", root, "validation", EVAL)
+    with pytest.raises(ConfigError, match=r"^ADE20K images \(data.root/images/<split>\): directory not found: "):
+        build_segmentation_dataset("ade20k", root, "training", EVAL)
+
+
 def test_voc_palette_and_border(tmp_path):
     make_toy_segmentation(tmp_path, "voc", splits=("train",), num_images=2, size=(32, 40), num_classes=5)
     ds = build_segmentation_dataset("voc", tmp_path, "train", EVAL)

@@ -9,6 +9,9 @@ Layouts (``root`` is the config's ``data.root``):
   ids 0–20, 255 = object border = ignore), ids listed in ``ImageSets/Segmentation/<split>.txt``.
 - ``folder``: ``<split>/images/<stem>.{png,jpg,jpeg}`` with ``<split>/masks/<stem>.png`` (single-channel PNG
   of class ids; ``ignore_index`` allowed).
+- ``ade20k``: ADE20K's SceneParsing release (``ADEChallengeData2016``): ``images/<split>/<stem>.jpg`` with
+  ``annotations/<split>/<stem>.png``, splits ``training`` / ``validation``. Its 150 classes are ids 1–150 and 0 is
+  "other": ids are shifted down by one and 0 becomes 255 (ignore), as SegFormer's ``do_reduce_labels`` does.
 
 Every sample is checked when loaded: a mask whose size differs from its image, a multi-channel mask, or a label
 outside ``[0, num_classes)`` that is not the ignore index fails with one line naming the file (and the values).
@@ -235,6 +238,28 @@ def folder_samples(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     return out
 
 
+def ade20k_samples(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    root = Path(root)
+    img_dir = _need_dir(root / "images" / split, "ADE20K images (data.root/images/<split>)")
+    ann_dir = _need_dir(root / "annotations" / split, "ADE20K annotations (data.root/annotations/<split>)")
+    out = []
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in _IMG_EXTS):
+        mask = ann_dir / f"{img.stem}.png"
+        if not mask.is_file():
+            raise ConfigError(f"ADE20K image {img} has no annotation {mask}")
+        out.append((img, mask))
+    if not out:
+        raise ConfigError(f"no ADE20K images ({', '.join(_IMG_EXTS)}) under {img_dir}")
+    return out
+
+
+def ade20k_label_map() -> np.ndarray:
+    """ADE20K ids 1–150 → 0–149, 0 ("other") and everything above 150 → 255 (ignore)."""
+    lut = np.full(256, 255, dtype=np.int64)
+    lut[1:151] = np.arange(150)
+    return lut
+
+
 def cityscapes_label_map() -> np.ndarray:
     lut = np.full(256, 255, dtype=np.int64)
     for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN.items():
@@ -242,7 +267,7 @@ def cityscapes_label_map() -> np.ndarray:
     return lut
 
 
-FORMATS = ("cityscapes", "voc", "folder")
+FORMATS = ("cityscapes", "voc", "folder", "ade20k")
 
 
 def build_segmentation_dataset(
@@ -255,11 +280,13 @@ def build_segmentation_dataset(
     class_names: Sequence[str] | None = None,
     max_images: int | None = None,
 ) -> SegmentationDataset:
-    """A dataset of the given layout (``cityscapes`` | ``voc`` | ``folder``) and split directory name."""
+    """A dataset of the given layout (``cityscapes`` | ``voc`` | ``folder`` | ``ade20k``) and split directory name."""
     if format == "cityscapes":
         samples, names, label_map, k = cityscapes_samples(root, split), CITYSCAPES_CLASSES, cityscapes_label_map(), 19
     elif format == "voc":
         samples, names, label_map, k = voc_samples(root, split), VOC_CLASSES, None, 21
+    elif format == "ade20k":
+        samples, names, label_map, k = ade20k_samples(root, split), None, ade20k_label_map(), 150
     elif format == "folder":
         if num_classes is None:
             raise ConfigError("data.num_classes is required for the 'folder' format")

@@ -22,6 +22,10 @@ the engine: it builds what ``densekd train`` would build) trains nothing and pri
   above 10 or below 0.01, with the ``distill.weight`` that would bring it to 1 (both scale linearly with
   it); **failure** when a KD term puts no gradient on the student or anything reaches the teacher.
 
+Both verdicts run without the engine too: :func:`teacher_metric_checks` (a teacher's metric against chance and
+the student's) and :func:`batch_checks` (one batch through any :class:`~densekd.Distiller`), so an integration
+(:mod:`densekd.integrations.transformers`) runs the doctor's code, not a copy.
+
 Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2 the config cannot be built.
 
 **During training** — :class:`TrainingGuards`, run by the engine (:mod:`densekd.engine.trainer`, on by
@@ -46,8 +50,9 @@ once and kept for the end-of-run summary and ``health.json``, when
   pair weight that brings it to the others' median.
 """
 from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN, Check, aligner_text,
-                     chance_level, feature_distance, level_checks, level_terms, one_batch_checks, primary_value,
-                     ratio_checks, suggested_weight, teacher_checks, teacher_source, total_norm)
+                     batch_checks, chance_level, feature_distance, level_checks, level_terms, one_batch_checks,
+                     primary_value, ratio_checks, suggested_weight, teacher_checks, teacher_metric_checks,
+                     teacher_source, total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
                      MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_STD_MIN, MASK_STD_WAS_SPATIAL, TrainingGuards)
 from .record import read_health, run_warnings, write_health
@@ -55,6 +60,6 @@ from .record import read_health, run_warnings, write_health
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
            "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
            "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "TrainingGuards",
-           "aligner_text", "chance_level", "feature_distance", "level_checks", "level_terms", "one_batch_checks",
-           "primary_value", "ratio_checks", "read_health", "run_warnings", "suggested_weight", "teacher_checks", "teacher_source", "total_norm",
-           "write_health"]
+           "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks", "level_terms",
+           "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings", "suggested_weight",
+           "teacher_checks", "teacher_metric_checks", "teacher_source", "total_norm", "write_health"]

@@ -213,27 +213,34 @@ def teacher_checks(trainer: Any, batches: int) -> list[Check]:
     t, s = primary_value(t_metrics), primary_value(s_metrics)
     if t is None or s is None:
         return [Check(WARN, "teacher", f"no primary metric in {sorted(t_metrics)}: the teacher's quality is not checked")]
-    name, tv = t
     where = f"{n_img} validation image(s) ({math.ceil(n_img / cfg.eval.batch_size)} batch(es))"
     num_classes = getattr(getattr(cfg.model, "student", None), "num_classes", None) or getattr(cfg.model, "num_classes", 0)
     chance, what = chance_level(task.name, first, int(num_classes), getattr(task, "ignore_index", 255),
                                 getattr(val, "class_names", None))
-    margin = CHANCE_MARGIN.get(task.name, 0.01)
+    return teacher_metric_checks(task.name, t[0], t[1], s[1], chance, what, where,
+                                 "is model.teacher.checkpoint the right one (trained on this data, same classes "
+                                 "and preprocessing)?")
+
+
+def teacher_metric_checks(task_name: str, name: str, teacher: float, student: float, chance: float, what: str,
+                          where: str, hint: str) -> list[Check]:
+    """The teacher's metric ``name`` (0–1) on ``where`` against ``chance`` there (failure at chance, ending with
+    ``hint``) and against the student's starting point (warning when it does not beat it). Shared by
+    :func:`teacher_checks` and the integrations (:mod:`densekd.integrations.transformers`)."""
+    margin = CHANCE_MARGIN.get(task_name, 0.01)
     out = []
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    if tv < chance + margin:
-        out.append(Check(FAIL, "teacher", f"{name} {pct(tv)} on {where} is at chance level: {what} scores "
-                                          f"{pct(chance)} there; is model.teacher.checkpoint the right one "
-                                          f"(trained on this data, same classes and preprocessing)?"))
+    if teacher < chance + margin:
+        out.append(Check(FAIL, "teacher", f"{name} {pct(teacher)} on {where} is at chance level: {what} scores "
+                                          f"{pct(chance)} there; {hint}"))
     else:
-        out.append(Check(OK, "teacher", f"{name} {pct(tv)} on {where}; chance there is {pct(chance)} ({what})"))
-    sv = s[1]
-    if tv <= sv:
+        out.append(Check(OK, "teacher", f"{name} {pct(teacher)} on {where}; chance there is {pct(chance)} ({what})"))
+    if teacher <= student:
         out.append(Check(WARN, "teacher", f"does not beat the student's starting point on the same images "
-                                          f"({name} {pct(tv)} vs {pct(sv)}): there is nothing to distil"))
+                                          f"({name} {pct(teacher)} vs {pct(student)}): there is nothing to distil"))
     else:
-        out.append(Check(OK, "student", f"starting point {name} {pct(sv)} on the same images (the teacher is "
-                                        f"{pct(tv - sv)} points ahead)"))
+        out.append(Check(OK, "student", f"starting point {name} {pct(student)} on the same images (the teacher is "
+                                        f"{pct(teacher - student)} points ahead)"))
     return out
 
 
@@ -280,8 +287,10 @@ def _ratio(kd: float, task: float) -> float:
     return kd / task
 
 
-def ratio_checks(level: str, kind: str, ratio: float, weight: float, where: str) -> list[Check]:
-    """A warning when a KD/task ``ratio`` (``kind``: "loss" or "gradient-norm") is outside [0.01, 10]."""
+def ratio_checks(level: str, kind: str, ratio: float, weight: float, where: str,
+                 knob: str = "distill.weight") -> list[Check]:
+    """A warning when a KD/task ``ratio`` (``kind``: "loss" or "gradient-norm") is outside [0.01, 10], naming the
+    value of ``knob`` (the setting that scales every KD term) that would bring it to 1."""
     if not math.isfinite(ratio) or RATIO_LOW <= ratio <= RATIO_HIGH:
         return []
     if ratio > RATIO_HIGH:
@@ -289,7 +298,7 @@ def ratio_checks(level: str, kind: str, ratio: float, weight: float, where: str)
     else:
         what = f"KD/task {kind} ratio {_fmt(ratio)} < {RATIO_LOW:g}: the KD term is too small to matter"
     if ratio > 0:
-        what += f"; distill.weight={_fmt(suggested_weight(weight, ratio))} would bring it to 1"
+        what += f"; {knob}={_fmt(suggested_weight(weight, ratio))} would bring it to 1"
     return [Check(WARN, where, f"{level}: {what}")]
 
 
@@ -299,12 +308,24 @@ def one_batch_checks(trainer: Any) -> list[Check]:
     weight = cfg.distill.weight if cfg.distill is not None else 1.0
     batch = task.to_device(next(iter(trainer.loader)), trainer.device)
     inputs, targets = task.model_inputs(batch)
+    return batch_checks(model, inputs, targets, weight=weight, max_iterations=cfg.train.max_iters,
+                        autocast=trainer.autocast)
+
+
+def batch_checks(model: Any, inputs: Sequence[Any], targets: Any, *, weight: float = 1.0,
+                 max_iterations: int | None = None, autocast: Callable[[], Any] = contextlib.nullcontext,
+                 context: Any = None, knob: str = "distill.weight") -> list[Check]:
+    """A :class:`~densekd.Distiller` on one batch, forward (under ``autocast()``) and backward, as a training step
+    runs it, without an update: per level the KD term and the gradient norm it puts on the student next to the
+    task term's, their ratios (warnings outside [0.01, 10] naming the ``knob`` value that brings them to 1), a
+    failure when a KD term puts no gradient on the student or when anything reaches the teacher. Gradients are
+    cleared afterwards; the model is left in train mode (its buffers as the forward left them)."""
     model.train()
-    model.iteration, model.max_iterations = 0, cfg.train.max_iters
+    model.iteration, model.max_iterations = 0, max_iterations
     teacher_before = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
     where = "one batch"
-    with trainer.autocast():
-        losses = model(*inputs, targets=targets)
+    with autocast():
+        losses = model(*inputs, targets=targets, context=context)
     bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
     if bad:
         return [Check(FAIL, where, "non-finite loss on the first batch: " + ", ".join(f"{k}={v}" for k, v in bad.items()))]
@@ -329,8 +350,8 @@ def one_batch_checks(trainer: Any) -> list[Check]:
         out.append(Check(INFO, where, (
             f"{level}: KD {_fmt(kd)} ({parts}) vs task {_fmt(task_v)}, KD/task {_fmt(r_loss)}; gradient norm on "
             f"the student: KD {_fmt(g_kd)} vs task {_fmt(g_task)}, ratio {_fmt(r_grad)}")))
-        out += ratio_checks(level, "loss", r_loss, weight, where)
-        out += ratio_checks(level, "gradient-norm", r_grad, weight, where)
+        out += ratio_checks(level, "loss", r_loss, weight, where, knob)
+        out += ratio_checks(level, "gradient-norm", r_grad, weight, where, knob)
         if not (g_kd > 0 and math.isfinite(g_kd)):
             out.append(Check(FAIL, "gradient", (
                 f"the KD term at {level} puts {'no' if g_kd == 0 else 'a non-finite'} gradient on the student "

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import random
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _ultralytics_offline as _offline  # sets YOLO_OFFLINE before ultralytics is imported
+from ._state import module_state_preserved, rng_preserved
 from ..capture import StopForward, resolve_module
 from ..distiller import Pair
 from ..errors import ConfigError, UnknownNameError
@@ -615,45 +615,14 @@ def _run_pretrain_checks(trainer: DistillationTrainer) -> None:
 
 
 # --------------------------------------------------------------------------- pre-training checks
-@contextlib.contextmanager
-def _rng_preserved() -> Iterator[None]:
-    """Leave Python's, NumPy's and torch's random streams as they were (a check must not shift the run)."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.random.set_rng_state(th)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 def first_batch(trainer: Any) -> dict[str, Any]:
     """The first training batch as the loop would see it (augmented, preprocessed), without consuming the
     loader or any random stream."""
     ds = trainer.train_loader.dataset
     n = min(len(ds), trainer.train_loader.batch_size or 1)
-    with _rng_preserved():
+    with rng_preserved():
         batch = ds.collate_fn([ds[i] for i in range(n)])
         return trainer.preprocess_batch(batch)
-
-
-@contextlib.contextmanager
-def _module_state_preserved(model: nn.Module) -> Iterator[None]:
-    """Leave every buffer (BatchNorm running statistics and counters) and every train/eval flag of ``model`` as
-    it was."""
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, mode in modes:
-            m.training = mode
 
 
 def training_loss_items(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, float]:
@@ -664,7 +633,7 @@ def training_loss_items(model: nn.Module, batch: Mapping[str, Any]) -> dict[str,
     Ultralytics' trainer calls with a batch dict: a plain ``DetectionModel``, :class:`YOLOKDModel`, Ultralytics'
     own ``DistillationModel``."""
     model = unwrap_model(model)
-    with torch.no_grad(), _rng_preserved(), _module_state_preserved(model):
+    with torch.no_grad(), rng_preserved(), module_state_preserved(model):
         model.train()
         _, items = model(dict(batch))
     return {k: float(v) for k, v in items.items()}
@@ -704,7 +673,7 @@ def teacher_metric_check(trainer: Any) -> dict[str, Any]:
     validator = trainer.get_validator()
     validator.args.plots = False
     validator.args.save_json = False
-    with _rng_preserved():
+    with rng_preserved():
         stats = validator(model=teacher)
     m, m50 = float(stats.get("metrics/mAP50-95(B)", float("nan"))), float(stats.get("metrics/mAP50(B)", float("nan")))
     LOGGER.info(f"densekd: teacher on '{trainer.args.split}': mAP50-95 {m:.4f}, mAP50 {m50:.4f}")

@@ -192,6 +192,37 @@ def _load_backbone(model: SegmentationModel, path: str) -> None:
 
 
 # --------------------------------------------------------------------------- the task
+def segmentation_pairs(method: str, method_kwargs: Mapping[str, Any], num_classes: int,
+                       logits: tuple[str, str] = ("classifier", "classifier"),
+                       embedding: tuple[str, str] = ("decoder", "decoder"), distill_embedding: bool = False,
+                       decoder: tuple[str, str] | None = None) -> list[Pair]:
+    """The canonical segmentation pairs for ``method`` given the (student, teacher) module names of the logits
+    before upsampling and of the embedding (the last feature before the classifier): the logits, with
+    ``distill_embedding`` also ``decoder`` (default: the embedding). ``num_masks`` = ``num_classes`` for methods
+    that take it (acam_kd, its variants, maskd); ``cirkd``: one pair on the embedding with the logits as
+    ``aux["logits"]``; ``samkd``: the logits as ``aux["logits"]``; box-needing methods fail in one line. Used by
+    the engine's task and by the integrations (Hugging Face SegFormer)."""
+    kwargs = dict(method_kwargs)
+    if method in NEEDS_BOXES:
+        raise ConfigError(f"distill.method: {method} needs ground-truth boxes, which segmentation data has "
+                          f"not; it runs on detection only")
+    if _accepts(method, "num_masks"):  # acam_kd, its variants, maskd: M = number of classes
+        kwargs.setdefault("num_masks", num_classes)
+
+    def pair(names: tuple[str, str], **kw: Any) -> Pair:  # teacher None when it is the student's name
+        return Pair(names[0], names[1] if names[1] != names[0] else None, loss=method, **kw)
+
+    if method in EMBEDDING_AND_LOGITS:  # cirkd: one pair, embedding + logits (distill_embedding is moot)
+        kwargs.setdefault("num_classes", num_classes)
+        return [pair(embedding, kwargs=kwargs, aux={"logits": logits})]
+    logits_aux = {"logits": logits} if method == "samkd" else {}
+    pairs = [pair(logits, kwargs=dict(kwargs), aux=dict(logits_aux))]
+    if distill_embedding:
+        # the decoder level's SLD term uses the logits (same resolution as the decoder feature)
+        pairs.append(pair(decoder or embedding, kwargs=dict(kwargs), aux=dict(logits_aux)))
+    return pairs
+
+
 class SegmentationTask:
     """Implements :class:`densekd.tasks.base.Task` for semantic segmentation."""
 
@@ -313,23 +344,11 @@ class SegmentationTask:
         methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes).
         ``cirkd``: one pair on the embedding (``decoder``; ``head`` for arch tiny) with the logits as
         ``aux["logits"]`` and ``num_classes`` from the student."""
-        kwargs = dict(method_kwargs)
-        if method in NEEDS_BOXES:
-            raise ConfigError(f"distill.method: {method} needs ground-truth boxes, which segmentation data has "
-                              f"not; it runs on detection only")
-        if _accepts(method, "num_masks"):  # acam_kd, its variants, maskd: M = number of classes
-            kwargs.setdefault("num_masks", model_cfg.student.num_classes)
-        if method in EMBEDDING_AND_LOGITS:  # cirkd: one pair, embedding + logits (distill_decoder is moot)
-            kwargs.setdefault("num_classes", model_cfg.student.num_classes)
-            teacher = model_cfg.teacher or model_cfg.student
-            return [Pair(_embedding_module(model_cfg.student.arch), _embedding_module(teacher.arch), loss=method,
-                         kwargs=kwargs, aux={"logits": ("classifier", "classifier")})]
-        logits_aux = {"logits": ("classifier", "classifier")} if method == "samkd" else {}
-        pairs = [Pair("classifier", loss=method, kwargs=dict(kwargs), aux=dict(logits_aux))]
-        if model_cfg.distill_decoder:
-            # the decoder level's SLD term uses the logits (same resolution as the decoder feature)
-            pairs.append(Pair("decoder", loss=method, kwargs=dict(kwargs), aux=dict(logits_aux)))
-        return pairs
+        teacher = model_cfg.teacher or model_cfg.student
+        return segmentation_pairs(method, method_kwargs, model_cfg.student.num_classes,
+                                  embedding=(_embedding_module(model_cfg.student.arch), _embedding_module(teacher.arch)),
+                                  distill_embedding=model_cfg.distill_decoder,
+                                  decoder=("decoder", "decoder"))
 
     # -- evaluation
     @torch.no_grad()
