@@ -407,7 +407,7 @@ class Distiller(nn.Module):
                 s_lv, t_lv = self._levels(pair)
                 aux_lv = {name: (self._s_cap.levels(a[0]), self._t_cap.levels(a[1])) for name, a in pair.aux.items()}
                 for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
-                    s, t = cast(s), cast(self._teacher_map(t))  # a copy: an inference-mode tensor cannot be saved for backward
+                    s, t = cast(s), cast(self._teacher_map(t))  # a copy (inference-mode tensors cannot be saved)
                     if s.shape[2:] != t.shape[2:]:
                         self._check_shapes(pair, s_label, s, t_label, t)
                         s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)

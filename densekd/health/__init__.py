@@ -59,7 +59,7 @@ from .record import read_health, run_warnings, write_health
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
            "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
-           "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "TrainingGuards",
-           "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks", "level_terms",
+           "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check",
+           "TrainingGuards", "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks", "level_terms",
            "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings", "suggested_weight",
            "teacher_checks", "teacher_metric_checks", "teacher_source", "total_norm", "write_health"]
