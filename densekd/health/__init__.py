@@ -49,17 +49,18 @@ once and kept for the end-of-run summary and ``health.json``, when
   1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the
   pair weight that brings it to the others' median.
 """
-from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN, Check, aligner_text,
-                     batch_checks, chance_level, feature_distance, level_checks, level_terms, one_batch_checks,
-                     primary_value, ratio_checks, suggested_weight, teacher_checks, teacher_metric_checks,
-                     teacher_source, total_norm)
+from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN, Check, DoctorReport,
+                     aligner_text, batch_checks, chance_level, feature_distance, level_checks, level_terms,
+                     one_batch_checks, primary_value, ratio_checks, suggested_weight, teacher_checks,
+                     teacher_metric_checks, teacher_source, total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
                      MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_STD_MIN, MASK_STD_WAS_SPATIAL, TrainingGuards)
 from .record import read_health, run_warnings, write_health
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
            "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
-           "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check",
-           "TrainingGuards", "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks", "level_terms",
-           "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings", "suggested_weight",
-           "teacher_checks", "teacher_metric_checks", "teacher_source", "total_norm", "write_health"]
+           "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "DoctorReport",
+           "TrainingGuards", "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks",
+           "level_terms", "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings",
+           "suggested_weight", "teacher_checks", "teacher_metric_checks", "teacher_source", "total_norm",
+           "write_health"]

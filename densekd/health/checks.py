@@ -11,7 +11,7 @@ import hashlib
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -386,3 +386,25 @@ def batch_checks(model: Any, inputs: Sequence[Any], targets: Any, *, weight: flo
                                          f"parameter tensors, its weights and buffers unchanged, eval mode"))
     model.zero_grad(set_to_none=True)
     return out
+
+
+@dataclass
+class DoctorReport:
+    """The checks of one doctor run (``densekd doctor``, or an integration's pre-training checks), in order."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.status == WARN]
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failures else 0
+
+    def text(self) -> str:
+        return "\n".join(c.line() for c in self.checks)

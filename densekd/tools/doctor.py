@@ -10,7 +10,6 @@ Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..config import load_config
@@ -18,27 +17,8 @@ from ..engine.control import CONTROL_BATCHES, ControlResult
 from ..engine.prepare import prepare_for_trainer
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
-from ..health import FAIL, INFO, WARN, Check, level_checks, one_batch_checks, teacher_checks, teacher_source
-
-
-@dataclass
-class DoctorReport:
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if c.status == FAIL]
-
-    @property
-    def warnings(self) -> list[Check]:
-        return [c for c in self.checks if c.status == WARN]
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.failures else 0
-
-    def text(self) -> str:
-        return "\n".join(c.line() for c in self.checks)
+from ..health import (FAIL, INFO, WARN, Check, DoctorReport, level_checks, one_batch_checks, teacher_checks,
+                      teacher_source)
 
 
 def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = None, batches: int = 4,
