@@ -1,4 +1,4 @@
-"""ACAM-KD mask-collapse repro on fixed random features (methods.md, "Optimisation of the mask modules").
+"""ACAM-KD mask-collapse repro on fixed random features (docs/methods.md, "Optimisation of the mask modules").
 
 Only the ACAM-KD modules (aligner, STCA-FF, ASCM) are trained, Adam 3e-3, on one fixed random pair
 (student 4×16×16×16, teacher 4×32×16×16, M = 6). Prints, per setting, the spatial/channel mask means, the

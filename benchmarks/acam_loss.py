@@ -1,6 +1,6 @@
 """ACAM-KD forward+backward: densekd's implementation vs a naive form, at COCO FPN sizes.
 
-The naive form is written here, from the equations (methods.md, ACAM-KD): the attention matrix
+The naive form is written here, from the equations (docs/methods.md, "ACAM-KD"): the attention matrix
 A = softmax(Q Kᵀ / √(C/2)) is materialised, and the channel/spatial losses and the Dice diversity are
 computed with Python loops over masks and mask pairs. Both forms share the same parameters and inputs.
 

@@ -23,7 +23,7 @@ from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, p
 BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)
 CANDIDATES: dict[str, tuple[str, dict, list[str]]] = {
-    "acam_kd": ("acam_kd", {}, []),
+    "acam_kd": ("acam_kd", {"acam_kwargs": {"z_norm": "none"}}, []),  # z_norm="none": the default when measured
     "acam_kd z_norm=spatial": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}}, []),
     "fitnet": ("fitnet", {}, []),
     "hinton_kd (logits)": ("hinton_kd", {}, []),

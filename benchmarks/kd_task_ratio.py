@@ -1,6 +1,7 @@
 """KD/task loss ratio of each method in a ``densekd compare`` folder, and the ``distill.weight`` that brings it to
-a target ratio (how the detection experiments choose each method's weight on dev; methods.md "Where it is applied":
-on small from-scratch models the KD term's scale differs from the task loss's by orders of magnitude).
+a target ratio (how the detection experiments choose each method's weight on dev;
+docs/methods.md, "Where it is applied": on small from-scratch models the KD term's scale differs from the task
+loss's by orders of magnitude).
 
     python benchmarks/kd_task_ratio.py runs/dev/probe [--first 30] [--target 1.0]
 

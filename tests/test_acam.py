@@ -1,4 +1,4 @@
-"""ACAM-KD against an explicit, loop-based reading of methods.md (section ACAM-KD)."""
+"""ACAM-KD against an explicit, loop-based reading of docs/methods.md, "ACAM-KD"."""
 import math
 
 import pytest
@@ -17,8 +17,8 @@ def _reversed(m):
 
 def naive_reference(mod: ACAMKD, fs, ft):
     """softmax(QKᵀ/√(C/2))V materialised, and a Python loop over masks — the formulas as written, with the
-    mask objective (what L_c + L_s sees of the masks) and the mask norm (Σ M or Σ M²) of methods.md,
-    "Optimisation of the mask modules"."""
+    mask objective (what L_c + L_s sees of the masks) and the mask norm (Σ M or Σ M²) of
+    docs/methods.md, "Optimisation of the mask modules"."""
     s_hat = mod.align(fs)
     b, c, h, w = ft.shape
     s_masks = s_hat if mod.mask_objective == "descent" else s_hat.detach()  # the mask path's F̂_S
@@ -258,7 +258,8 @@ def _shapes_seen(fn):
 
 
 def test_attention_never_materialises_hw_by_hw(monkeypatch):
-    """methods.md, STCA-FF: no N×N tensor in forward or backward (P is formed a few query rows at a time)."""
+    """docs/methods.md, "Computing ACAM-KD without the attention matrix": no N×N tensor in forward or backward
+    (P is formed a few query rows at a time)."""
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 120 * 7)  # 7 rows of N = 120 per block
     mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2, z_norm="none")
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)

@@ -1,4 +1,4 @@
-"""ACAM-KD switches ``mask_objective`` and ``mask_norm`` (methods.md, "Optimisation of the mask modules")."""
+"""ACAM-KD switches ``mask_objective`` and ``mask_norm`` (docs/methods.md, "Optimisation of the mask modules")."""
 import pytest
 import torch
 

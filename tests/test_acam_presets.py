@@ -1,6 +1,6 @@
 """The ACAM-KD default does not collapse; the literal reading (preset ``acam_kd_paper``) does.
 
-methods.md, "Optimisation of the mask modules": with the Σ M normalisation L_s = Σ M² D² / (C Σ M) is
+docs/methods.md, "Optimisation of the mask modules": with the Σ M normalisation L_s = Σ M² D² / (C Σ M) is
 proportional to the masks' scale, so mask modules that *descend* it shrink every mask towards 0 — the
 smallest loss is no mask at all — and the KD term goes to ≈ 0 with them (distillation silently switched off).
 The default makes the masks *ascend* L_c + L_s (they seek where the student lags) and normalises by Σ M², which
@@ -34,7 +34,7 @@ def test_default_masks_stay_inside_and_the_kd_term_stays_alive(runs):
 
 
 def test_spatial_masks_without_z_norm_saturate_into_gates_and_the_default_keeps_them_spatial(runs, literal_ascm):
-    """Documents methods.md's "spatial masks must be spatial" (why z_norm="spatial" is the default): F_fuse = A V
+    """Documents docs/methods.md, "Spatial masks must be spatial" (why z_norm="spatial" is the default): F_fuse = A V
     averages V over many positions, so with z_norm="none" S_s Z barely varies over space and σ turns each spatial
     mask into a near-constant gate (here some at ≈ 1, some at ≈ 0: the mean stays ≈ 0.5). The default standardises
     Z over space first and the masks vary."""

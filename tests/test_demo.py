@@ -112,7 +112,7 @@ def test_each_method_gets_a_distillation_point_that_suits_it(tmp_path):
     conf = student_config(cfg, tmp_path, tmp_path / "t.pt", tmp_path / "runs")
     assert conf["distill"]["pairs"] == [{"student": "trunk"}] and conf["distill"]["kwargs"]["num_masks"] == 11
     assert conf["data"]["max_images"] == cfg.n_student and conf["data"]["val_split"] == "val"
-    assert conf["distill"]["kwargs"]["z_norm"] == "spatial"  # methods.md: the trunk's masks are gates otherwise
+    assert conf["distill"]["kwargs"]["z_norm"] == "spatial"  # docs/methods.md, "Spatial masks must be spatial"
     paper = replace(cfg, methods=("baseline", "acam_kd", "acam_kd_paper"))
     assert method_kwargs(paper) == {"acam_kd_paper": {"num_masks": 11, "z_norm": "spatial"}}
 

@@ -73,7 +73,7 @@ def test_each_method_gets_its_weight_and_the_chosen_fpn_levels(tmp_path):
     assert method_settings(cfg) == {m: [f"distill.weight={cfg.weights[m]}"] for m in ("fitnet", "acam_kd")}
     conf = student_config(cfg, tmp_path, "asset:x", tmp_path / "runs", "asset:bb")
     assert conf["distill"]["pairs"] == [{"student": f"backbone:{k}"} for k in cfg.levels]
-    assert conf["distill"]["kwargs"] == {"num_masks": 6}  # M = 6 (methods.md)
+    assert conf["distill"]["kwargs"] == {"num_masks": 6}  # M = 6 (docs/methods.md, "ASCM")
     assert conf["data"]["train_max_images"] == cfg.n_student and conf["data"]["val_ann"].endswith("val/annotations.json")
     assert conf["model"]["preset"] == "cpu"
     student = conf["model"]["student"]

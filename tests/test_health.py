@@ -188,7 +188,8 @@ def test_collapse_per_term_and_regularizer_terms_do_not_count(guards):
 
 
 @pytest.mark.parametrize("norm,fragment", [("sum", "under mask_norm=sum loss_spatial scales with these masks, so "
-                                                    "it is switched off (methods.md"),
+                                                    "it is switched off "
+                                                    "(docs/methods.md, \"Optimisation of the mask modules\")"),
                                            ("square", "their sigmoids saturate at 0: under mask_norm=square the KD "
                                                       "term is a mask-weighted mean and stays on")])
 def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
@@ -211,7 +212,8 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
     flat = guards.check(70, _row(**{**healthy, "kd/encoder/masks/spatial/std_min": 2e-6}))
     assert flat == ["iteration 70: ACAM-KD spatial masks at encoder are constant over the image (per-mask spatial "
                     "std 2e-06 < 0.001): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
-                    "\"spatial\" (the default) standardises the fused map over space (methods.md)"]
+                    "\"spatial\" (the default) standardises the fused map over space "
+                    "(docs/methods.md, \"Spatial masks must be spatial\")"]
 
 
 def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
@@ -225,7 +227,7 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
     assert new == ["iteration 50: ACAM-KD spatial masks at encoder are constant over the image (per-mask spatial std "
                    "0 < 0.001; some masks are gates ≈ 0 or ≈ 1 everywhere): ASCM's spatial selection is off; is "
                    "distill.kwargs.z_norm \"none\"? \"spatial\" (the default) standardises the fused map over space "
-                   "(methods.md)"]
+                   "(docs/methods.md, \"Spatial masks must be spatial\")"]
 
 
 def test_run_warnings_are_the_messages_of_health_json(tmp_path):
@@ -353,8 +355,8 @@ def test_collapse_warning_end_to_end(toy, tmp_path, capsys):
 
 
 def test_acam_kd_paper_masks_collapse_warning(toy, trained_teacher, tmp_path, capsys):
-    """The literal reading of ACAM-KD (descent, Σ M norm) drives the masks to 0 (methods.md, Optimisation of
-    the mask modules): the guard says so, in the words that hold for that norm."""
+    """The literal reading of ACAM-KD (descent, Σ M norm) drives the masks to 0
+    (docs/methods.md, "Optimisation of the mask modules"): the guard says so, in the words that hold for that norm."""
     out = tmp_path / "paper"
     densekd.train(seg_config(toy, out, teacher=trained_teacher, method="acam_kd_paper", max_iters=40, log_every=10,
                              optimizer={"type": "adamw", "lr": 0.01}))

@@ -1,4 +1,4 @@
-"""Kernels in densekd.ops (architecture.md, ``ops/``), each against its explicit formula."""
+"""Kernels in densekd.ops, each against its explicit formula."""
 import math
 
 import pytest

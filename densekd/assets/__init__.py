@@ -1,4 +1,4 @@
-"""Small artefacts shipped inside the package: the demos' pretrained teachers (architecture.md, ``assets/``).
+"""Small artefacts shipped inside the package: the demos' pretrained teachers.
 
 Each artefact is two files in this folder: ``<name>.pt`` (a state dict, loadable with
 ``torch.load(weights_only=True)``) and ``<name>.json``, its record: the command that made it, the data and its

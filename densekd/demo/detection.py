@@ -13,11 +13,12 @@ own labels — on detection, where the paper's claims live:
    dev and val, checksums). Verified by checksum, never trained by a cold demo; ``--retrain-teacher`` rebuilds it
    with the engine (written to the output folder, never over the shipped files) and says whether it is bit for bit
    the shipped one.
-3. Students: the same detector trained from scratch on the first ``n_student`` canvases of the pool with a short
-   schedule — plain, FitNet (the "no mask" control of the paper's Table 10) and ACAM-KD, distilled on every FPN
-   level the head uses (P3–P7, methods.md "Where it is applied"), each at the ``distill.weight`` chosen on dev from
-   its KD/task loss ratio — every run through the engine (:func:`densekd.tools.compare.compare_runs`, the project's
-   one training loop; finished runs are reused).
+3. Students: FCOS with a MobileNetV3-Small backbone half as wide, started from the shipped digit-classification
+   pretraining, trained on the first ``n_student`` canvases of the pool with a short schedule — plain, FitNet
+   (the "no mask" control of the paper's Table 10) and ACAM-KD, distilled on the FPN levels chosen on dev
+   (P3–P5, docs/methods.md, "Distillation points"), each at the ``distill.weight`` chosen on dev — every run
+   through the engine (:func:`densekd.tools.compare.compare_runs`, the project's one training loop; finished
+   runs are reused).
 4. COCO AP / AP50 / AP75 on ``val`` by pycocotools (mean ± std over seeds, each method's gain over the plain
    student paired by seed with the std of the paired gains and whether it exceeds 2 std), the verdict lines, the
    KD health warnings, and figures: the gains, the AP curves, and the ACAM-KD spatial masks at P3 over a val image
@@ -125,15 +126,16 @@ class DemoConfig(common.DemoSettings):
         "acam_kd": 0.3, "fitnet": 0.1, "maskd": 0.1, "samkd": 1.0, "acam_kd_teacher_fusion": 0.3,
         "acam_kd_spatial": 0.3, "acam_kd_channel": 0.3, "acam_kd_student_query": 0.3, "acam_kd_paper": 0.3})
     # the FPN levels distilled (backbone output keys: "0"–"2" = P3–P5, "p6", "p7") and a weight per level that
-    # multiplies distill.weight (methods.md "Where it is applied": every level the head uses; the 1×1 P6/P7 maps of a
-    # 64-pixel canvas carry no spatial structure and their KD terms dominate the others — chosen on dev)
+    # multiplies distill.weight (docs/methods.md, "Distillation points": P3–P5, not every level the head uses; the
+    # 1×1 P6/P7 maps of a 64-pixel canvas carry no spatial structure and their KD terms dominate the others — chosen
+    # on dev)
     levels: tuple[str, ...] = ("0", "1", "2")
     level_weights: dict[str, float] = field(default_factory=dict)
     # per-method constructor kwargs (distill.kwargs): MasKD's token-fitting and FreeKD's prompt-fitting stages as long
     # as the students' training; FreeKD with one Haar level (its default three need maps ≥ 5 px: P4 is 4×4, P5 2×2)
     kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "maskd": {"fit_steps": 1000}, "freekd": {"levels": 1, "fit_steps": 1000}})
-    num_masks: int = 6  # methods.md ASCM: M = 6 for detection
+    num_masks: int = 6  # docs/methods.md, "ASCM": M = 6 for detection
     teacher_dtype: str = "float16"  # how the shipped teacher is stored (a few MB); it runs in float32
 
     @staticmethod
@@ -253,7 +255,7 @@ def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, 
                       "teacher": {"arch": cfg.arch, **_detector(cfg.teacher_backbone, cfg.fpn_channels),
                                   "checkpoint": str(teacher_checkpoint)}},
             "data": _data_section(root, cfg.eval_split, cfg.n_student),
-            # one pair per distilled level (cfg.levels) with its level weight; M = 6 for ACAM-KD (methods.md)
+            # one pair per distilled level (cfg.levels) with its level weight; ACAM-KD: M = 6 (docs/methods.md, "ASCM")
             "distill": {"method": "acam_kd", "kwargs": {"num_masks": cfg.num_masks}, "weight": 1.0,
                         "pairs": distill_pairs(cfg)},
             "train": _train_section(cfg, cfg.student_iters), "eval": {"batch_size": 50}}

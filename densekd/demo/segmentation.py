@@ -62,9 +62,10 @@ class DemoConfig(common.DemoSettings):
     feature: str = "trunk"
     feature_weight: float = 1.0  # acam_kd, fitnet
     logits_weight: float = 1.0  # hinton_kd
-    # methods.md, "spatial masks must be spatial": on this post-ReLU trunk feature the default z_norm="none"
-    # leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev images, measured:
-    # benchmarks/results/demo_segmentation.md), so the demo standardises Z over space (also the best on dev)
+    # docs/methods.md, "Spatial masks must be spatial": on this post-ReLU trunk feature z_norm="none" (the
+    # default before 2026-12-05) leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev
+    # images, measured: benchmarks/results/demo_segmentation.md), so the demo standardises Z over space (also
+    # the best on dev; the library default since)
     acam_kwargs: dict[str, Any] = field(default_factory=lambda: {"z_norm": "spatial"})
 
     @staticmethod
@@ -110,7 +111,7 @@ def teacher_config(cfg: DemoConfig, root: Path, out: Path) -> dict[str, Any]:
 def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """The engine config of every student run (compare sets the method, seed and output folder per run);
     ``teacher_checkpoint``: a file, or ``asset:<name>`` for the shipped teacher (verified when loaded)."""
-    kwargs = {"num_masks": NUM_SEG_CLASSES, **cfg.acam_kwargs}  # methods.md ASCM: M = number of classes
+    kwargs = {"num_masks": NUM_SEG_CLASSES, **cfg.acam_kwargs}  # docs/methods.md, "ASCM": M = number of classes
     return {"task": "segmentation", "output_dir": str(out), "seed": 0,
             "model": {"student": {"arch": "tiny", "width": cfg.student_width, "num_classes": NUM_SEG_CLASSES},
                       "teacher": {**cfg.teacher_spec(), "checkpoint": str(teacher_checkpoint)}},
@@ -286,8 +287,8 @@ class _Segmentation(common.DemoTask):
                 f"{cfg.teacher_width} ({_params(cfg.teacher_width):,} parameters), trained on "
                 f"{teacher.record.get('data', {}).get('n_train', '?')} canvases; "
                 f"ACAM-KD switches: {cfg.acam_kwargs or 'the defaults'}"
-                + (" (methods.md: without it the spatial masks are constant gates on this post-ReLU feature)"
-                   if cfg.acam_kwargs.get("z_norm") == "spatial" else ""))
+                + (' (docs/methods.md, "Spatial masks must be spatial": without it the spatial masks are constant '
+                   'gates on this post-ReLU feature)' if cfg.acam_kwargs.get("z_norm") == "spatial" else ""))
 
     def figures(self, res: common.StudentResults, out: Path) -> dict[str, Path]:
         cfg = self.cfg

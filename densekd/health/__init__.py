@@ -43,7 +43,7 @@ once and kept for the end-of-run summary and ``health.json``, when
 * ACAM-KD masks' mean leaves [0.01, 0.99], or the spatial masks' smallest per-mask spatial std falls below
   1e-3 once they have left their initial state (≈ 0.5 everywhere, constant too): after having been above
   1e-3, or with a mask's mean more than 0.25 from 0.5, i.e. gates ≈ 0 or 1 over the whole image
-  (collapse, saturation; methods.md, "Optimisation of the mask modules");
+  (collapse, saturation; docs/methods.md, "Optimisation of the mask modules");
 * the KD/task gradient-norm ratio exceeds 100 (divergence ahead);
 * one level's KD/task gradient-norm ratio is 10× or more the median of the other levels' (one level, e.g. the
   1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the

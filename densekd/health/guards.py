@@ -263,7 +263,7 @@ class TrainingGuards:
         return out
 
     def _mask_warnings(self, iteration: int, level: str, mod: nn.Module, row: Mapping[str, float]) -> list[str | None]:
-        """ACAM-KD mask collapse and saturation (methods.md, "Optimisation of the mask modules")."""
+        """ACAM-KD mask collapse and saturation (docs/methods.md, "Optimisation of the mask modules")."""
         out: list[str | None] = []
         norm = getattr(mod, "mask_norm", None)
         for fam in ("spatial", "channel"):
@@ -276,7 +276,7 @@ class TrainingGuards:
                            "and stays on, but the masks' gradients vanish and they no longer select")
                 else:
                     why = (f"under mask_norm={norm or 'sum'} loss_{fam} scales with these masks, so it is switched "
-                           f"off (methods.md, Optimisation of the mask modules)")
+                           f"off (docs/methods.md, \"Optimisation of the mask modules\")")
                 out.append(self._warn(f"mask_low|{level}|{fam}", iteration, "mask_collapse", level,
                                       f"ACAM-KD {fam} masks at {level} collapsed: mean {_fmt(mean)} < "
                                       f"{MASK_MEAN_LOW:g}; {why}"))
@@ -299,7 +299,8 @@ class TrainingGuards:
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
                 f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
                 f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
-                f"\"spatial\" (the default) standardises the fused map over space (methods.md)")))
+                f"\"spatial\" (the default) standardises the fused map over space "
+                f"(docs/methods.md, \"Spatial masks must be spatial\")")))
         return out
 
     def first_row_checks(self, row: Mapping[str, float]) -> list[str]:

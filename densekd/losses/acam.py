@@ -1,7 +1,7 @@
 """ACAM-KD: Adaptive and Cooperative Attention Masking for Knowledge Distillation.
 
-Lan & Tian, ICCV 2025 (arXiv 2503.06307). Every equation and decision below follows
-``shared/design/methods.md``, section "ACAM-KD"; the sub-section names are quoted in comments.
+Lan & Tian, ICCV 2025 (arXiv 2503.06307). Every equation and decision below follows docs/methods.md, "ACAM-KD";
+comments cite its sub-sections by name.
 
 Per distilled level::
 
@@ -10,20 +10,21 @@ Per distilled level::
     M_s = σ(S_s Z),  M_c = σ(S_c ⊙ v)                      (ASCM; Z = flatten(F_fuse), v = mean_hw F_fuse)
     L = α (L_c + L_s) + λ (Dice(M_s) + Dice(M_c))          (Losses)
 
-How the mask modules learn (methods.md, "Optimisation of the mask modules", revised after measurement): by
+How the mask modules learn (docs/methods.md, "Optimisation of the mask modules", revised after measurement): by
 default they *ascend* L_c + L_s through a gradient reversal on M_c and M_s while the student and the aligner
 descend it, and L_c, L_s are normalised by Σ M² (a mask-weighted mean of D², invariant to the masks' scale);
 Dice is descended by the mask modules. Read literally (descent on L with the Σ M norm) every mask collapses to
 ≈ 0 within ~100 iterations and the KD term with it (``python benchmarks/acam_collapse_repro.py``); that reading
 is kept as the registry preset ``acam_kd_paper`` (densekd/losses/acam_variants.py).
 
-How it is computed (methods.md, STCA-FF: "must not materialise A"). ASCM reads F_fuse only through two
-linear maps, S_s Z and mean_hw Z, so training never forms F_fuse: both maps are moved inside the attention
-(``STCAFF.project``) and a blockwise kernel (``densekd.ops.ProjectedAttention``, flash-style: P built a few query rows
-at a time, recomputed in backward from the row log-sum-exp) returns exactly what ASCM needs. The values are
-the explicit formula's (tests: against softmax(QKᵀ)V, gradcheck, every parameter's gradient); F_fuse itself
-is computed with ``scaled_dot_product_attention`` only when ``last_masks["fused"]`` is read, or when the spatial
-masks' ``z_norm="spatial"`` needs all of it.
+How it is computed (docs/methods.md, "Computing ACAM-KD without the attention matrix"). ASCM reads F_fuse
+only through two linear maps, S_s Z and mean_hw Z, so with ``z_norm="none"``, or with the channel masks alone,
+training never forms F_fuse: both maps are moved inside the attention (``STCAFF.project``) and a blockwise kernel
+(``densekd.ops.ProjectedAttention``, flash-style: P built a few query rows at a time, recomputed in backward from
+the row log-sum-exp) returns exactly what ASCM needs. The values are the explicit formula's (tests: against
+softmax(QKᵀ)V, gradcheck, every parameter's gradient). F_fuse itself is computed with
+``scaled_dot_product_attention`` (never the N×N matrix) when the spatial masks' ``z_norm="spatial"`` (the
+default) needs all of it, with ``fusion="teacher"``, and when ``last_masks["fused"]`` is read.
 """
 from __future__ import annotations
 
@@ -58,13 +59,13 @@ def _check_choice(name: str, value: str) -> None:
 
 
 class STCAFF(nn.Module):
-    """Student–teacher cross-attention feature fusion (methods.md, STCA-FF).
+    """Student–teacher cross-attention feature fusion (docs/methods.md, "STCA-FF").
 
     Q = W_q * F_T (C → C/2), K = W_k * F̂_S (C → C/2), V = W_v * F̂_S (C → C), all 1×1 convs.
     No multi-head split, residual, norm or output projection (the spec adds none).
     ``query="student"`` swaps the roles (paper Table 9): Q from F̂_S, K and V from F_T.
     ``residual=True`` (a switch, not the paper): F_fuse = A V + the query's own map, as every Transformer
-    cross-attention layer adds its query back (methods.md, "the fused map carries one pattern").
+    cross-attention layer adds its query back (docs/methods.md, "The fused map carries one pattern").
     """
 
     def __init__(self, channels: int, query: str = "teacher", residual: bool = False) -> None:
@@ -138,7 +139,7 @@ class STCAFF(nn.Module):
 
 
 class ASCM(nn.Module):
-    """Adaptive spatial-channel masking (methods.md, ASCM).
+    """Adaptive spatial-channel masking (docs/methods.md, "ASCM").
 
     M selection units per family, initialised N(0, 0.01²). Spatial masks M_s = σ(S_s Z) [B, M, HW]
     (dot product over channels, sigmoid after the product). Channel masks, **Decision** (ASCM):
@@ -165,7 +166,7 @@ class ASCM(nn.Module):
         logits = mean = None
         if self.spatial_units is not None:
             z = fused.flatten(2)  # Z: [B, C, HW]
-            if self.z_norm == "spatial":  # methods.md, "spatial masks must be spatial" (Decision, default): each
+            if self.z_norm == "spatial":  # docs/methods.md, "Spatial masks must be spatial": each
                 # channel standardised over space, so that S_s Z varies over positions instead of saturating σ on
                 # Z's spatial mean. Unbiased std over H·W > 1 positions; a 1×1 map (P6/P7 of a small image) has no
                 # spatial spread: its standardised Z is 0 and its spatial masks σ(0) = 0.5 (never NaN)
@@ -217,7 +218,7 @@ class MaskRecord(Mapping):
 
 
 def dice_diversity(masks: Tensor, eps: float = 1e-6) -> Tensor:
-    """Mean pairwise Dice over ordered pairs i ≠ j (methods.md, Losses — as in MasKD).
+    """Mean pairwise Dice over ordered pairs i ≠ j (docs/methods.md, "Losses" — as in MasKD).
 
     masks [B, M, N]: d_ij = 2 Σ_n X_in X_jn / (Σ_n X_in² + Σ_n X_jn² + ε), averaged over b and i ≠ j.
     Identical masks give 1, disjoint masks 0. With M = 1 there is no pair and the term is 0.
@@ -239,9 +240,9 @@ def _mask_norm(m: Tensor, norm: str) -> Tensor:
 
 
 def channel_loss(diff_sq_c: Tensor, m_c: Tensor, hw: int, eps: float = 1e-12, norm: str = "sum") -> Tensor:
-    """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (methods.md, Losses; ``norm="sum"``, MasKD's
-    form and this function's default). ACAM-KD passes ``norm="square"`` (methods.md, "Optimisation of the mask
-    modules" Decision): the denominator is H·W · Σ_c M_c².
+    """L_c = (1/M) Σ_m mean_b [ Σ_{c,h,w} (M_c D)² / (H·W · Σ_c M_c) ] (docs/methods.md, "Losses"; ``norm="sum"``,
+    MasKD's form and this function's default). ACAM-KD passes ``norm="square"``
+    (docs/methods.md, "Optimisation of the mask modules"): the denominator is H·W · Σ_c M_c².
 
     ``diff_sq_c`` [B, C] = Σ_hw D², so Σ_{c,h,w} (M_c[b,m,c] D[b,c,h,w])² = Σ_c M_c² · diff_sq_c: one
     einsum over all masks, no loop, no [B, M, C, H, W] tensor. ``norm="square"`` divides by Σ_c M_c²
@@ -263,12 +264,12 @@ def spatial_loss(diff_sq_n: Tensor, m_s: Tensor, c: int, eps: float = 1e-12, nor
 
 
 def mask_statistics(masks: Tensor, eps: float = 1e-12) -> dict[str, float]:
-    """Collapse diagnostics for one mask family [B, M, N] (methods.md, Optimisation of the mask modules).
+    """Collapse diagnostics for one mask family [B, M, N] (docs/methods.md, "Optimisation of the mask modules").
 
     mean: mean mask value. dice: mean pairwise Dice (1 = all masks identical). entropy: entropy of each
     mask normalised to a distribution over its N positions, divided by log N (1 = uniform, 0 = one spike),
     averaged over b and m. std: each mask's standard deviation over its N positions (for spatial masks: its
-    spatial std; 0 = a constant gate, methods.md "spatial masks must be spatial"), averaged over b and m;
+    spatial std; 0 = a constant gate, docs/methods.md, "Spatial masks must be spatial"), averaged over b and m;
     std_min: the smallest of the M per-mask stds (each averaged over b), so one constant mask shows.
     """
     x = at_least_fp32(masks.detach())
@@ -286,8 +287,8 @@ class ACAMKD(DistillLoss):
 
     Args:
         student_channels, teacher_channels: channels of F_S and F_T.
-        num_masks: M per family; 6 for detection, number of classes for segmentation (methods.md, ASCM).
-        alpha, lambda_div: α and λ of the total loss (both 1, methods.md, Losses).
+        num_masks: M per family; 6 for detection, number of classes for segmentation (docs/methods.md, "ASCM").
+        alpha, lambda_div: α and λ of the total loss (both 1, docs/methods.md, "Losses").
         query: ``"teacher"`` (default) or ``"student"`` — which side asks in STCA-FF (paper Table 9).
         channel_units: ``"vector"`` (default Decision) or ``"scalar"`` (outer-product reading).
         masks: ``"both"`` | ``"spatial"`` | ``"channel"`` (paper Table 8).
@@ -299,7 +300,7 @@ class ACAMKD(DistillLoss):
             computed when first read; until the next forward the record holds this forward's Q, K and
             key/value map (about two feature maps per level). ``False`` keeps nothing.
         mask_objective: how L_c + L_s trains the mask modules (STCA-FF and ASCM; align is always trained
-            by L). ``"adversarial"`` (default, methods.md "Optimisation of the mask modules" Decision): the
+            by L). ``"adversarial"`` (default, docs/methods.md, "Optimisation of the mask modules"): the
             masks *ascend* L_c + L_s (gradient reversal on the masks before the masked losses), i.e. they
             seek where the student still lags, while the student descends it; Dice is still descended.
             ``"descent"`` (the literal reading, preset ``acam_kd_paper``): the masks are part of the graph of
@@ -307,7 +308,7 @@ class ACAMKD(DistillLoss):
             (L_c, L_s are then proportional to the masks' scale). ``"detached"``: L_c + L_s does not reach the
             mask modules at all (trained by Dice only; a control). In ``"adversarial"`` and ``"detached"``
             STCA-FF reads a detached F̂_S, so the student's gradient comes from D only.
-        z_norm: ``"spatial"`` (default, methods.md "spatial masks must be spatial", revised 2026-12-05): Z
+        z_norm: ``"spatial"`` (default since 2026-12-05, docs/methods.md, "Spatial masks must be spatial"): Z
             standardised per channel over space before the spatial units (otherwise, on post-ReLU features and on
             detection's P4–P7, the spatial masks saturate to constant 0/1 gates, measured); defined for every map
             size (a 1×1 map gives masks 0.5). ``"none"``: the literal ASCM (the preset ``acam_kd_paper``).
@@ -316,7 +317,7 @@ class ACAMKD(DistillLoss):
             detection demo, A V alone carries about one spatial pattern (its first singular component holds
             84–95 % of the standardised variance at P3–P5), so every spatial mask is a function of it and the M
             masks are identical (benchmarks/detection_where_kd.py).
-        mask_norm: ``"square"`` (default, methods.md "Optimisation of the mask modules" Decision: divide by
+        mask_norm: ``"square"`` (default, docs/methods.md, "Optimisation of the mask modules": divide by
             Σ M², so the loss is a mask-weighted mean of D², invariant to the masks' scale; adversarial masks
             with the Σ M norm saturate at 1, measured) or ``"sum"`` (divide by Σ M, MasKD's form; the preset
             ``acam_kd_paper``).
@@ -343,9 +344,9 @@ class ACAMKD(DistillLoss):
         align: str = "conv1x1",
         init_std: float = 0.01,
         keep_masks: bool = True,
-        mask_objective: str = "adversarial",  # methods.md, "Optimisation of the mask modules" (Decision)
+        mask_objective: str = "adversarial",  # docs/methods.md, "Optimisation of the mask modules"
         mask_norm: str = "square",  # idem: adversarial and the Σ M² norm go together
-        z_norm: str = "spatial",  # methods.md, "spatial masks must be spatial" (Decision, revised 2026-12-05)
+        z_norm: str = "spatial",  # docs/methods.md, "Spatial masks must be spatial"
         fusion_residual: bool = False,
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
@@ -365,7 +366,7 @@ class ACAMKD(DistillLoss):
         self.mask_objective = mask_objective
         self.mask_norm = mask_norm
         c = teacher_channels
-        # Each level has its own align / STCA-FF / ASCM (methods.md, Losses: "not shared").
+        # Each level has its own align / STCA-FF / ASCM (docs/methods.md, "ACAM-KD": nothing is shared).
         self.fusion = STCAFF(c, query=query, residual=fusion_residual) if fusion == "cross_attention" else None
         self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
                          spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
@@ -385,7 +386,7 @@ class ACAMKD(DistillLoss):
         # F̂_S as [B, C, HW]; every use below reads this one tensor, so its gradients accumulate in one buffer
         s_hat = pointwise(self.align, student_feat.flatten(2))
         t_flat = teacher_feat.flatten(2)
-        # methods.md, Ablation baselines: fusion="teacher" feeds ASCM with F_T (adaptive teacher mask).
+        # docs/methods.md, "Ablation baselines": fusion="teacher" feeds ASCM with F_T (adaptive teacher mask).
         # mask_objective != "descent": the mask path reads a detached F̂_S (the student learns from D only)
         s_for_masks = s_hat if self.mask_objective == "descent" else s_hat.detach()
         self.last_masks = MaskRecord()  # the previous forward's record (and what it holds) is let go first

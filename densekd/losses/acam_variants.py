@@ -1,4 +1,4 @@
-"""ACAM-KD ablation variants as named registry entries (paper Tables 8–10; methods.md, ACAM-KD switches).
+"""ACAM-KD ablation variants as named registry entries (paper Tables 8–10; docs/methods.md, "ACAM-KD switches").
 
 Each is :class:`~densekd.losses.acam.ACAMKD` with one switch fixed, so a recipe can name the variant
 instead of passing kwargs:
@@ -9,7 +9,7 @@ instead of passing kwargs:
 * ``acam_kd_teacher_fusion`` — adaptive teacher mask: ASCM fed with F_T, no STCA-FF (``fusion="teacher"``,
   Table 10).
 * ``acam_kd_paper``          — the literal reading of the mask objective (``mask_objective="descent"``,
-  ``mask_norm="sum"``): measured to collapse (methods.md, "Optimisation of the mask modules").
+  ``mask_norm="sum"``): measured to collapse (docs/methods.md, "Optimisation of the mask modules").
 
 Every variant takes ``acam_kd``'s defaults (adversarial masks, Σ M² norm, ``z_norm="spatial"``) and differs only in its
 own switch; ``acam_kd_paper`` also defaults to the literal ``z_norm="none"`` (a caller may set it).
@@ -46,8 +46,8 @@ ACAMKDSpatial = _fixed("acam_kd_spatial", masks="spatial")
 ACAMKDChannel = _fixed("acam_kd_channel", masks="channel")
 ACAMKDTeacherFusion = _fixed("acam_kd_teacher_fusion", fusion="teacher")
 
-# methods.md, "Optimisation of the mask modules": the literal reading of the paper, kept as a preset so the
-# measured collapse can be reproduced and compared. The mask modules *descend* L_c + L_s with the MasKD Σ M
+# docs/methods.md, "Optimisation of the mask modules": the literal reading of the paper, kept as a preset so
+# the measured collapse can be reproduced and compared. The mask modules *descend* L_c + L_s with the MasKD Σ M
 # normalisation; L_s = Σ M² D² / (C Σ M) is proportional to the masks' scale, so descent drives every mask to
 # ≈ 0 within ~100 iterations and the KD term with it (benchmarks/acam_collapse_repro.py; tests/test_acam_presets.py).
 # It also keeps the literal ASCM's z_norm="none" (acam_kd's default is "spatial" since 2026-12-05); a caller may set it.
@@ -55,5 +55,5 @@ ACAMKDPaper = _fixed("acam_kd_paper", defaults={"z_norm": "none"}, mask_objectiv
 ACAMKDPaper.__doc__ = ("ACAM-KD read literally (registry name 'acam_kd_paper'): the mask modules descend L_c + L_s "
                        "normalised by Σ M (mask_objective='descent', mask_norm='sum'), literal ASCM (z_norm='none' "
                        "unless set). Measured to collapse every mask "
-                       "to ≈ 0 and switch distillation off; kept to reproduce that (methods.md, 'Optimisation of the "
-                       "mask modules').")
+                       "to ≈ 0 and switch distillation off; kept to reproduce that "
+                       "(docs/methods.md, 'Optimisation of the mask modules').")

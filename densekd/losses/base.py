@@ -90,7 +90,7 @@ def _teacher_out_of_inference_mode(module: nn.Module, args: tuple, kwargs: dict)
 class DistillLoss(nn.Module):
     """Base class: holds the channel counts and builds the student→teacher aligner.
 
-    methods.md, Notation: align is a 1×1 conv; identity only when C_s = C and the user asks
+    docs/methods.md, "Notation": align is a 1×1 conv; identity only when C_s = C and the user asks
     (``align="identity"``).
     """
 
@@ -121,7 +121,7 @@ class DistillLoss(nn.Module):
             raise ValueError(f"align must be 'conv1x1' or 'identity', got {align!r}")
 
     def check_pair(self, student_feat: Tensor, teacher_feat: Tensor) -> None:
-        """One clear error for the shapes this loss cannot take (methods.md, Notation)."""
+        """One clear error for the shapes this loss cannot take (docs/methods.md, "Notation")."""
         if student_feat.dim() != 4 or teacher_feat.dim() != 4:
             raise ValueError(
                 f"{type(self).__name__} expects 4-D [B, C, H, W] features, got student "

@@ -53,7 +53,7 @@ batch on this process, y the ground-truth labels resized (nearest) to H×W.
   (8) L = L_task + λ_kd L_kd + λ_b L_batch_p2p + λ_p L_memory_p2p + λ_r L_memory_p2r           [T]
       (returned: ``loss_kd``, ``loss_batch_p2p``, ``loss_memory_p2p``, ``loss_memory_p2r``, each weighted).
 
-Decisions (methods.md, Baselines: "follow each paper's official formulation and default weights"):
+Decisions (docs/methods.md, "CIRKD"; every baseline follows its official code and default weights):
   D1 pixel enqueue: the paper's pixel queue holds each class's pixel embeddings; [M] draws the K indices as
      ``perm[:K]`` of ``randperm(n_c)`` and uses them as *positions in the whole image*, so it stores the
      embeddings at positions 0…n_c−1, whatever their class. Default ``pixel_sampling="class"`` samples among

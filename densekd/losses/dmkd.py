@@ -1,6 +1,6 @@
 """DMKD — dual masking augmentation KD (Yang et al., ICASSP 2024).
 
-methods.md, Baselines: DMKD = SAMKD's SFD at the single scale 1×1 (no SLD). SAMKD builds on DMKD's
+docs/methods.md, "DMKD": DMKD = SAMKD's SFD at the single scale 1×1 (no SLD). SAMKD builds on DMKD's
 dual (spatial + channel) attention masking and reconstruction (SAMKD paper Sec. III-A, "consistent with
 [8]"), so the single-scale SFD *is* the DMKD feature loss: one region (the whole map), teacher spatial
 attention rescaled to mean 1, channel attention σ(mean/τ), masks at ω_s = 0.95 / ω_c = 0.50, θ_s / θ_c

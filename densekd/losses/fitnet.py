@@ -1,6 +1,6 @@
 """FitNet (Romero et al., ICLR 2015): hint loss = MSE(align(F_S), F_T).
 
-methods.md, Baselines: "FitNet: MSE(F̂_S, F_T)". Mean-reduced over all elements, times ``loss_weight``
+docs/methods.md, "FitNet": MSE(F̂_S, F_T). Mean-reduced over all elements, times ``loss_weight``
 (1.0: the 'no mask' row of ACAM-KD Table 10 is a plain feature MSE). Returns ``{"loss_feat": ...}``.
 """
 from __future__ import annotations

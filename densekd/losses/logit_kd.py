@@ -1,6 +1,6 @@
 """Hinton KD (Hinton, Vinyals, Dean 2015): KL of temperature-softened class scores, × T².
 
-methods.md, Baselines: "Hinton KD: KL of temperature-softened class scores (per pixel for segmentation)".
+docs/methods.md, "Hinton KD": KL of temperature-softened class scores, per pixel for segmentation.
 For [B, K, H, W] logits the KL over classes is taken at every pixel and averaged over the *valid* pixels:
 when ``context.masks`` ([B, Hm, Wm] labels) is given it is resized (nearest) to (H, W) and pixels equal to
 ``context.ignore_index`` are left out. [B, K] logits (classification) are also accepted (mean over B).

@@ -1,7 +1,7 @@
 """MasKD — masked distillation with receptive tokens (Huang et al., ICLR 2023).
 
-methods.md, Baselines: "MasKD: M tokens learnt on the frozen teacher with its task loss + Dice, then
-frozen; loss as ACAM-KD's". It is the "fixed teacher mask" row of ACAM-KD Table 10. Two stages:
+docs/methods.md, "MasKD": M tokens fitted on the frozen teacher with its task loss + Dice, then frozen; the
+loss is ACAM-KD's masked loss. It is the "fixed teacher mask" row of ACAM-KD Table 10. Two stages:
 
 1. :func:`fit_maskd_tokens` learns the receptive tokens (mask units) on the *frozen teacher*: for teacher
    features F_T the masks are M_s = σ(S_s F_T) (and M_c = σ(S_c ⊙ mean_hw F_T) for the channel family), the
@@ -15,7 +15,7 @@ frozen; loss as ACAM-KD's". It is the "fixed teacher mask" row of ACAM-KD Table 
    ACAM-KD's masked channel / spatial losses (:func:`densekd.losses.acam.channel_loss` /
    :func:`~densekd.losses.acam.spatial_loss`, the MasKD-style normalisation, α = 1) and no diversity term
    (the tokens no longer move). ``masks="spatial"`` keeps only the spatial family, which is MasKD's own
-   (it has no channel tokens); the default ``"both"`` matches ACAM-KD's loss form as methods.md asks.
+   (it has no channel tokens); the default ``"both"`` matches ACAM-KD's loss form (docs/methods.md, "MasKD").
    Weight: α = 1 as ACAM-KD (the official MasKD RetinaNet config uses ``loss_weight=7`` on its own,
    token-weighted, normalisation — not comparable one to one).
 

@@ -5,7 +5,7 @@ Official detection code (yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``): ra
 positions is hidden), generation block G = conv3×3 – ReLU – conv3×3 on the masked aligned student feature,
 loss = Σ (G(F̂_S ⊙ M) − F_T)² / N, × α. Defaults λ = 0.65, α = 2e-5 (RetinaNet:
 ``det/configs/distillers/mgd/retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py``).
-Random numbers are drawn on the features' device (methods.md, Baselines); pass a ``generator`` on that
+Random numbers are drawn on the features' device (docs/methods.md, "MGD"); pass a ``generator`` on that
 device for reproducible masks.
 Returns ``{"loss_mgd": ...}``.
 """

@@ -1,6 +1,7 @@
 """SAMKD — Spatial-aware Adaptive Masking KD (Zhang, Li, Li, Xu), paper Sec. III.
 
-Reads top to bottom against ``methods.md`` section *SAMKD* and ``papers/samkd-paper.txt``:
+Reads top to bottom against docs/methods.md, "SAMKD" and the paper ("SAMKD: Spatial-aware Adaptive Masking
+Knowledge Distillation for Object Detection"):
 
 * SFD (Sec. III-A, eq. 1–8): for each pyramid scale s ∈ {1, 2, 4} the map is split into s×s regions;
   teacher spatial / channel attention per region decide which student positions / channels are hidden
@@ -11,7 +12,7 @@ Reads top to bottom against ``methods.md`` section *SAMKD* and ``papers/samkd-pa
 
 Regions when H or W is not divisible by s
 -----------------------------------------
-**Decision (this file):** regions form a *partition* of the map: row r belongs to region row
+**Decision** (docs/methods.md, "Regions"): regions form a *partition* of the map: row r belongs to region row
 ``floor(r·s/H)`` and column c to region column ``floor(c·s/W)``. For divisible sizes this is exactly the
 even s×s split. We do not use ``adaptive_avg_pool2d``'s bins because they *overlap* when H % s ≠ 0
 (H = 5, s = 2 gives rows [0, 3) and [2, 5)), which would give one position two masks from two regions.
@@ -70,7 +71,7 @@ def samkd_masks(
 
     Returns ``(mask_s [B,1,H,W], mask_c [B,C,H,W], att_s [B,1,H,W], att_c [B,C,s*s])`` where
     ``att_s`` is A_s = φ(σ(‖F_T(p)‖²/(τC))) with φ rescaling each region's map to mean 1
-    (methods.md SAMKD, **Decision** on φ), ``att_c`` is A_c = σ(mean_{p∈R} F_T(p)/τ) per region, and
+    (docs/methods.md, "SFD": Decision on φ), ``att_c`` is A_c = σ(mean_{p∈R} F_T(p)/τ) per region, and
     the masks are 0 where the attention is ≥ its threshold, else 1 (the most attentive parts are hidden).
     Computed without gradient: they only depend on the teacher.
     """
@@ -105,7 +106,7 @@ def _generator_channel(c: int) -> nn.Sequential:
 
 @register_loss("samkd")
 class SAMKD(DistillLoss):
-    """SAMKD loss for one FPN level (methods.md, section SAMKD).
+    """SAMKD loss for one FPN level (docs/methods.md, "SAMKD").
 
     Args:
         student_channels, teacher_channels, align: see :class:`DistillLoss`.
@@ -158,7 +159,7 @@ class SAMKD(DistillLoss):
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         self.use_logits = bool(use_logits)
         c = teacher_channels
-        # methods.md SAMKD, Decision: one θ_s/θ_c pair per FPN level (= per loss module) and per scale.
+        # docs/methods.md, "SFD": one θ_s/θ_c pair per FPN level (= per loss module) and per scale.
         n_gen = len(scales) if self.use_features else 0
         self.gen_spatial = nn.ModuleList(_generator_spatial(c) for _ in range(n_gen))
         self.gen_channel = nn.ModuleList(_generator_channel(c) for _ in range(n_gen))
@@ -177,7 +178,7 @@ class SAMKD(DistillLoss):
         total = t.new_zeros(())
         T = self.temperature
         for s in self.scales:
-            # W(R) = 1 − cos(vec F_T(R), vec F̂_S(R)), eq. 11; detached (methods.md SAMKD, Decision)
+            # W(R) = 1 − cos(vec F_T(R), vec F̂_S(R)), eq. 11; detached (docs/methods.md, "SLD")
             with torch.no_grad():
                 pf = region_assignment(t.shape[2], t.shape[3], s, device=t.device, dtype=t.dtype)
                 sd = s_aligned.detach()

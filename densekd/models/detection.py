@@ -14,7 +14,7 @@ checkpoint ``{"model": ...}`` or a densekd checkpoint ``{"student": ...}``), fro
 file (``backbone_checkpoint``), or, explicitly, from a torchvision hub weights name (``weights``, e.g.
 ``"RetinaNet_ResNet50_FPN_Weights.COCO_V1"``) which torchvision fetches into its cache (offline: one error).
 
-Distillation points (methods.md, "Distillation points"): every FPN level the head consumes —
+Distillation points (docs/methods.md, "Distillation points"): every FPN level the head consumes —
 RetinaNet/FCOS P3–P7 = backbone keys "0", "1", "2", "p6", "p7"; Faster R-CNN P2–P6 = "0", "1", "2",
 "3", "pool"; MobileNetV3 Faster R-CNN: "0", "1", "pool". The Distiller spec ``"backbone"`` takes them all.
 """

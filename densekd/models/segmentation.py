@@ -17,7 +17,7 @@ pspnet / resnet18 (any resnet)              dilated ResNet + pyramid pooling mod
 
 Forward: ``model(x)`` returns the logits ``[B, K, H, W]`` bilinearly upsampled to the input size (a plain tensor).
 
-Named modules (the distillation points, see methods.md "Where it is applied"):
+Named modules (the distillation points, docs/methods.md, "Distillation points"):
 
 - ``backbone``   — the dilated trunk, output ``[B, C_b, H/8, W/8]``.
 - ``decoder``    — ASPP (DeepLabV3) or PPM (PSPNet) + 3×3 conv-BN-ReLU: the decoder feature

@@ -1,4 +1,4 @@
-"""Kernels the methods use but that are not methods (architecture.md, ``ops/``).
+"""Kernels the methods use but that are not methods (the layout: README, "Development").
 
 A method file imports them and reads against its paper; each kernel is tested on its own (tests/test_ops.py).
 """

@@ -1,7 +1,8 @@
 """Attention kernels: softmax(q kᵀ / √d) v without materialising the N×N matrix.
 
 * :func:`cross_attention` — PyTorch's ``scaled_dot_product_attention`` arranged so that its memory-efficient
-  kernel applies (methods.md, ACAM-KD "STCA-FF": equal q/k/v last dimensions, unit last-dim stride).
+  kernel applies (docs/methods.md, "Computing ACAM-KD without the attention matrix": equal q/k/v last
+  dimensions, unit last-dim stride).
 * :class:`ProjectedAttention` — what ACAM-KD's ASCM reads of the fused map (its projection on M units and the
   column sums of P), computed blockwise flash-style: P is built a few query rows at a time and recomputed in
   backward from the saved row log-sum-exp. Exact (tests/test_ops.py: gradcheck, against the explicit formula).
@@ -21,11 +22,11 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
 
     Returns [B, N, d_v], or [B, d_v, N] with ``channels_first`` (one copy fewer for a conv feature map).
 
-    methods.md, STCA-FF: ``scaled_dot_product_attention`` only takes its memory-efficient/flash path when
-    q, k and v have the same last dimension. With d_v = h·d_qk (the paper's C vs C/2: h = 2) V is split
-    into h heads of width d_qk that share Q and K (``expand``: a view, no copy) in one SDPA call. Any other
-    ratio falls back to zero-padding Q and K up to d_v, which leaves every dot product unchanged. The scale
-    stays 1/√d_qk.
+    docs/methods.md, "Computing ACAM-KD without the attention matrix": ``scaled_dot_product_attention`` only
+    takes its memory-efficient/flash path when q, k and v have the same last dimension. With d_v = h·d_qk (the
+    paper's C vs C/2: h = 2) V is split into h heads of width d_qk that share Q and K (``expand``: a view, no
+    copy) in one SDPA call. Any other ratio falls back to zero-padding Q and K up to d_v, which leaves every dot
+    product unchanged. The scale stays 1/√d_qk.
     """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = 1.0 / math.sqrt(d_qk)
@@ -70,7 +71,7 @@ class ProjectedAttention(torch.autograd.Function):
     the M spatial units before the attention. Returns y [B, M, N] = S_s Z (the spatial-mask logits) and
     cs [B, N] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query rows at a
     time and recomputed in backward from the saved row log-sum-exp (as flash attention does): memory beyond
-    q and k is O(rows·N), never N×N. Computed in fp32 (methods.md, Losses: fp32 under autocast).
+    q and k is O(rows·N), never N×N. Computed in fp32 (docs/methods.md, "Precision").
     """
 
     @staticmethod

@@ -7,7 +7,7 @@ from torch.autograd.function import once_differentiable
 
 
 def at_least_fp32(t: Tensor) -> Tensor:
-    """fp16/bf16 → fp32 (methods.md: losses in fp32 under autocast); fp32 and fp64 unchanged."""
+    """fp16/bf16 → fp32 (docs/methods.md, "Precision"); fp32 and fp64 unchanged."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 

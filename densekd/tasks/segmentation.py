@@ -5,7 +5,7 @@ YAML sections (validated by :class:`SegModelConfig` and :class:`SegDataConfig`):
     model:
       student: {arch: deeplabv3, backbone: resnet18, num_classes: 19, backbone_checkpoint: null}
       teacher: {arch: deeplabv3, backbone: resnet101, num_classes: 19, checkpoint: teacher.pth}
-      distill_decoder: false      # also distill the decoder feature (methods.md "Where it is applied")
+      distill_decoder: false      # also distill the decoder feature (docs/methods.md, "Where it is applied")
     data:
       format: cityscapes          # cityscapes | voc | folder
       root: data/cityscapes
@@ -14,7 +14,7 @@ YAML sections (validated by :class:`SegModelConfig` and :class:`SegDataConfig`):
 
 Distillation points (``default_pairs``): the logits before upsampling (module ``classifier``), and with
 ``distill_decoder: true`` the decoder feature (module ``decoder``). For ``acam_kd`` the number of masks M is
-the number of classes (methods.md, ACAM-KD "ASCM": M = number of classes for segmentation) unless the
+the number of classes (docs/methods.md, "ASCM": M = number of classes for segmentation) unless the
 method's kwargs set ``num_masks``. ``cirkd`` distils the embedding before the classifier (``decoder``) with
 the logits (``classifier``) alongside.
 """
@@ -341,7 +341,7 @@ class SegmentationTask:
 
     def default_pairs(self, model_cfg: SegModelConfig, method: str, method_kwargs: Mapping[str, Any]) -> list[Pair]:
         """Logits before upsampling (``classifier``); with ``model.distill_decoder`` also ``decoder``.
-        methods.md "Where it is applied" (segmentation) and ACAM-KD "ASCM" (M = number of classes).
+        docs/methods.md, "Distillation points" (segmentation) and docs/methods.md, "ASCM" (M = number of classes).
         ``cirkd``: one pair on the embedding (``decoder``; ``head`` for arch tiny) with the logits as
         ``aux["logits"]`` and ``num_classes`` from the student."""
         teacher = model_cfg.teacher or model_cfg.student
