@@ -20,7 +20,7 @@ Schema (shared by every task)::
       weight: 1.0
       pairs: null              # null → task.default_pairs(...); else a list of Pair dicts
       teacher_amp: none        # the teacher's forward: none | bf16 | auto (see Distiller)
-      teacher_channels_last: auto  # NHWC teacher weights: auto | true | false
+      teacher_channels_last: false  # NHWC teacher weights: false | true | auto (see Distiller)
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
             checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters}
     eval: {batch_size}
@@ -115,9 +115,9 @@ class DistillConfig:
     pairs: list[dict[str, Any]] | None = None
     # the frozen teacher's forward (densekd.distiller.Distiller): bf16 autocast never ("none": as the rest of the
     # step), always ("bf16") or where the device has bf16 matrix units ("auto"); NHWC weights (true / false, or
-    # "auto": on CPU and for a bf16 teacher)
+    # "auto": on CPU and for a bf16 teacher; off by default: exact only up to fp32 rounding)
     teacher_amp: Literal["auto", "bf16", "none"] = "none"
-    teacher_channels_last: bool | Literal["auto"] = "auto"
+    teacher_channels_last: bool | Literal["auto"] = False
 
 
 @dataclass

@@ -163,9 +163,13 @@ class Distiller(nn.Module):
             moves them) and ACAM-KD's loss by 1–1.5 %.
         teacher_channels_last: ``True``: convert the teacher's 4-D weights to ``channels_last`` (NHWC) once here,
             so its convolutions run in that layout; the captured maps are handed to the losses contiguous (NCHW).
-            Exact up to fp32 rounding (measured 2e-6 relative). ``"auto"`` (default): on CPU (measured: 0.76–0.89×
-            the NCHW forward in fp32, and bf16 is only fast in NHWC) and wherever the teacher runs in bf16;
-            not for an fp32 teacher on a GPU (not measured here). Decided for the device the teacher is on now.
+            Exact up to fp32 rounding (measured 2e-6 relative). ``"auto"``: on CPU (measured: 0.76–0.89× the NCHW
+            forward in fp32, and bf16 is only fast in NHWC) and wherever the teacher runs in bf16; not for an fp32
+            teacher on a GPU (not measured here). Decided for the device the teacher is on now. ``False``
+            (default): that 2e-6 is not nothing — with it on, a weight-0 distillation in the Hugging Face
+            integration no longer trains its student bit for bit like the plain Trainer
+            (tests/test_integration_transformers.py), and runs made before it would not be reproduced; opt in
+            where the teacher's forward dominates.
         call: how a network runs on a batch, ``call(model, args)``: ``args`` are the inputs (for the student's
             own task loss, when ``task_loss`` is None, the targets follow them). Default ``model(*args)``. For
             models called with keyword arguments, or a student run through a wrapper (DDP): the Hugging Face
@@ -184,7 +188,7 @@ class Distiller(nn.Module):
         context_module: str | None = None,
         ignore_index: int = 255,
         teacher_amp: str = "none",
-        teacher_channels_last: bool | str = "auto",
+        teacher_channels_last: bool | str = False,
         call: Callable[[nn.Module, tuple[Any, ...]], Any] | None = None,
         kd_fp32: bool = False,
     ) -> None:

@@ -73,7 +73,12 @@ def test_two_process_cpu_ddp(tmp_path):
     assert a["world"] == b["world"] == 2
     assert len(a["local"]) == len(b["local"]) == 2  # averaged once per optimizer step
     assert any(not torch.equal(a["local"][0][i], b["local"][0][i]) for i in a["local"][0])  # different batches
+    # BatchNorm running statistics are each rank's own after its last forward (DDP broadcasts rank 0's buffers at
+    # the start of every forward, as for any DDP model): the parameters and the KD modules must agree
+    stats = ("running_mean", "running_var", "num_batches_tracked")
     for part in ("student", "kd"):
         assert a[part].keys() == b[part].keys() and a[part]
         for k in a[part]:
+            if part == "student" and k.endswith(stats):
+                continue
             assert torch.equal(a[part][k], b[part][k]), (part, k)

@@ -107,16 +107,17 @@ def _tiny_distiller(example: bool = True, **kw) -> Distiller:
 
 
 def test_teacher_channels_last_auto(monkeypatch):
-    d = _tiny_distiller()
+    assert _tiny_distiller().teacher_channels_last is False  # the default: off (exact only up to fp32 rounding)
+    d = _tiny_distiller(teacher_channels_last="auto")
     assert d.teacher_channels_last is True  # on CPU (measured faster there)
     assert d.teacher[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert _tiny_distiller(teacher_channels_last=False).teacher[0].weight.is_contiguous()
     # elsewhere only for a bf16 teacher (an fp32 GPU teacher keeps NCHW: not measured)
     monkeypatch.setattr(Distiller, "_teacher_device", lambda self: torch.device("cuda"))
     monkeypatch.setattr(distiller_mod, "fast_bf16", lambda device: True)
-    assert _tiny_distiller(example=False).teacher_channels_last is False
-    assert _tiny_distiller(example=False, teacher_amp="bf16").teacher_channels_last is True
-    assert _tiny_distiller(example=False, teacher_amp="auto").teacher_channels_last is True
+    assert _tiny_distiller(example=False, teacher_channels_last="auto").teacher_channels_last is False
+    assert _tiny_distiller(example=False, teacher_amp="bf16", teacher_channels_last="auto").teacher_channels_last
+    assert _tiny_distiller(example=False, teacher_amp="auto", teacher_channels_last="auto").teacher_channels_last
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -149,8 +150,8 @@ def test_bad_teacher_amp_is_one_line(make_config, teacher_ckpt, tmp_path):
     cfg = make_config(tmp_path, teacher=teacher_ckpt)
     with pytest.raises(ConfigError, match=r"distill.teacher_amp: expected one of 'auto', 'bf16', 'none', got 'fp16'"):
         load_config(cfg, ["distill.teacher_amp=fp16"])
-    assert load_config(cfg).distill.teacher_amp == "none" and load_config(cfg).distill.teacher_channels_last == "auto"
-    assert load_config(cfg, ["distill.teacher_channels_last=false"]).distill.teacher_channels_last is False
+    assert load_config(cfg).distill.teacher_amp == "none" and load_config(cfg).distill.teacher_channels_last is False
+    assert load_config(cfg, ["distill.teacher_channels_last=auto"]).distill.teacher_channels_last == "auto"
     with pytest.raises(ConfigError, match=r"^teacher_channels_last: expected true, false or 'auto', got 'nhwc'$"):
         _tiny_distiller(teacher_channels_last="nhwc")
     with pytest.raises(ConfigError, match=r"^distill.teacher_channels_last: expected bool or one of 'auto', got 'nhwc'$"):
