@@ -171,53 +171,62 @@ class LevelLosses(nn.ModuleDict):
             for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
                 yield Level(i, j, self._key_of(i, s_label), s_label, s, t_label, t)
 
+    def build_level(self, pair: Pair, level: Level, device: torch.device | str | None = None) -> None:
+        """Check one level's shapes and build its loss module (channels inferred from the captured maps), unless its
+        key already holds one."""
+        check_shapes(pair, level.s_label, level.s, level.t_label, level.t)
+        if level.key in self:
+            return
+        kwargs = dict(pair.kwargs)
+        kwargs.setdefault("student_channels", level.s.shape[1])
+        kwargs.setdefault("teacher_channels", level.t.shape[1])
+        module = build_loss(pair.loss, **kwargs)
+        self[level.key] = module.to(device) if device is not None else module
+
     def build(self, pairs: Sequence[Pair], s_levels: LevelReader, t_levels: LevelReader,
               device: torch.device | str | None = None) -> list[Level]:
-        """Check every level's shapes and build its loss module (channels inferred from the captured maps; a level
-        whose key already holds a module keeps it). Returns the levels found."""
+        """:meth:`build_level` for every level of every pair; returns the levels found."""
         found: list[Level] = []
         for lv in self.levels(pairs, s_levels, t_levels):
-            pair = pairs[lv.pair]
-            check_shapes(pair, lv.s_label, lv.s, lv.t_label, lv.t)
+            self.build_level(pairs[lv.pair], lv, device)
             found.append(lv)
-            if lv.key in self:
-                continue
-            kwargs = dict(pair.kwargs)
-            kwargs.setdefault("student_channels", lv.s.shape[1])
-            kwargs.setdefault("teacher_channels", lv.t.shape[1])
-            module = build_loss(pair.loss, **kwargs)
-            self[lv.key] = module.to(device) if device is not None else module
         return found
+
+    def level_terms(self, pair: Pair, level: Level, ctx: DistillContext, fp32: bool = False,
+                    aux: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> list[Term]:
+        """One level's loss terms, each × the pair's weight and named by the student's level label.
+
+        The teacher's map is cloned (an inference-mode tensor cannot be saved for backward); a student map of
+        another spatial size is interpolated (bilinear) to the teacher's where the pair allows ``resize``. ``aux``:
+        ``{name: (student map, teacher map)}`` handed to the loss as ``ctx.aux``. ``fp32``: autocast off and every
+        map and term in float32, whatever precision the networks ran in."""
+        cast: Callable[[Tensor], Tensor] = (lambda x: x.float()) if fp32 else (lambda x: x)
+        precision = torch.autocast(device_type=level.s.device.type, enabled=False) if fp32 else contextlib.nullcontext()
+        with precision:
+            s, t = cast(level.s), cast(level.t.clone())
+            if s.shape[2:] != t.shape[2:]:
+                check_shapes(pair, level.s_label, s, level.t_label, t)
+                s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
+            if aux:
+                ctx = DistillContext(**{**ctx.__dict__, "aux": {
+                    name: (cast(sa), cast(ta.clone())) for name, (sa, ta) in aux.items()}})
+            return [Term(level.s_label, name, pair.weight * cast(value))
+                    for name, value in self[level.key](s, t, ctx).items()]
 
     def terms(self, pairs: Sequence[Pair], s_levels: LevelReader, t_levels: LevelReader, ctx: DistillContext,
               fp32: bool = False) -> list[Term]:
-        """Every level's loss terms, each × its pair's weight and named by the student's level, in pair and level
-        order. The teacher's maps are cloned (an inference-mode tensor cannot be saved for backward); a student map
-        of another spatial size is interpolated (bilinear) to the teacher's where the pair allows ``resize``. A pair's
-        ``aux`` maps reach its loss as ``ctx.aux[name]``, level by level. ``fp32``: autocast off and every map and term
-        in float32, whatever precision the networks ran in."""
+        """:meth:`level_terms` of every level of every pair, in pair and level order; a pair's ``aux`` specs are
+        read with the same readers and matched to its levels in order."""
         out: list[Term] = []
-        cast: Callable[[Tensor], Tensor] = (lambda x: x.float()) if fp32 else (lambda x: x)
         aux: dict[int, dict[str, tuple[list[Tensor], list[Tensor]]]] = {}
-        with contextlib.ExitStack() as stack:
-            for lv in self.levels(pairs, s_levels, t_levels):
-                pair = pairs[lv.pair]
-                if fp32 and not out:
-                    stack.enter_context(torch.autocast(device_type=lv.s.device.type, enabled=False))
-                s, t = cast(lv.s), cast(lv.t.clone())
-                if s.shape[2:] != t.shape[2:]:
-                    check_shapes(pair, lv.s_label, s, lv.t_label, t)
-                    s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
-                level_ctx = ctx
-                if pair.aux:
-                    if lv.pair not in aux:
-                        aux[lv.pair] = {name: (list(s_levels(a[0]).values()), list(t_levels(a[1]).values()))
-                                        for name, a in pair.aux.items()}
-                    level_ctx = DistillContext(**{**ctx.__dict__, "aux": {
-                        name: (cast(sv[lv.index]), cast(tv[lv.index].clone())) for name, (sv, tv) in aux[lv.pair].items()
-                    }})
-                for name, value in self[lv.key](s, t, level_ctx).items():
-                    out.append(Term(lv.s_label, name, pair.weight * cast(value)))
+        for lv in self.levels(pairs, s_levels, t_levels):
+            pair = pairs[lv.pair]
+            if pair.aux and lv.pair not in aux:
+                aux[lv.pair] = {name: (list(s_levels(a[0]).values()), list(t_levels(a[1]).values()))
+                                for name, a in pair.aux.items()}
+            level_aux = {name: (sv[lv.index], tv[lv.index]) for name, (sv, tv) in aux[lv.pair].items()} \
+                if pair.aux else None
+            out += self.level_terms(pair, lv, ctx, fp32, level_aux)
         return out
 
 
