@@ -193,28 +193,31 @@ class LevelLosses(nn.ModuleDict):
         return found
 
     def level_terms(self, pair: Pair, level: Level, ctx: DistillContext, fp32: bool = False,
-                    aux: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> list[Term]:
+                    aux: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+                    teacher_map: Callable[[Tensor], Tensor] | None = None) -> list[Term]:
         """One level's loss terms, each × the pair's weight and named by the student's level label.
 
-        The teacher's map is cloned (an inference-mode tensor cannot be saved for backward); a student map of
+        The teacher's map is copied, by ``teacher_map`` if given (the Distiller's makes it fp32 after a bf16 teacher
+        and NCHW-contiguous), else cloned (an inference-mode tensor cannot be saved for backward); a student map of
         another spatial size is interpolated (bilinear) to the teacher's where the pair allows ``resize``. ``aux``:
         ``{name: (student map, teacher map)}`` handed to the loss as ``ctx.aux``. ``fp32``: autocast off and every
         map and term in float32, whatever precision the networks ran in."""
         cast: Callable[[Tensor], Tensor] = (lambda x: x.float()) if fp32 else (lambda x: x)
+        copy: Callable[[Tensor], Tensor] = teacher_map if teacher_map is not None else (lambda x: x.clone())
         precision = torch.autocast(device_type=level.s.device.type, enabled=False) if fp32 else contextlib.nullcontext()
         with precision:
-            s, t = cast(level.s), cast(level.t.clone())
+            s, t = cast(level.s), cast(copy(level.t))
             if s.shape[2:] != t.shape[2:]:
                 check_shapes(pair, level.s_label, s, level.t_label, t)
                 s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
             if aux:
                 ctx = DistillContext(**{**ctx.__dict__, "aux": {
-                    name: (cast(sa), cast(ta.clone())) for name, (sa, ta) in aux.items()}})
+                    name: (cast(sa), cast(copy(ta))) for name, (sa, ta) in aux.items()}})
             return [Term(level.s_label, name, pair.weight * cast(value))
                     for name, value in self[level.key](s, t, ctx).items()]
 
     def terms(self, pairs: Sequence[Pair], s_levels: LevelReader, t_levels: LevelReader, ctx: DistillContext,
-              fp32: bool = False) -> list[Term]:
+              fp32: bool = False, teacher_map: Callable[[Tensor], Tensor] | None = None) -> list[Term]:
         """:meth:`level_terms` of every level of every pair, in pair and level order; a pair's ``aux`` specs are
         read with the same readers and matched to its levels in order."""
         out: list[Term] = []
@@ -226,7 +229,7 @@ class LevelLosses(nn.ModuleDict):
                                 for name, a in pair.aux.items()}
             level_aux = {name: (sv[lv.index], tv[lv.index]) for name, (sv, tv) in aux[lv.pair].items()} \
                 if pair.aux else None
-            out += self.level_terms(pair, lv, ctx, fp32, level_aux)
+            out += self.level_terms(pair, lv, ctx, fp32, level_aux, teacher_map)
         return out
 
 
