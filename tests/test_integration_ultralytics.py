@@ -443,7 +443,8 @@ def test_distiller_and_yolo_model_give_identical_named_terms():
     teacher = DetectionModel("yolov8s.yaml", nc=10, verbose=False).eval()
     pairs = default_pairs(student, teacher, "acam_kd", 0.5, {"num_masks": 2})
     img = torch.rand(2, 3, 64, 64)
-    d = Distiller(student, teacher, pairs, task_loss=lambda out, t: torch.zeros(()), example_inputs=(img,)).eval()
+    d = Distiller(student, teacher, pairs, task_loss=lambda out, t: torch.zeros(()), example_inputs=(img,),
+                  teacher_channels_last=False).eval()  # the teacher as YOLOKDModel runs it: the same maps, bit for bit
     m = YOLOKDModel(student, teacher, pairs)
     m.kd.load_state_dict({f"p{lv.pair}.{k}": v for lv in d.levels for k, v in d.kd_losses[lv.key].state_dict().items()})
     ctx = DistillContext(image_size=(64, 64))
