@@ -14,18 +14,16 @@ import contextlib
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import FeatureCapture, StopForward, parse_spec
 from .errors import ConfigError
+from .levels import LevelInfo, LevelLosses, Pair
 from .losses.base import DistillContext
-from .losses.registry import build_loss
-from .run_folder import kd_key, kd_term
+from .run_folder import kd_term
 
 
 #: ``teacher_amp`` choices (see :class:`Distiller`)
@@ -47,71 +45,6 @@ def fast_bf16(device: torch.device | str) -> bool:
         return any(bool(c()) for c in checks if c is not None)
     return False
 
-
-@dataclass
-class Pair:
-    """One distillation point.
-
-    student / teacher: capture specs (see :mod:`densekd.capture`); ``teacher`` defaults to ``student``.
-    A spec that yields several levels (an FPN dict, a shared head's calls) gets one loss module per level.
-    loss / kwargs: registry name and its keyword arguments (channels are inferred).
-    weight: multiplies every term of this pair.
-    resize: interpolate the student map to the teacher's spatial size instead of failing on a mismatch.
-    aux: further (student spec, teacher spec) pairs handed to the loss in ``context.aux[name]``, level by
-         level (e.g. SAMKD's classification logits).
-    """
-
-    student: str
-    teacher: str | None = None
-    loss: str = "acam_kd"
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    resize: bool = False
-    aux: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-    @staticmethod
-    def coerce(p: "Pair | Mapping[str, Any]") -> "Pair":
-        if isinstance(p, Pair):
-            return p
-        if isinstance(p, Mapping):
-            known = set(Pair.__dataclass_fields__)
-            unknown = set(p) - known
-            if unknown:
-                raise ConfigError(f"unknown pair key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-            if "student" not in p:
-                raise ConfigError("a distillation pair needs 'student' (a module name)")
-            q = dict(p)
-            q["aux"] = {k: tuple(v) for k, v in q.get("aux", {}).items()}
-            return Pair(**q)
-        raise ConfigError(f"a distillation pair must be a Pair or a dict, got {type(p).__name__}")
-
-    @property
-    def teacher_spec(self) -> str:
-        return self.teacher if self.teacher is not None else self.student
-
-
-@dataclass
-class LevelInfo:
-    """One distilled level as the dry run found it (:attr:`Distiller.levels`; read by :mod:`densekd.health`).
-
-    key: the level's entry in ``Distiller.kd_losses``; pair: index into ``Distiller.pairs``; student / teacher:
-    level labels (the student's names the ``kd/<level>/<term>`` loss keys); shapes as captured (before any
-    resize); input_size: (H, W) of the batch the networks saw (after a detector's own resize), or None."""
-
-    key: str
-    pair: int
-    student: str
-    teacher: str
-    student_shape: tuple[int, ...]
-    teacher_shape: tuple[int, ...]
-    input_size: tuple[int, int] | None = None
-
-    def stride(self, role: str) -> float | None:
-        """Input height / feature height of ``role`` ("student" or "teacher"), None when unknown."""
-        shape = self.student_shape if role == "student" else self.teacher_shape
-        if self.input_size is None or len(shape) < 4 or shape[2] == 0:
-            return None
-        return self.input_size[0] / shape[2]
 
 
 def _is_loss_dict(out: Any) -> bool:
@@ -227,7 +160,7 @@ class Distiller(nn.Module):
         self._context_module = context_module
         for cap in self._captures():
             cap.enabled = False  # hooks record only inside the Distiller's own dry run and forward
-        self.kd_losses = nn.ModuleDict()  # key: "<pair index>|<level label>"
+        self.kd_losses = LevelLosses()  # key: "<pair index>|<level label>" (densekd.levels.default_key)
         self.levels: list[LevelInfo] = []  # filled by the dry run (setup)
         self._built = False
         self.iteration = 0
@@ -302,19 +235,9 @@ class Distiller(nn.Module):
         self._t_cap.expected_calls = self._t_cap.call_counts()
         device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
         input_size = self._input_size(example_inputs)
-        self.levels = []
-        for i, pair in enumerate(self.pairs):
-            s_lv, t_lv = self._levels(pair)
-            for (s_label, s), (t_label, t) in zip(s_lv.items(), t_lv.items()):
-                self._check_shapes(pair, s_label, s, t_label, t)
-                key = self._key(i, s_label)
-                self.levels.append(LevelInfo(key, i, s_label, t_label, tuple(s.shape), tuple(t.shape), input_size))
-                if key in self.kd_losses:
-                    continue
-                kwargs = dict(pair.kwargs)
-                kwargs.setdefault("student_channels", s.shape[1])
-                kwargs.setdefault("teacher_channels", t.shape[1])
-                self.kd_losses[key] = build_loss(pair.loss, **kwargs).to(device)
+        found = self.kd_losses.build(self.pairs, self._s_cap.levels, self._t_cap.levels, device)
+        self.levels = [LevelInfo(lv.key, lv.pair, lv.s_label, lv.t_label, tuple(lv.s.shape), tuple(lv.t.shape),
+                                 input_size) for lv in found]
         self._built = True
         for cap in self._captures():
             cap.clear()
@@ -325,33 +248,6 @@ class Distiller(nn.Module):
             return tuple(self._ctx_cap.raw(self._context_module)[-1][0].tensors.shape[-2:])
         x = inputs[0] if inputs else None
         return tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.dim() >= 3 else None
-
-    @staticmethod
-    def _key(i: int, label: str) -> str:
-        return f"{i}|{label}".replace(".", "/")  # ModuleDict keys may not contain '.'
-
-    def _levels(self, pair: Pair) -> tuple["OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
-        s_lv = self._s_cap.levels(pair.student)
-        t_lv = self._t_cap.levels(pair.teacher_spec)
-        if len(s_lv) != len(t_lv):
-            raise ValueError(
-                f"pair {pair.student!r} → {pair.teacher_spec!r}: the student gives {len(s_lv)} level(s) "
-                f"({', '.join(s_lv)}), the teacher {len(t_lv)} ({', '.join(t_lv)})"
-            )
-        return s_lv, t_lv
-
-    @staticmethod
-    def _check_shapes(pair: Pair, s_label: str, s: Tensor, t_label: str, t: Tensor) -> None:
-        if s.dim() != t.dim() or s.shape[0] != t.shape[0]:
-            raise ValueError(
-                f"cannot distill student {s_label} {tuple(s.shape)} from teacher {t_label} {tuple(t.shape)}: "
-                f"batch size or rank differs"
-            )
-        if s.shape[2:] != t.shape[2:] and not pair.resize:
-            raise ValueError(
-                f"spatial sizes differ: student {s_label} {tuple(s.shape)} vs teacher {t_label} "
-                f"{tuple(t.shape)}; set resize=True on this pair to interpolate the student map"
-            )
 
     # ----------------------------------------------------------------- forward
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -405,39 +301,16 @@ class Distiller(nn.Module):
         loss_kd = loss_task.new_zeros(()) if isinstance(loss_task, Tensor) else torch.zeros(())
         if self.kd_fp32:
             loss_kd = loss_kd.float()
-        cast = (lambda x: x.float()) if self.kd_fp32 else (lambda x: x)
-        with self._kd_precision(loss_kd):
-            for i, pair in enumerate(self.pairs):
-                s_lv, t_lv = self._levels(pair)
-                aux_lv = {name: (self._s_cap.levels(a[0]), self._t_cap.levels(a[1])) for name, a in pair.aux.items()}
-                for j, ((s_label, s), (t_label, t)) in enumerate(zip(s_lv.items(), t_lv.items())):
-                    s, t = cast(s), cast(self._teacher_map(t))  # a copy (inference-mode tensors cannot be saved)
-                    if s.shape[2:] != t.shape[2:]:
-                        self._check_shapes(pair, s_label, s, t_label, t)
-                        s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
-                    level_ctx = ctx
-                    if aux_lv:
-                        level_ctx = DistillContext(**{**ctx.__dict__, "aux": {
-                            name: (cast(list(sv.values())[j]), cast(self._teacher_map(list(tv.values())[j])))
-                            for name, (sv, tv) in aux_lv.items()
-                        }})
-                    terms = self.kd_losses[self._key(i, s_label)](s, t, level_ctx)
-                    for name, value in terms.items():
-                        v = pair.weight * cast(value)
-                        result[kd_key(s_label, name)] = v
-                        loss_kd = loss_kd + v
+        for term in self.kd_losses.terms(self.pairs, self._s_cap.levels, self._t_cap.levels, ctx, fp32=self.kd_fp32,
+                                         teacher_map=self._teacher_map):
+            result[term.key] = term.value
+            loss_kd = loss_kd + term.value
         result["loss_task"] = loss_task
         result["loss_kd"] = loss_kd
         result["loss"] = loss_task + loss_kd
         for cap in self._captures():  # the losses hold what they need; drop the features now
             cap.clear()
         return result
-
-    def _kd_precision(self, like: Tensor) -> Any:
-        """Autocast off for the KD terms when ``kd_fp32`` (on the device the losses run on)."""
-        if not self.kd_fp32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=like.device.type, enabled=False)
 
     def teacher_levels(self, inputs: Sequence[Any], spec: str) -> "OrderedDict[str, Tensor]":
         """The frozen teacher's captured levels of ``spec`` (one of the pairs' teacher specs) on ``inputs``:

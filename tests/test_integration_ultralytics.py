@@ -22,6 +22,7 @@ from ultralytics.utils import SETTINGS, USER_CONFIG_DIR  # noqa: E402
 from densekd.cli import main  # noqa: E402
 from densekd.data.yolo import make_yolo_digits  # noqa: E402
 from densekd.errors import ConfigError, UnknownNameError  # noqa: E402
+from densekd.levels import Pair  # noqa: E402
 from densekd.integrations import _ultralytics_offline as offline_mod  # noqa: E402
 from densekd.integrations.ultralytics import (  # noqa: E402
     YOLOKDModel,
@@ -429,6 +430,62 @@ def test_ratio_warning_silent_when_balanced(kd_run, recwarn):
             p.weight = w
     assert abs(again["kd_task_ratio"] - 1) < 1e-3
     assert not [w for w in recwarn if "KD/task" in str(w.message)]
+
+
+# --------------------------------------------------------------------------- one level-loss mechanism
+def test_distiller_and_yolo_model_give_identical_named_terms():
+    """The same captured maps through the Distiller and through YOLOKDModel: the same kd/<level>/<term> terms."""
+    from densekd import Distiller, Pair
+    from densekd.losses.base import DistillContext
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval()
+    teacher = DetectionModel("yolov8s.yaml", nc=10, verbose=False).eval()
+    pairs = default_pairs(student, teacher, "acam_kd", 0.5, {"num_masks": 2})
+    img = torch.rand(2, 3, 64, 64)
+    d = Distiller(student, teacher, pairs, task_loss=lambda out, t: torch.zeros(()), example_inputs=(img,),
+                  teacher_channels_last=False).eval()  # the teacher as YOLOKDModel runs it: the same maps, bit for bit
+    m = YOLOKDModel(student, teacher, pairs)
+    m.kd.load_state_dict({f"p{lv.pair}.{k}": v for lv in d.levels for k, v in d.kd_losses[lv.key].state_dict().items()})
+    ctx = DistillContext(image_size=(64, 64))
+    ours = {k: v for k, v in d(img, context=ctx).items() if k.startswith("kd/")}
+
+    maps: dict[str, dict[str, torch.Tensor]] = {"s": {}, "t": {}}
+    hooks = [net.get_submodule(name).register_forward_hook(lambda _m, _i, o, w=w, name=name: maps[w].update({name: o}))
+             for w, net, names in (("s", student, [p.student for p in pairs]), ("t", teacher, [p.teacher for p in pairs]))
+             for name in names]
+    with torch.no_grad():
+        student(img), teacher(img)
+    for h in hooks:
+        h.remove()
+    theirs = {t.key: t.value for t in m.named_terms(maps["s"], maps["t"], ctx)}
+    assert list(ours) == list(theirs) == [f"kd/model.{i}/loss_{n}" for i in (15, 18, 21) for n in ("channel", "spatial", "div")]
+    for k in ours:
+        assert torch.equal(ours[k].detach(), theirs[k].detach()), k
+    total, items = m.kd_terms(maps["s"], maps["t"], ctx)
+    assert torch.allclose(total, sum(theirs.values()))
+    assert torch.allclose(items["kd_spatial"], sum(v for k, v in theirs.items() if k.endswith("/loss_spatial")))
+
+
+def test_yolo_model_checks_levels_as_the_distiller_does():
+    student = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
+    teacher = DetectionModel("yolov8s.yaml", nc=10, verbose=False)
+    with pytest.raises(ValueError) as e:  # stride 8 vs 16, at build time
+        YOLOKDModel(student, teacher, [Pair("model.15", "model.18", "cwd")])
+    assert _one_line(e.value) == ("spatial sizes differ: student model.15 (1, 64, 8, 8) vs teacher model.18 "
+                                  "(1, 256, 4, 4); set resize=True on this pair to interpolate the student map")
+    YOLOKDModel(student, teacher, [Pair("model.15", "model.18", "cwd", resize=True)])  # resized: builds
+    with pytest.raises(ConfigError) as e:
+        YOLOKDModel(student, teacher, [Pair("model.15", "model.15", "samkd", aux={"logits": ("model.15", "model.15")})])
+    assert _one_line(e.value) == ("pair 0 (model.15): aux maps are not captured by the YOLO integration; expected a "
+                                  "pair without aux, found aux=['logits']")
+
+
+def test_ratio_bounds_are_the_health_checks():
+    from densekd import health
+    from densekd.integrations import ultralytics as yi
+
+    assert (yi.RATIO_LOW, yi.RATIO_HIGH) == (health.RATIO_LOW, health.RATIO_HIGH)
 
 
 # --------------------------------------------------------------------------- bad input: one line each
