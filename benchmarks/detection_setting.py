@@ -149,6 +149,20 @@ def table() -> str:
     return "\n".join(lines)
 
 
+HEADER = """# Detection demo settings and weights, chosen on `dev`
+
+Every candidate setting and every weight-grid point of the detection demo, COCO AP × 100 on `dev`, 2 seeds each,
+gains paired by seed with the plain student of the same candidate. Made by
+`python benchmarks/detection_setting.py run CANDIDATE[+METHOD@WEIGHT][#TAG] --seeds 2 [--kwargs JSON]`, then
+`python benchmarks/detection_setting.py table` (which writes this file); 1 thread per run on the project's 2-core
+CPU machine, shared with other jobs. `python benchmarks/detection_setting.py list` names every candidate. Rows
+with a `#tag` ran the same point with other loss kwargs (`#residual`: ACAM-KD's `fusion_residual=True`);
+`acam_kd_wn` and `acam_kd_orth` are mask-unit variants registered by `--plugin benchmarks/acam_unit_variants.py`.
+The write-up: [`detection_demo.md`](detection_demo.md).
+
+"""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -182,7 +196,7 @@ def main() -> None:
         text = table()
         out = Path("benchmarks/results/detection_setting.md")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        out.write_text(HEADER + text + "\n")
         print(text)
 
 

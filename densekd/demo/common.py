@@ -224,7 +224,7 @@ def plot_gains(res: StudentResults, labels: Mapping[str, str], path: Path, scale
     paired gains (error bar): a method helps beyond noise when its whole error bar is above zero."""
     plt = pyplot()
     gains = [g for g in res.gains if g.n > 0]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(gains) + 1.5), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.3 * len(gains) + 1.5), 3.8))
     for i, g in enumerate(gains):
         two = 0.0 if math.isnan(g.std) else 2 * g.std * scale
         colour = "tab:green" if g.beyond_2std else "tab:grey"
@@ -237,7 +237,7 @@ def plot_gains(res: StudentResults, labels: Mapping[str, str], path: Path, scale
                        ha="right", fontsize=8)
     n = max((g.n for g in gains), default=0)
     ax.set(ylabel=f"{res.metric} gain over plain (×{scale:g})",
-           title=f"paired gains over {n} seeds: dots = seeds, bar = mean, error bar = ± 2 std (green: beyond)")
+           title=f"paired gains over {n} seeds\ndots = seeds, bar = mean, error bar = ± 2 std (green: beyond)")
     ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
