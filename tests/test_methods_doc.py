@@ -14,7 +14,7 @@ DOC = ROOT / "docs" / "methods.md"
 #: a citation: methods.md, then a comma and the section name in quotes (an escaped quote inside a Python string too)
 CITATION = re.compile(r"methods\.md,\s*\\?[\"']([^\"'\\\n]+)\\?[\"']")
 #: references that leave the repository
-OUTSIDE = re.compile(r"shared/design|\.\./shared|/work/shared|architecture\.md|papers/[\w-]+\.txt")
+OUTSIDE = re.compile(r"shared/design|\.\./shared|shared/papers|architecture\.md|papers/[\w-]+\.txt")
 
 
 def headings(text: str) -> list[str]:

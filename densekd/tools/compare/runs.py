@@ -82,6 +82,30 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
             log(f"{m} seed {s}: finished ({d})")
 
 
+
+def seeds_of(seeds: int | Sequence[int], flag: str) -> list[int]:
+    """``seeds`` (a count, or the seeds themselves) as a list; none is a one-line error naming ``flag``."""
+    out = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not out:
+        raise ConfigError(f"{flag}: expected a positive count, got {seeds}")
+    return out
+
+
+def check_run_inputs(methods: Sequence[str], jobs: int, method_kwargs: Mapping[str, Any] | None,
+                     method_set: Mapping[str, Sequence[str]] | None) -> tuple[dict, dict]:
+    """The checks compare and compare --tune share: known methods, a positive ``jobs``, per-method kwargs and
+    overrides only for methods that run. Returns (method_kwargs, method_set) as plain dicts."""
+    check_methods(methods)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
+    method_kwargs = dict(method_kwargs or {})
+    method_set = {m: list(v) for m, v in (method_set or {}).items()}
+    for what, given in (("method_kwargs", method_kwargs), ("method_set", method_set)):
+        unknown = sorted(set(given) - set(methods))
+        if unknown:
+            raise ConfigError(f"{what}: {unknown} are not among the methods {list(methods)}")
+    return method_kwargs, method_set
+
 def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds: int | Sequence[int] = 3,
                  out: str | None = None, overrides: Sequence[str] = (), metrics: Sequence[str] | None = None,
                  log=print, method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -95,19 +119,9 @@ def compare_runs(config: str | Mapping[str, Any], methods: Sequence[str], seeds:
     a name that also encodes the method's own settings, so that finished runs are reused only for the same runs."""
     from ...engine import train
 
-    check_methods(methods)
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
-    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
+    method_kwargs, method_set = check_run_inputs(methods, jobs, method_kwargs, method_set)
+    seed_list = seeds_of(seeds, "--seeds")
     raw = raw_config(config, overrides)
-    method_kwargs = dict(method_kwargs or {})
-    method_set = {m: list(v) for m, v in (method_set or {}).items()}
-    for what, given in (("method_kwargs", method_kwargs), ("method_set", method_set)):
-        unknown = sorted(set(given) - set(methods))
-        if unknown:
-            raise ConfigError(f"{what}: {unknown} are not among the methods {list(methods)}")
     preflight(raw, methods, method_kwargs, method_set)
     out = out or os.path.join(str(raw.get("output_dir", "runs/default")), "compare")
     os.makedirs(out, exist_ok=True)

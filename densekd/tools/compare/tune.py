@@ -66,7 +66,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ...config import parse_assignment
 from ...errors import ConfigError
 from ...run_folder import CHECKPOINT_FILE, CONFIG_FILE, FAILED_FILE, METRICS_FILE
-from .plan import baseline_of, check_methods, is_plain, method_overrides, raw_config
+from .plan import baseline_of, is_plain, method_overrides, raw_config
 from .report import (COMPARE_CSV, COMPARE_MD, COMPARE_PNG, RUNS_JSON, bar_chart, fmt, format_csv, format_markdown,
                      gains_for)
 from .statistics import PRIMARY_METRICS, MethodStats, PairedGain, aggregate, mean_std, paired_gains, primary_metric
@@ -467,22 +467,12 @@ def tune_compare(config: str | Mapping[str, Any], methods: Sequence[str],
     module docstring). ``tune_seeds`` / ``seeds``: a count N (seeds 0..N-1) or explicit seeds; ``metric``:
     the tune score (default: the primary metric); the rest (``jobs``: runs trained at once in worker processes)
     as :func:`~.runs.compare`."""
-    check_methods(methods)
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
-    t_seeds = list(range(int(tune_seeds))) if isinstance(tune_seeds, int) else [int(s) for s in tune_seeds]
-    r_seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not t_seeds:
-        raise ConfigError(f"--tune-seeds: expected a positive count, got {tune_seeds}")
-    if not r_seeds:
-        raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
+    from .runs import check_run_inputs, seeds_of
+
+    method_kwargs, method_set = check_run_inputs(methods, jobs, method_kwargs, method_set)
+    t_seeds = seeds_of(tune_seeds, "--tune-seeds")
+    r_seeds = seeds_of(seeds, "--seeds")
     raw = raw_config(config, overrides)
-    method_kwargs = dict(method_kwargs or {})
-    method_set = {m: list(v) for m, v in (method_set or {}).items()}
-    for what, given in (("method_kwargs", method_kwargs), ("method_set", method_set)):
-        unknown = sorted(set(given) - set(methods))
-        if unknown:
-            raise ConfigError(f"{what}: {unknown} are not among the methods {list(methods)}")
     grids = resolve_grids(methods, dict(grid or {}), dict(per_method or {}))
     budget = budget_of(grids, len(t_seeds))
     split_ov = _preflight(config, raw, methods, grids, split, method_kwargs, method_set)
