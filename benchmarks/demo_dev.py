@@ -20,14 +20,15 @@ from densekd.demo.segmentation import (TEACHER_ASSET, DemoConfig, build_data, me
                                        student_config)
 from densekd.tools.compare import compare_runs, fmt, markdown_table, mean_std, paired_gains
 
-BASE = DemoConfig(eval_split="dev", acam_kwargs={})  # candidates say their own ACAM-KD switches
+W1 = {"hinton_kd": 1.0, "fitnet": 1.0, "acam_kd": 1.0}  # every method at weight 1, as when these were measured
+BASE = DemoConfig(eval_split="dev", acam_kwargs={}, weights=W1)  # candidates say their own ACAM-KD switches
 #: name → (method, DemoConfig changes, engine overrides)
 CANDIDATES: dict[str, tuple[str, dict, list[str]]] = {
     "acam_kd": ("acam_kd", {"acam_kwargs": {"z_norm": "none"}}, []),  # z_norm="none": the default when measured
     "acam_kd z_norm=spatial": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}}, []),
     "fitnet": ("fitnet", {}, []),
     "hinton_kd (logits)": ("hinton_kd", {}, []),
-    "acam_kd z_norm=spatial, weight 0.3": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature_weight": 0.3}, []),
+    "acam_kd z_norm=spatial, weight 0.3": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "weights": {**W1, "acam_kd": 0.3}}, []),
     "acam_kd z_norm=spatial, on head": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "feature": "head"}, []),
     "fitnet on head": ("fitnet", {"feature": "head"}, []),
     "acam_kd z_norm=spatial, 600 it": ("acam_kd", {"acam_kwargs": {"z_norm": "spatial"}, "student_iters": 600}, []),

@@ -13,7 +13,9 @@ from PIL import Image
 from densekd import assets
 from densekd.cli import main
 from densekd.demo import DemoConfig, run_demo
-from densekd.demo.segmentation import TEACHER_ASSET, method_kwargs, method_settings, student_config
+from densekd.demo import common
+from densekd.demo.segmentation import (DEV_WEIGHTS, DISTILL_SETTINGS, TEACHER_ASSET, method_kwargs, method_settings,
+                                       run_names, student_config)
 from densekd.errors import ConfigError
 
 FIGURES = ("gains", "curves", "spatial_masks", "channel_masks", "mask_stats")
@@ -66,8 +68,9 @@ def test_quick_demo_end_to_end(quick_run, capsys):
             assert im.format == "PNG" and im.size[0] > 100
     # the students trained through the engine: each run folder is a normal engine run
     runs_dir = next((root / "out").glob("runs-*"))
+    names = run_names(DemoConfig())
     for m in ("baseline", "acam_kd"):
-        d = runs_dir / m / "seed1"
+        d = runs_dir / names[m] / "seed1"
         assert (d / "metrics.json").is_file() and (d / "log.csv").is_file() and (d / "config.yaml").is_file()
     assert _shipped_hashes() == before
 
@@ -108,13 +111,41 @@ def test_a_config_names_a_shipped_teacher_as_an_asset(fake_assets):
 
 def test_each_method_gets_a_distillation_point_that_suits_it(tmp_path):
     cfg = DemoConfig()
-    assert method_settings(cfg) == {"hinton_kd": ["distill.pairs=[{student: classifier}]", "distill.weight=1.0"]}
+    w = DEV_WEIGHTS
+    assert method_settings(cfg) == {"hinton_kd": ["distill.pairs=[{student: classifier}]",
+                                                  f"distill.weight={w['hinton_kd']}"],
+                                    "fitnet": [f"distill.weight={w['fitnet']}"],
+                                    "acam_kd": [f"distill.weight={w['acam_kd']}"]}
     conf = student_config(cfg, tmp_path, tmp_path / "t.pt", tmp_path / "runs")
     assert conf["distill"]["pairs"] == [{"student": "trunk"}] and conf["distill"]["kwargs"]["num_masks"] == 11
     assert conf["data"]["max_images"] == cfg.n_student and conf["data"]["val_split"] == "val"
     assert conf["distill"]["kwargs"]["z_norm"] == "spatial"  # docs/methods.md, "Spatial masks must be spatial"
     paper = replace(cfg, methods=("baseline", "acam_kd", "acam_kd_paper"))
     assert method_kwargs(paper) == {"acam_kd_paper": {"num_masks": 11, "z_norm": "spatial"}}
+    # a variant without its own dev weight runs at acam_kd's (it differs from it in its own switch only)
+    variant = replace(cfg, methods=("baseline", "acam_kd_spatial"), weights={"acam_kd": 0.3})
+    assert method_settings(variant) == {"acam_kd_spatial": ["distill.weight=0.3"]}
+    assert method_settings(replace(cfg, methods=("baseline", "cwd"), weights={"cwd": 0.1})) == {
+        "cwd": ["distill.pairs=[{student: classifier}]", "distill.weight=0.1"]}
+
+
+def test_each_method_runs_in_a_folder_named_by_its_own_weight(tmp_path):
+    """A new dev weight for one method retrains that method only: the setting's folder ignores the weights, each
+    method's folder is named by its own."""
+    cfg = DemoConfig(out_dir=str(tmp_path))
+    names = run_names(cfg)
+    assert names["baseline"] == "baseline" and all(names[m].startswith(f"{m}-") for m in ("fitnet", "acam_kd"))
+    moved = replace(cfg, weights={**cfg.weights, "fitnet": cfg.weights["fitnet"] * 3})
+    assert run_names(moved)["fitnet"] != names["fitnet"] and run_names(moved)["acam_kd"] == names["acam_kd"]
+    assert (common.student_runs_dir(moved, "runs", "abc", exclude=DISTILL_SETTINGS)
+            == common.student_runs_dir(cfg, "runs", "abc", exclude=DISTILL_SETTINGS))
+
+
+def test_a_method_without_a_dev_weight_is_refused_before_anything_trains():
+    with pytest.raises(ConfigError, match=r"^demo: no distill.weight chosen on dev for \['cwd'\] \(the segmentation "
+                                          r"demo has weights for .*densekd compare configs/compare/demo_methods.yaml "
+                                          r"--tune` chooses one\)$"):
+        replace(DemoConfig(), methods=("baseline", "cwd")).validate()
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,14 @@ def test_the_winner_is_the_tune_splits_best_mean_and_the_table_uses_it(toy, tmp_
     saved = json.load(open(os.path.join(out, "tune.json")))
     assert saved["methods"]["test_mse"]["chosen"] == {"distill.weight": 1} and saved["budget_per_method"] == 6
     assert os.path.isfile(os.path.join(out, "compare.csv")) and os.path.isfile(os.path.join(out, "runs.json"))
+    from PIL import Image  # the tuning curves: one panel per distillation method
+
+    with Image.open(os.path.join(out, "tune.png")) as im:
+        assert im.format == "PNG" and im.size[0] > 200
+    no_plain = tn.TuneResult(**{**res.__dict__, "scores": {"test_mse": res.scores["test_mse"]},
+                                "chosen": {"test_mse": res.chosen["test_mse"]}})
+    assert tn.tune_curves(no_plain, os.path.join(out, "none.png")) is None  # no plain student: no gains to draw
+    assert not os.path.exists(os.path.join(out, "none.png"))
     # separate folders: tuning runs under tune/dev, report runs under report/, keyed by the setting
     assert os.path.isfile(os.path.join(out, "tune", "dev", "test_mse", "distill.weight=10", "seed1", "metrics.json"))
     assert os.path.isfile(os.path.join(out, "report", "test_mse", "distill.weight=1", "seed2", "metrics.json"))

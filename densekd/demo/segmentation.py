@@ -31,7 +31,9 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 
 from ..data.digits import NUM_SEG_CLASSES
+from ..errors import ConfigError
 from ..run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, mask_key
+from ..tools.compare import is_plain
 from . import common
 
 #: the shipped teacher's artefact name (densekd/assets/<name>.pt / .json)
@@ -42,6 +44,10 @@ METHOD_LABELS = {"baseline": "student (plain)", "hinton_kd": "student + Hinton K
                  "fitnet": "student + FitNet (trunk)", "acam_kd": "student + ACAM-KD (trunk)",
                  "acam_kd_paper": "student + ACAM-KD literal (trunk)"}
 DIGIT_NAMES = ["background", *[str(d) for d in range(10)]]
+#: losses on the class scores: distilled on the logits (``classifier``), not on the feature
+LOGIT_METHODS = ("hinton_kd", "cwd")
+#: every method's distill.weight as chosen on dev (DemoConfig.weights)
+DEV_WEIGHTS: dict[str, float] = {"hinton_kd": 1.0, "fitnet": 1.0, "acam_kd": 1.0}
 
 
 @dataclass
@@ -58,10 +64,13 @@ class DemoConfig(common.DemoSettings):
     # models (TinySegNet, densekd.models.segmentation)
     teacher_width: int = 32
     student_width: int = 16
-    # distillation: feature losses on a feature, logit losses on the logits (pair weight × the method's own)
+    # distillation: feature losses on a feature, logit losses (LOGIT_METHODS) on the logits
     feature: str = "trunk"
-    feature_weight: float = 1.0  # acam_kd, fitnet
-    logits_weight: float = 1.0  # hinton_kd
+    # distill.weight per method (× the method's own loss weight), chosen on dev with the same budget for every
+    # method: `densekd compare configs/compare/demo_methods.yaml --tune` (5 weights spanning 100×, 2 dev seeds each;
+    # benchmarks/results/compare_tuned.md); an ACAM-KD variant without its own weight runs at acam_kd's, so that
+    # it differs from it in its own switch only
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEV_WEIGHTS))
     # docs/methods.md, "Spatial masks must be spatial": on this post-ReLU trunk feature z_norm="none" (the
     # default before 2026-12-05) leaves every spatial mask a constant 0/1 gate (per-mask spatial std 0 on dev
     # images, measured: benchmarks/results/demo_segmentation.md), so the demo standardises Z over space (also
@@ -73,6 +82,20 @@ class DemoConfig(common.DemoSettings):
         base = DemoConfig(quick=True, seeds=1, n_pool=32, n_student=32, n_dev=16, n_val=16, student_width=4,
                           batch_size=8, teacher_iters=20, student_iters=12, eval_points=2)
         return replace(base, **kw)
+
+    def validate(self) -> None:
+        super().validate()
+        unweighted = [m for m in self.methods if not is_plain(m) and self.weight_of(m) is None]
+        if unweighted:
+            raise ConfigError(f"demo: no distill.weight chosen on dev for {unweighted} (the segmentation demo has "
+                              f"weights for {sorted(self.weights)}; `densekd compare "
+                              f"configs/compare/demo_methods.yaml --tune` chooses one)")
+
+    def weight_of(self, method: str) -> float | None:
+        """``method``'s distill.weight: its own, else (an ACAM-KD variant) acam_kd's, else None."""
+        if method in self.weights:
+            return self.weights[method]
+        return self.weights.get("acam_kd") if method.startswith("acam_kd_") else None
 
     # -- what the teacher is (the shipped record must say the same, or --retrain-teacher is needed)
     def teacher_spec(self) -> dict[str, Any]:
@@ -116,16 +139,33 @@ def student_config(cfg: DemoConfig, root: Path, teacher_checkpoint: str | Path, 
             "model": {"student": {"arch": "tiny", "width": cfg.student_width, "num_classes": NUM_SEG_CLASSES},
                       "teacher": {**cfg.teacher_spec(), "checkpoint": str(teacher_checkpoint)}},
             "data": _data_section(cfg, root, cfg.eval_split, cfg.n_student),
-            "distill": {"method": "acam_kd", "kwargs": kwargs, "weight": cfg.feature_weight,
+            "distill": {"method": "acam_kd", "kwargs": kwargs, "weight": cfg.weight_of("acam_kd") or 1.0,
                         "pairs": [{"student": cfg.feature}]},
             "train": _train_section(cfg, cfg.student_iters), "eval": {"batch_size": 64}}
 
 
 def method_settings(cfg: DemoConfig) -> dict[str, list[str]]:
-    """Per-method engine overrides: logit losses on the logits (``classifier``) at ``logits_weight``; feature
-    losses keep the config's feature pair and ``feature_weight``."""
-    return {m: ["distill.pairs=[{student: classifier}]", f"distill.weight={cfg.logits_weight}"]
-            for m in cfg.methods if m in ("hinton_kd", "cwd")}
+    """Per-method engine overrides: each method's ``distill.weight`` (chosen on dev); logit losses on the logits
+    (``classifier``), feature losses on the config's feature pair."""
+    out: dict[str, list[str]] = {}
+    for m in cfg.methods:
+        if is_plain(m):
+            continue
+        sets = ["distill.pairs=[{student: classifier}]"] if m in LOGIT_METHODS else []
+        w = cfg.weight_of(m)
+        out[m] = sets + ([f"distill.weight={w}"] if w is not None else [])
+    return out
+
+
+#: settings that only the distilled students see: they name each method's run folder, not the setting's folder
+DISTILL_SETTINGS = ("weights",)
+
+
+def run_names(cfg: DemoConfig) -> dict[str, str]:
+    """Each method's run folder: ``baseline``, or ``<method>-<hash of its weight>``, so that a finished run is
+    reused only when it is the same run (and a new weight for one method retrains that method only)."""
+    return {m: m if is_plain(m) else f"{m}-{common.settings_hash({'weight': cfg.weight_of(m)})[:8]}"
+            for m in cfg.methods}
 
 
 def method_kwargs(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
@@ -270,11 +310,15 @@ class _Segmentation(common.DemoTask):
 
     def students(self, root: Path, teacher: common.TeacherChoice, out: Path, log: Callable[[str], None]
                  ) -> tuple[dict[str, Any], Path]:
-        runs_dir = common.student_runs_dir(self.cfg, self.runs_prefix, teacher.record["weights_sha256"])
+        runs_dir = common.student_runs_dir(self.cfg, self.runs_prefix, teacher.record["weights_sha256"],
+                                           exclude=DISTILL_SETTINGS)
         return student_config(self.cfg, root, teacher.checkpoint, runs_dir), runs_dir
 
     def method_settings(self) -> dict[str, list[str]]:
         return method_settings(self.cfg)
+
+    def run_names(self) -> dict[str, str]:
+        return run_names(self.cfg)
 
     def method_kwargs(self) -> dict[str, dict[str, Any]]:
         return method_kwargs(self.cfg)
@@ -316,5 +360,6 @@ def _params(width: int) -> int:
     return sum(p.numel() for p in TinySegNet(width, NUM_SEG_CLASSES).parameters())
 
 
-__all__ = ["DemoConfig", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs", "method_settings", "run_demo",
+__all__ = ["DEV_WEIGHTS", "DemoConfig", "LOGIT_METHODS", "METHOD_LABELS", "TEACHER_ASSET", "build_data", "method_kwargs",
+           "method_settings", "run_demo", "run_names",
            "student_config", "teacher_config"]

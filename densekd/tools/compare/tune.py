@@ -49,7 +49,9 @@ on a non-finite loss) is read back, an interrupted one resumes from its checkpoi
 Outputs in ``OUT``: ``compare.md`` (the budget, the chosen settings, every setting's tune-split mean ± std
 with its paired gain, the report table with paired gains and "> 2 std"), ``compare.csv`` and ``runs.json``
 (the report table and runs, as ``densekd compare``), ``tune.csv`` (one row per method and setting),
-``tune.json`` (everything: budget, grids, every run's metrics, choices) and ``compare.png``.
+``tune.json`` (everything: budget, grids, every run's metrics, choices), ``compare.png`` (the table) and
+``tune.png`` (each method's paired gain on the tune split at every setting of its grid: where it peaks, and
+whether the peak sits at the grid's edge).
 """
 from __future__ import annotations
 
@@ -68,14 +70,14 @@ from ...errors import ConfigError
 from ...run_folder import CHECKPOINT_FILE, CONFIG_FILE, FAILED_FILE, METRICS_FILE
 from .plan import baseline_of, is_plain, method_overrides, raw_config
 from .report import (COMPARE_CSV, COMPARE_MD, COMPARE_PNG, RUNS_JSON, bar_chart, fmt, format_csv, format_markdown,
-                     gains_for)
+                     gains_for, pyplot)
 from .statistics import PRIMARY_METRICS, MethodStats, PairedGain, aggregate, mean_std, paired_gains, primary_metric
 
-__all__ = ["TUNE_CSV", "TUNE_JSON", "Setting", "SettingScore", "TuneResult", "add_arguments", "budget_of", "choose",
-           "expand_grid", "parse_tune_items", "resolve_grids", "run_cli", "tune_compare", "wants_tuning"]
+__all__ = ["TUNE_CSV", "TUNE_JSON", "TUNE_PNG", "Setting", "SettingScore", "TuneResult", "add_arguments", "budget_of", "choose",
+           "expand_grid", "parse_tune_items", "resolve_grids", "run_cli", "tune_compare", "tune_curves", "wants_tuning"]
 
 #: the files of a tuned compare folder besides compare's own (:mod:`.report`) and its run folders
-TUNE_CSV, TUNE_JSON = "tune.csv", "tune.json"
+TUNE_CSV, TUNE_JSON, TUNE_PNG = "tune.csv", "tune.json", "tune.png"
 
 
 # --------------------------------------------------------------------------- grids (pure)
@@ -682,6 +684,56 @@ def tune_json(res: TuneResult, grids: Mapping[str, Sequence[Setting]]) -> dict[s
     }
 
 
+def tune_curves(res: TuneResult, path: str, scale: float = 100.0) -> str | None:
+    """PNG: one panel per distillation method, its paired gain on the tune split (mean ± std over the seeds) at
+    every setting of its grid; the chosen one filled, a zero line for "no better than plain". A single numeric key
+    whose values span ≥ 10× gets a log axis. Returns ``path``, or None when there is nothing to draw."""
+    gains = _dev_gains(res)
+    methods = [m for m, scs in res.scores.items() if any((m, i) in gains for i in range(len(scs)))]
+    if not methods:
+        return None
+    plt = pyplot()
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharey=True, squeeze=False)
+    for ax, m in zip(axes.ravel(), methods):
+        scs = res.scores[m]
+        keys = {k for sc in scs for k, _ in sc.setting.values}
+        vals = [dict(sc.setting.values).get(next(iter(keys))) if len(keys) == 1 else None for sc in scs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals)
+        xs = [float(v) for v in vals] if numeric else list(range(len(scs)))
+        pts = [(x, gains[(m, i)]) for i, x in enumerate(xs) if (m, i) in gains and gains[(m, i)].n > 0]
+        if not pts:
+            continue
+        means = [g.mean * scale for _, g in pts]
+        errs = [0.0 if math.isnan(g.std) else g.std * scale for _, g in pts]
+        ax.errorbar([x for x, _ in pts], means, yerr=errs, marker="o", ms=4, capsize=3, color="#4c72b0",
+                    mfc="white")
+        c = res.chosen.get(m)
+        if c is not None and (m, c) in gains:
+            ax.plot([xs[c]], [gains[(m, c)].mean * scale], "o", ms=6, color="#4c72b0")
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        if numeric and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(xs)
+            ax.set_xticklabels([sc.setting.label for sc in scs], rotation=30, ha="right", fontsize=6)
+        ax.set_title(m, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if numeric:
+            ax.set_xlabel(next(iter(keys)), fontsize=7)
+    for ax in axes.ravel()[len(methods):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{res.metric} gain on {res.split}" + (f" (×{scale:g})" if scale != 1 else ""), fontsize=7)
+    fig.suptitle(f"Tuning on {res.split}: paired gain over the plain student, mean ± std over "
+                 f"{len(res.tune_seeds)} seed(s); filled = chosen", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_tune_outputs(res: TuneResult, out: str, grids: Mapping[str, Sequence[Setting]]) -> None:
     with open(os.path.join(out, COMPARE_MD), "w", encoding="utf-8") as f:
         f.write(format_tune_markdown(res, grids))
@@ -697,6 +749,7 @@ def write_tune_outputs(res: TuneResult, out: str, grids: Mapping[str, Sequence[S
         pm = primary_metric(res.rows)
         if pm is not None:
             bar_chart(res.rows, pm, os.path.join(out, COMPARE_PNG))
+    tune_curves(res, os.path.join(out, TUNE_PNG))
 
 
 # --------------------------------------------------------------------------- CLI (hooked into densekd compare)
