@@ -199,6 +199,15 @@ def test_the_winner_is_the_tune_splits_best_mean_and_the_table_uses_it(toy, tmp_
     res2 = tn.tune_compare(seg_config(toy, tmp_path / "o"), ["baseline", "test_mse"], {"distill.weight": [0.1, 1, 10]},
                            split="dev", tune_seeds=2, seeds=3, out=out, log=lambda s: None)
     assert stub.calls == [] and res2.chosen == res.chosen
+    # a grid extended by one value, with the config's compare plan saying so: the runs it had are reused (the plan
+    # does not change what a run trains), only the new value trains
+    monkeypatch.setitem(DEV, 3.0, 0.65)
+    monkeypatch.setitem(VAL, 3.0, 0.5)
+    planned = {**seg_config(toy, tmp_path / "o"), "compare": {"seeds": 3, "tune": {"grid": {
+        "distill.weight": [0.1, 1, 3, 10]}}}}
+    tn.tune_compare(planned, ["baseline", "test_mse"], {"distill.weight": [0.1, 1, 3, 10]}, split="dev",
+                    tune_seeds=2, seeds=3, out=out, log=lambda s: None)
+    assert sorted(stub.calls) == [("test_mse", 3.0, "dev", 0), ("test_mse", 3.0, "dev", 1)]
     # the same folders with other settings are refused, naming the key
     with pytest.raises(ConfigError, match=r"seed0: this folder holds a run with other settings \(train.max_iters: 1 "
                                           r"there, 2 now\); use another --out or remove the folder$"):
@@ -347,13 +356,13 @@ def test_the_demo_plan_gives_every_method_the_same_log_grid_budget():
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "compare", "demo_methods.yaml")
     plan = plan_from_config(path)
     grids = tn.resolve_grids(plan.methods, plan.tune.grid, plan.tune.per_method)
-    assert tn.budget_of(grids, plan.tune.seeds) == 10 and plan.tune.split == "dev" and plan.seeds == 5
+    assert tn.budget_of(grids, plan.tune.seeds) == 12 and plan.tune.split == "dev" and plan.seeds == 5
     for m in plan.methods:
         if m == "baseline":
             assert grids[m] == [tn.Setting()]
             continue
         w = [s.as_dict()["distill.weight"] for s in grids[m]]
-        assert len(w) == 5 and max(w) / min(w) == pytest.approx(100), m  # a log grid spanning 100×
+        assert len(w) == 6 and max(w) / min(w) == pytest.approx(300), m  # a log grid spanning 300×
         assert all(b / a == pytest.approx(w[1] / w[0], rel=0.12) for a, b in zip(w, w[1:])), m
 
 

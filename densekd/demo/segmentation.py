@@ -67,7 +67,7 @@ class DemoConfig(common.DemoSettings):
     # distillation: feature losses on a feature, logit losses (LOGIT_METHODS) on the logits
     feature: str = "trunk"
     # distill.weight per method (× the method's own loss weight), chosen on dev with the same budget for every
-    # method: `densekd compare configs/compare/demo_methods.yaml --tune` (5 weights spanning 100×, 2 dev seeds each;
+    # method: `densekd compare configs/compare/demo_methods.yaml --tune` (6 weights spanning 300×, 2 dev seeds each;
     # benchmarks/results/compare_tuned.md); an ACAM-KD variant without its own weight runs at acam_kd's, so that
     # it differs from it in its own switch only
     weights: dict[str, float] = field(default_factory=lambda: dict(DEV_WEIGHTS))

@@ -274,13 +274,21 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix, a, b)
 
 
+#: config keys that do not change what a run trains: where it writes, and the comparison plan (training ignores
+#: ``compare:``; a grid extended by one value must reuse the runs of the values it had)
+NOT_RUN_SETTINGS = ("output_dir", "compare")
+
+
+def _run_settings(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in NOT_RUN_SETTINGS}
+
+
 def _expected_config(config: Any, overrides: Sequence[str]) -> dict[str, Any]:
     import yaml
 
     from ...config import load_config, to_dict
 
-    d = to_dict(load_config(config, list(overrides)))
-    d.pop("output_dir", None)
+    d = _run_settings(to_dict(load_config(config, list(overrides))))
     return yaml.safe_load(yaml.safe_dump(d, sort_keys=False))
 
 
@@ -292,9 +300,8 @@ def check_run_folder(d: str, expected: Mapping[str, Any]) -> None:
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        found = yaml.safe_load(f) or {}
-    found.pop("output_dir", None)
-    diff = _first_difference(found, expected)
+        found = _run_settings(yaml.safe_load(f) or {})
+    diff = _first_difference(found, _run_settings(dict(expected)))
     if diff is not None:
         key, there, here = diff
         raise ConfigError(f"{d}: this folder holds a run with other settings ({key}: {there!r} there, {here!r} "
