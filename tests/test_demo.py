@@ -54,6 +54,7 @@ def test_quick_demo_end_to_end(quick_run, capsys):
                 "| student + FitNet (trunk)", "| student + ACAM-KD (trunk)"):
         assert row in text, row
     assert "ACAM-KD (trunk) − plain = " in text and "paired over 2 seeds" in text and "2 × the std" in text
+    assert "ACAM-KD − FitNet = " in text and "the paper's claim" in text  # the head-to-head with its control
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["teacher"]["origin"] == "shipped"
     assert set(summary["runs"]) == {"baseline", "hinton_kd", "fitnet", "acam_kd"}

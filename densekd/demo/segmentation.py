@@ -334,6 +334,11 @@ class _Segmentation(common.DemoTask):
                 + (' (docs/methods.md, "Spatial masks must be spatial": without it the spatial masks are constant '
                    'gates on this post-ReLU feature)' if cfg.acam_kwargs.get("z_norm") == "spatial" else ""))
 
+    def extra_verdicts(self, res: common.StudentResults) -> list[str]:
+        # the paper's claim is ACAM-KD over its no-mask control (its Table 10): the same seeds, feature and data
+        claim = common.head_to_head_line(res, "acam_kd", "fitnet", "ACAM-KD", "FitNet")
+        return [f"{claim} [the paper's claim: the masks beat plain feature mimicking, its Table 10]"] if claim else []
+
     def figures(self, res: common.StudentResults, out: Path) -> dict[str, Path]:
         cfg = self.cfg
         figs = {"spatial_masks": out / "acam_spatial_masks.png", "channel_masks": out / "acam_channel_masks.png",
