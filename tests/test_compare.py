@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from densekd.tools import compare as cmp
+from densekd.tools.compare import runs as cmp_runs
 from densekd.cli import main
 from densekd.errors import ConfigError
 
@@ -395,6 +396,15 @@ def test_parallel_jobs_give_the_same_runs_as_one_at_a_time(toy_seg, tmp_path, ca
 
     assert metrics(one) == metrics(two)  # everything but the wall time
     assert any("4 run(s) in 2 parallel worker(s), 1 torch thread(s) each" in x for x in lines)
+    done = [x for x in lines if ": finished (" in x]  # each finished run says how many are done and what is left
+    assert len(done) == 4 and "1/4 run(s) done in " in done[0] and "left at this pace" in done[0]
+    assert "4/4 run(s) done in " in done[-1] and "left" not in done[-1]
+
     assert (tmp_path / "two" / "fitnet" / "seed1" / "console.log").is_file()
     with pytest.raises(ConfigError, match=r"^--jobs: expected a positive number of parallel runs, got 0$"):
         cmp.compare_runs(conf, ["baseline"], 1, str(tmp_path / "x"), jobs=0)
+
+
+def test_progress_text():
+    assert cmp_runs.progress_text(1, 4, 90) == "1/4 run(s) done in 1:30, about 4:30 left at this pace"
+    assert cmp_runs.progress_text(4, 4, 3725) == "4/4 run(s) done in 1:02:05"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Mapping, Sequence
 
 from ...errors import ConfigError
@@ -65,13 +66,14 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
     threads = worker_threads(jobs)
     log(f"compare: {len(todo)} run(s) in {jobs} parallel worker(s), {threads} torch thread(s) each; each run's "
         f"console output goes to <run>/{CONSOLE_FILE}")
+    start = time.monotonic()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for k, m, s, d, ov in todo:
             resumed = os.path.isfile(os.path.join(d, CHECKPOINT_FILE))
-            log(f"[{k}/{total}] {m} seed {s}: {'resuming' if resumed else 'training'} in {d}")
+            log(f"[{k}/{total}] {m} seed {s}: queued ({'resumes' if resumed else 'trains'} in {d})")
             futures[pool.submit(worker, config, ov, threads, os.path.join(d, CONSOLE_FILE))] = (m, s, d)
-        for fut in as_completed(futures):
+        for done, fut in enumerate(as_completed(futures), 1):
             m, s, d = futures[fut]
             try:
                 fut.result()
@@ -79,7 +81,21 @@ def _run_parallel(todo: list[tuple[int, str, int, str, list[str]]], config: Any,
                 for other in futures:
                     other.cancel()
                 raise type(e)(f"{m} seed {s}: {e} (its console output: {os.path.join(d, CONSOLE_FILE)})") from e
-            log(f"{m} seed {s}: finished ({d})")
+            log(f"{m} seed {s}: finished ({d}); {progress_text(done, len(todo), time.monotonic() - start)}")
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def progress_text(done: int, n: int, elapsed: float) -> str:
+    """``"3/10 runs done in 1:30, about 3:30 left at this pace"`` (the pace: elapsed / done; runs of other methods
+    may be slower or faster, so it is an estimate)."""
+    text = f"{done}/{n} run(s) done in {_clock(elapsed)}"
+    if 0 < done < n:
+        text += f", about {_clock(elapsed / done * (n - done))} left at this pace"
+    return text
 
 
 
