@@ -516,3 +516,19 @@ def test_a_level_that_shares_its_pair_is_told_to_get_its_own(guards):
     assert new == ["iteration 7: at a the KD term's gradient on the student is 25× the other levels' (KD/task "
                    "gradient-norm ratio 5 vs their median 0.2): one level dominates the distillation; give a its own "
                    "pair with weight 0.08 (× distill.weight 0.5)"]
+
+
+def test_doctor_warns_when_a_distribution_loss_sees_the_class_scores_through_an_aligner(toy, trained_teacher,
+                                                                                        tmp_path, capsys):
+    """CWD on the logits through a learnable 1×1 conv cost 20.8 mIoU on the demo (docs/methods.md, "CWD"): the
+    doctor says so before training; with align=identity (the official form) it is silent."""
+    cfg = seg_config(toy, tmp_path / "o", teacher=trained_teacher, method="cwd")
+    rc, out, _ = _doctor(cfg, tmp_path, capsys, "--batches", "1")
+    assert ("WARN pair 0: classifier has 3 channels on both sides, the number of classes: if these are the class "
+            "scores, cwd sees them through a learnable 1×1 conv 3→3") in out, out
+    assert "distill.kwargs.align=identity" in out
+    rc, out, _ = _doctor(cfg, tmp_path, capsys, "distill.kwargs={align: identity}", "--batches", "1")
+    assert "WARN pair 0:" not in out and "aligner identity" in out
+    # a feature loss on the same scores through its 1×1 conv (the library's default) is not warned about
+    rc, out, _ = _doctor(seg_config(toy, tmp_path / "o", teacher=trained_teacher), tmp_path, capsys, "--batches", "1")
+    assert "WARN pair 0:" not in out

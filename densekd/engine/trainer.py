@@ -276,7 +276,8 @@ class Trainer:
         if not isinstance(self.model, Distiller):
             return []
         t = self.cfg.train
-        checks = [health.teacher_source(self.cfg.model), *health.level_checks(self.model)]
+        checks = [health.teacher_source(self.cfg.model),
+                  *health.level_checks(self.model, getattr(self.cfg.data, "num_classes", None))]
         if self.guards is not None and self.guards.enabled:
             every = (f"at iteration 1 and every train.grad_ratio_every={t.grad_ratio_every} iterations"
                      if t.grad_ratio_every else "never (train.grad_ratio_every=0)")

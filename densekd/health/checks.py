@@ -263,8 +263,10 @@ def _stride(v: float | None) -> str:
     return str(int(v)) if abs(v - round(v)) < 1e-6 else f"{v:.2f}"
 
 
-def level_checks(distiller: Any) -> list[Check]:
-    """One line per pair and level: student and teacher module, shape, channels, stride, aligner, resize."""
+def level_checks(distiller: Any, num_classes: int | None = None) -> list[Check]:
+    """One line per pair and level: student and teacher module, shape, channels, stride, aligner, resize; and a
+    warning for a pair that looks like the class scores (``num_classes`` channels on both sides) but reaches its
+    loss through a learnable aligner: a logit loss compares the scores themselves (docs/methods.md, "CWD")."""
     out = []
     for info in distiller.levels:
         pair = distiller.pairs[info.pair]
@@ -277,6 +279,13 @@ def level_checks(distiller: Any) -> list[Check]:
             f"{info.student} {list(ss)} ({ss[1]} ch, stride {_stride(info.stride('student'))}) ← teacher "
             f"{info.teacher} {list(ts)} ({ts[1]} ch, stride {_stride(info.stride('teacher'))}); "
             f"{pair.loss} × {pair.weight:g}; aligner {aligner_text(mod)}; resize {resize}")))
+        if (num_classes and ss[1] == ts[1] == num_classes and getattr(mod, "compares_distributions", False)
+                and isinstance(getattr(mod, "align", None), nn.Conv2d)):
+            out.append(Check(WARN, f"pair {info.pair}", (
+                f"{info.student} has {num_classes} channels on both sides, the number of classes: if these are the "
+                f"class scores, {pair.loss} sees them through a learnable {aligner_text(mod)} (a map the KD term can "
+                f"fit instead of the student); a logit loss compares the scores themselves: distill.kwargs.align="
+                f"identity (docs/methods.md, \"CWD\")")))
     return out
 
 

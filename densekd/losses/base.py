@@ -97,6 +97,9 @@ class DistillLoss(nn.Module):
     #: terms that regularise the loss's own modules rather than measure the student–teacher discrepancy
     #: (ACAM-KD's Dice diversity); the KD health guards leave them out of the collapse check (densekd.health)
     regularizer_terms: tuple[str, ...] = ()
+    #: the loss compares softmax distributions of its inputs (Hinton KD's over classes, CWD's over positions): on
+    #: class scores it must see the scores themselves, and the doctor warns when a learnable aligner sits there
+    compares_distributions: bool = False
 
     def __init__(self, student_channels: int, teacher_channels: int, align: str = "conv1x1") -> None:
         super().__init__()

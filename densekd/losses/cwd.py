@@ -23,6 +23,8 @@ from .registry import register_loss
 
 @register_loss("cwd")
 class CWD(DistillLoss):
+    compares_distributions = True  # docs/methods.md, "CWD": on the logits, align="identity"
+
     def __init__(self, student_channels: int, teacher_channels: int, align: str = "conv1x1",
                  tau: float = 4.0, loss_weight: float = 3.0) -> None:
         super().__init__(student_channels, teacher_channels, align)

@@ -21,6 +21,8 @@ from .registry import register_loss
 
 @register_loss("hinton_kd")
 class HintonKD(DistillLoss):
+    compares_distributions = True  # docs/methods.md, "CWD": on the logits, align="identity"
+
     def __init__(self, student_channels: int, teacher_channels: int, align: str = "identity",
                  temperature: float = 1.0, loss_weight: float = 1.0) -> None:
         super().__init__(student_channels, teacher_channels, align)

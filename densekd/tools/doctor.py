@@ -48,7 +48,7 @@ def doctor(config: Any, overrides: Sequence[str] | Mapping[str, Any] | None = No
     trainer = Trainer(cfg, ["train.resume=false", "train.num_workers=0"])
     try:
         emit(teacher_checks(trainer, batches))
-        emit(level_checks(trainer.model))
+        emit(level_checks(trainer.model, getattr(cfg.data, "num_classes", None)))
         emit(one_batch_checks(trainer))
     finally:
         trainer.close()
