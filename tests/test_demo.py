@@ -55,6 +55,7 @@ def test_quick_demo_end_to_end(quick_run, capsys):
         assert row in text, row
     assert "ACAM-KD (trunk) − plain = " in text and "paired over 2 seeds" in text and "2 × the std" in text
     assert "ACAM-KD − FitNet = " in text and "the paper's claim" in text  # the head-to-head with its control
+    assert "on 'val' (its first 16 of 16 canvases)" in text  # what is scored: data.max_images limits every split
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["teacher"]["origin"] == "shipped"
     assert set(summary["runs"]) == {"baseline", "hinton_kd", "fitnet", "acam_kd"}

@@ -331,7 +331,10 @@ class _Segmentation(common.DemoTask):
 
     def describe(self, teacher: common.TeacherChoice, split_n: int) -> str:
         cfg = self.cfg
-        return (f"mIoU (%) on '{cfg.eval_split}' ({split_n} canvases); students: width {cfg.student_width} "
+        # data.max_images (the students' n_student canvases) limits every split the engine reads, evaluation included
+        n_eval = min(split_n, cfg.n_student)
+        return (f"mIoU (%) on '{cfg.eval_split}' (its first {n_eval} of {split_n} canvases); students: width "
+                f"{cfg.student_width} "
                 f"({_params(cfg.student_width):,} parameters, KD modules dropped after training), {cfg.n_student} "
                 f"labelled canvases, {cfg.student_iters} iterations × batch {cfg.batch_size}; teacher: width "
                 f"{cfg.teacher_width} ({_params(cfg.teacher_width):,} parameters), trained on "
