@@ -73,8 +73,9 @@ from .report import (COMPARE_CSV, COMPARE_MD, COMPARE_PNG, RUNS_JSON, bar_chart,
                      gains_for, pyplot)
 from .statistics import PRIMARY_METRICS, MethodStats, PairedGain, aggregate, mean_std, paired_gains, primary_metric
 
-__all__ = ["TUNE_CSV", "TUNE_JSON", "TUNE_PNG", "Setting", "SettingScore", "TuneResult", "add_arguments", "budget_of", "choose",
-           "expand_grid", "parse_tune_items", "resolve_grids", "run_cli", "tune_compare", "tune_curves", "wants_tuning"]
+__all__ = ["TUNE_CSV", "TUNE_JSON", "TUNE_PNG", "Setting", "SettingScore", "TuneResult", "add_arguments",
+           "budget_of", "choose", "expand_grid", "parse_tune_items", "resolve_grids", "run_cli", "tune_compare",
+           "tune_curves", "wants_tuning"]
 
 #: the files of a tuned compare folder besides compare's own (:mod:`.report`) and its run folders
 TUNE_CSV, TUNE_JSON, TUNE_PNG = "tune.csv", "tune.json", "tune.png"
@@ -293,7 +294,8 @@ def _expected_config(config: Any, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def check_run_folder(d: str, expected: Mapping[str, Any]) -> None:
-    """A run folder that already holds a run (its ``config.yaml``) must hold this run: same settings."""
+    """A run folder that already holds a run (its ``config.yaml``) must hold this run: same settings
+    (``expected``: :func:`_expected_config`'s)."""
     import yaml
 
     path = os.path.join(d, CONFIG_FILE)
@@ -301,7 +303,7 @@ def check_run_folder(d: str, expected: Mapping[str, Any]) -> None:
         return
     with open(path, encoding="utf-8") as f:
         found = _run_settings(yaml.safe_load(f) or {})
-    diff = _first_difference(found, _run_settings(dict(expected)))
+    diff = _first_difference(found, expected)  # expected: _expected_config's, already without NOT_RUN_SETTINGS
     if diff is not None:
         key, there, here = diff
         raise ConfigError(f"{d}: this folder holds a run with other settings ({key}: {there!r} there, {here!r} "
