@@ -160,3 +160,20 @@ def test_bench_measures_the_control(make_config, teacher_ckpt, tmp_path):
                                              / (20 * (base[0] + base[1]) / 2))
     with pytest.raises(ConfigError, match="bench: expected --control PAIRS >= 1, got -1"):
         bench(cfg, ["fitnet"], control_pairs=-1)
+
+
+def test_bench_builds_a_method_as_the_configs_compare_plan_does(make_config, teacher_ckpt, tmp_path):
+    """A config's ``compare:`` plan (its per-method ``set`` and ``kwargs``) reaches the benchmarked run, as it
+    reaches compare's runs: without it a method whose plan gives its own pairs (CIRKD on the demo config) failed."""
+    from densekd.tools.bench import measure_in_subprocess
+    from densekd.tools.compare.plan import plan_from_config, plan_settings
+
+    cfg = make_config(tmp_path / "o", teacher=teacher_ckpt)
+    cfg["compare"] = {"set": {"fitnet": ["distill.pairs=[{student: no_such_module}]"]},
+                      "kwargs": {"fitnet": {"align": "identity"}}}
+    assert plan_settings(plan_from_config(cfg), "fitnet") == (["distill.pairs=[{student: no_such_module}]"],
+                                                                {"align": "identity"})
+    assert plan_settings(plan_from_config(cfg), "cwd") == ([], {})
+    assert plan_settings(None, "fitnet") == ([], {})
+    with pytest.raises(ConfigError, match=r"bench: method 'fitnet' failed: .*no_such_module"):
+        measure_in_subprocess(cfg, "fitnet", 1, 0)

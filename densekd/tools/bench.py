@@ -24,6 +24,8 @@ loading is not timed. Reported per method:
   optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
   iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
 * ratios to ``baseline``;
+* a config with a ``compare:`` plan builds each method as ``densekd compare`` does: the plan's ``set`` overrides
+  and ``kwargs`` of that method apply (e.g. CIRKD's own pair, CWD on the logits without an aligner);
 * FLOPs (a second table): the matrix-product FLOPs (convolutions, mm/bmm, attention; forward + backward,
   2 per multiply-add) of one full step, of the plain student step, of the teacher forward and of the KD
   modules (full − student − teacher), counted by ``torch.utils.flop_counter.FlopCounterMode`` on one extra
@@ -298,11 +300,12 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
     from ..distiller import Distiller, task_losses
     from ..engine.trainer import Trainer
     from ..ops.flops import matmul_rate
-    from .compare.plan import method_overrides, raw_config
+    from .compare.plan import method_overrides, plan_from_config, plan_settings, raw_config
 
     raw = raw_config(config, overrides)
+    own_set, own_kwargs = plan_settings(plan_from_config(config, overrides), method)  # built as compare builds it
     with tempfile.TemporaryDirectory() as tmp:
-        ov = list(overrides) + method_overrides(raw, method) + [
+        ov = list(overrides) + own_set + method_overrides(raw, method, own_kwargs) + [
             f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0",
             "train.control=false"]  # a config's own twin would step in measure_guards' steps (--control times it)
         tr = Trainer(config, ov)

@@ -5,7 +5,8 @@ the command line over the plan (:mod:`.plan`), the runs (:mod:`.runs`), the repo
 from __future__ import annotations
 
 from ...errors import ConfigError
-from .plan import PLAIN_NAMES, check_methods, parse_method_kwargs, parse_method_set, plan_from_config, split_methods
+from .plan import (PLAIN_NAMES, check_methods, parse_method_kwargs, parse_method_set, plan_from_config, plan_settings,
+                   split_methods)
 from .report import format_markdown, gains_for
 from .runs import compare_runs
 from .tune import add_arguments as add_tune_arguments
@@ -54,13 +55,12 @@ def _run_cli(args) -> int:
         raise ConfigError(f"--seeds: expected a positive count, got {args.seeds}")
     kwargs = parse_method_kwargs(args.kwargs, args.methods)
     method_set = parse_method_set(args.method_set, args.methods)
-    if plan is not None:  # the config's plan first, the command line's additions after (so they win)
-        for m, ov in plan.set.items():
-            if m in args.methods:
-                method_set[m] = list(ov) + method_set.get(m, [])
-        for m, kw in plan.kwargs.items():
-            if m in args.methods:
-                kwargs[m] = {**kw, **kwargs.get(m, {})}
+    for m in args.methods:  # the config's plan first, the command line's additions after (so they win)
+        own_set, own_kwargs = plan_settings(plan, m)
+        if own_set:
+            method_set[m] = own_set + method_set.get(m, [])
+        if own_kwargs:
+            kwargs[m] = {**own_kwargs, **kwargs.get(m, {})}
     if wants_tuning(args, plan):  # every method tuned on the tune split first (.tune)
         return run_tune_cli(args, plan, kwargs, method_set)
     rows, results = compare_runs(args.config, args.methods, args.seeds, args.out, args.overrides, args.metrics,

@@ -133,6 +133,14 @@ def plan_from_config(config: str | Mapping[str, Any], overrides: Sequence[str] =
     return None if section is None else from_dict(CompareConfig, section, "compare")
 
 
+def plan_settings(plan: Any, method: str) -> tuple[list[str], dict[str, Any]]:
+    """What a config's ``compare:`` plan gives ``method``: its ``set`` overrides and its ``kwargs`` (empty
+    without a plan) — the one place compare and bench read them, so a method is built alike by both."""
+    if plan is None:
+        return [], {}
+    return list(plan.set.get(method, ())), dict(plan.kwargs.get(method, {}))
+
+
 def preflight(config_raw: Mapping[str, Any], methods: Sequence[str],
               method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
               method_set: Mapping[str, Sequence[str]] | None = None) -> None:
@@ -152,5 +160,5 @@ def preflight(config_raw: Mapping[str, Any], methods: Sequence[str],
 
 
 __all__ = ["PLAIN_NAMES", "PLAIN_STUDENT", "baseline_of", "check_methods", "is_plain", "method_overrides",
-           "parse_method_kwargs", "parse_method_set", "plan_from_config", "preflight", "raw_config", "run_dir",
+           "parse_method_kwargs", "parse_method_set", "plan_from_config", "plan_settings", "preflight", "raw_config", "run_dir",
            "run_overrides", "split_methods"]
