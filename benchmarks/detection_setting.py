@@ -8,6 +8,9 @@ method's paired gain over it and ACAM-KD − FitNet, per seed.
     python benchmarks/detection_setting.py run CANDIDATE [CANDIDATE ...] [--seeds 2] [--methods baseline fitnet acam_kd]
     python benchmarks/detection_setting.py table            # → benchmarks/results/detection_setting.md
     python benchmarks/detection_setting.py list             # the candidates and their overrides
+    python benchmarks/detection_setting.py grids [--setting w05-pre-1000-wu100] [--png docs/det_tune.png]
+        # every method's weight grid on that setting: dev gain per weight, the chosen weight (best mean dev AP), a
+        # flag where it is the grid's edge, and one panel per method in a figure
 
 Runs go to ``$DENSEKD_BENCH_OUT`` (default ``runs/detection_setting``), one folder per candidate; the table reads
 their ``summary_detection.json``. Two candidates may run at once in two processes (``--threads 1`` each).
@@ -149,6 +152,102 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def grid_points(setting: str) -> dict[str, dict[float, dict[int, tuple[float, float]]]]:
+    """The weight grids run on ``setting``: method → weight → seed → (AP, the plain student's AP of that seed),
+    AP × 100 on dev, from every ``SETTING+METHOD@WEIGHT`` folder (a ``#tag`` folder ran other kwargs: not a grid
+    point)."""
+    grids: dict[str, dict[float, dict[int, tuple[float, float]]]] = {}
+    for path in sorted(out_root().glob(f"{setting}+*@*/summary_detection.json")):
+        name = path.parent.name
+        if "#" in name or name.partition("+")[0] != setting:
+            continue
+        method, _, w = name.partition("+")[2].partition("@")
+        runs = json.loads(path.read_text())["runs"]
+        base = {r["seed"]: 100 * r["AP"] for r in runs.get("baseline", [])}
+        got = {r["seed"]: (100 * r["AP"], base[r["seed"]]) for r in runs.get(method, []) if r["seed"] in base}
+        if got:
+            grids.setdefault(method, {})[float(w)] = got
+    return grids
+
+
+def chosen_weights(grids: dict[str, dict[float, dict[int, tuple[float, float]]]]) -> dict[str, tuple[float, str]]:
+    """Per method: the weight with the best mean dev AP and where it lies in its grid ("low edge", "high edge" or
+    "inside"; a grid of one value is an edge both ways)."""
+    out = {}
+    for m, by_w in grids.items():
+        ws = sorted(by_w)
+        best = max(ws, key=lambda w: mean_std([ap for ap, _ in by_w[w].values()])[0])
+        where = "low edge" if best == ws[0] else "high edge" if best == ws[-1] else "inside"
+        out[m] = (best, where)
+    return out
+
+
+def grids_table(setting: str) -> str:
+    """Markdown: per method and weight, dev AP and the paired gain over the plain student; the chosen weight."""
+    grids = grid_points(setting)
+    chosen = chosen_weights(grids)
+    lines = [f"Weight grids on `{setting}` (dev, AP × 100, gains paired by seed with the plain student; the chosen "
+             "weight: best mean dev AP)", "",
+             "| method | weight | seeds | AP (dev) | gain vs plain (paired) | per seed | chosen |", "|---|---|---|---|---|---|---|"]
+    for m in sorted(grids):
+        for w in sorted(grids[m]):
+            pts = grids[m][w]
+            g = [ap - b for ap, b in pts.values()]
+            mark = ""
+            if chosen[m][0] == w:
+                mark = "**yes**" + ("" if chosen[m][1] == "inside" else f" (the grid's {chosen[m][1]})")
+            lines.append(f"| {m} | {w:g} | {len(pts)} | {fmt(*mean_std([ap for ap, _ in pts.values()])[:2])} | "
+                         f"{fmt(*mean_std(g)[:2], sign=True)} | {', '.join(f'{x:+.1f}' for x in g)} | {mark} |")
+    return "\n".join(lines)
+
+
+def plot_grids(setting: str, path: str) -> str | None:
+    """PNG: one panel per method, its paired dev gain (mean ± std over seeds) at each weight of its grid on a log
+    axis, the chosen weight filled, a zero line for "no better than plain". None when nothing ran."""
+    grids = grid_points(setting)
+    if not grids:
+        return None
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    chosen = chosen_weights(grids)
+    methods = sorted(grids)
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), sharey=True, squeeze=False)
+    for ax, m in zip(axes.ravel(), methods):
+        ws = sorted(grids[m])
+        stats = [mean_std([ap - b for ap, b in grids[m][w].values()]) for w in ws]
+        ax.errorbar(ws, [s[0] for s in stats], yerr=[0.0 if math.isnan(s[1]) else s[1] for s in stats], marker="o",
+                    ms=4, capsize=3, color="#4c72b0", mfc="white")
+        c = ws.index(chosen[m][0])
+        ax.plot([ws[c]], [stats[c][0]], "o", ms=6, color="#4c72b0")
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(ws, [f"{w:g}" for w in ws])
+        ax.set_xlim(ws[0] / 2, ws[-1] * 2)
+        ax.set_title(m + ("" if chosen[m][1] == "inside" else f" (best at {chosen[m][1]})"), fontsize=9)
+        ax.set_xlabel("distill.weight", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(methods):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("dev AP gain vs plain", fontsize=7)
+    fig.suptitle(f"detection demo setting ({setting}): each method's weight grid on dev, 2 seeds per point; "
+                 "filled: chosen", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 HEADER = """# Detection demo settings and weights, chosen on `dev`
 
 Every candidate setting and every weight-grid point of the detection demo, COCO AP × 100 on `dev`, 2 seeds each,
@@ -180,6 +279,9 @@ def main() -> None:
     r.add_argument("--kwargs", default=None, help="per-method loss kwargs as JSON, e.g. '{\"acam_kd_wn\": {\"gain\": 2}}'")
     sub.add_parser("table")
     sub.add_parser("list")
+    g = sub.add_parser("grids")
+    g.add_argument("--setting", default="w05-pre-1000-wu100", help="the candidate whose weight grids to read")
+    g.add_argument("--png", default=None, help="also draw every method's grid into this PNG")
     a = p.parse_args()
     if a.cmd == "run":
         if a.plugin:
@@ -189,6 +291,10 @@ def main() -> None:
         weights = dict(parse_assignment(w, "--weight", "METHOD=W, e.g. acam_kd=0.01") for w in a.weight)
         run(a.names, a.seeds, a.methods, a.threads, {k: float(v) for k, v in weights.items()},
             json.loads(a.kwargs) if a.kwargs else None, a.split)
+    elif a.cmd == "grids":
+        print(grids_table(a.setting))
+        if a.png and plot_grids(a.setting, a.png):
+            print(f"figure: {a.png}")
     elif a.cmd == "list":
         for name, (what, over) in CANDIDATES.items():
             print(f"{name}: {what} {over}")
