@@ -7,7 +7,8 @@ against the share of the map's area the boxes cover (a level's cell counts as in
 and for ACAM-KD the share of each spatial mask's mass inside the boxes and how alike the masks are (mean pairwise
 Dice), and how many spatial patterns STCA-FF's fused map carries (the share of its per-channel standardised
 variance in its first singular component: near 1, every spatial mask σ(S_s Z) is a function of one pattern and the
-masks cannot differ, whatever keeps the units apart).
+masks cannot differ, whatever keeps the units apart), and whether the M spatial units themselves point one way (their
+mean pairwise |cosine|: near 1, the masks are one mask whatever the fused map carries).
 
     python benchmarks/detection_where_kd.py RUN_DIR [RUN_DIR ...] [--images 100]
 
@@ -79,6 +80,11 @@ def measure(run_dir: Path, n_images: int) -> list[dict]:
         for lv, a in acc.items():
             row = {"run": str(run_dir), "level": lv, "err_in_boxes": a["err_in"] / max(a["err"], 1e-12),
                    "area_in_boxes": a["area_in"] / max(a["area"], 1e-12)}
+            units = getattr(getattr(mods[lv], "ascm", None), "spatial_units", None)
+            if units is not None and units.shape[0] > 1:  # are the M units themselves one direction?
+                u = torch.nn.functional.normalize(units.detach().float(), dim=1)
+                off = (u @ u.t())[~torch.eye(u.shape[0], dtype=torch.bool)]
+                row["units_cos"] = float(off.abs().mean())
             if a["mask"]:
                 row["mask_in_boxes"] = a["mask_in"] / a["mask"]
                 row["mask_dice"] = a["dice"] / a["n"]
@@ -97,14 +103,16 @@ def main() -> None:
     a = p.parse_args()
     print("| run | level | share of the squared error inside the boxes | share of the area inside the boxes | "
           "share of ACAM-KD's spatial mask mass inside the boxes | pairwise Dice of the masks | share of the fused "
-          "map's spatial variance in one pattern |")
-    print("|---|---|---|---|---|---|---|")
+          "map's spatial variance in one pattern | mean pairwise |cos| of the spatial units |")
+    print("|---|---|---|---|---|---|---|---|")
     for run in a.runs:
         for r in measure(run, a.images):
             mi = f"{r['mask_in_boxes']:.2f}" if "mask_in_boxes" in r else ""
             md = f"{r['mask_dice']:.2f}" if "mask_dice" in r else ""
             r1 = f"{r['fused_rank1']:.2f}" if "fused_rank1" in r else ""
-            print(f"| {r['run']} | {r['level']} | {r['err_in_boxes']:.2f} | {r['area_in_boxes']:.2f} | {mi} | {md} | {r1} |")
+            uc = f"{r['units_cos']:.2f}" if "units_cos" in r else ""
+            print(f"| {r['run']} | {r['level']} | {r['err_in_boxes']:.2f} | {r['area_in_boxes']:.2f} | {mi} | {md} | {r1} "
+                  f"| {uc} |")
 
 
 if __name__ == "__main__":
