@@ -216,6 +216,41 @@ def test_mask_warnings_fire_with_the_norms_wording(guards, norm, fragment):
                     "(docs/methods.md, \"Spatial masks must be spatial\")"]
 
 
+def test_one_mask_warning_fires_late_in_the_run_and_only_then(guards):
+    """ACAM-KD's M spatial masks that stay one mask (Dice ≥ 0.99) a quarter into the run, each varying over the image:
+    the detection demo's P3 (Dice 1.00 to the end); fresh masks, parted masks, or a run of unknown length: silent."""
+    from types import SimpleNamespace
+
+    guards.modules["encoder"].ascm = SimpleNamespace(spatial_units=torch.zeros(6, 8))
+    guards.max_iters = 400
+    same = {"kd/encoder/masks/spatial/mean": 0.5, "kd/encoder/masks/spatial/std_min": 0.38,
+            "kd/encoder/masks/spatial/dice": 0.998}
+    assert guards.check(1, _row(**{**same, "kd/encoder/masks/spatial/std_min": 0.016})) == []  # fresh masks
+    assert guards.check(50, _row(**same)) == []  # alike early on: the segmentation demo's masks part later
+    assert guards.check(150, _row(**{**same, "kd/encoder/masks/spatial/dice": 0.57})) == []  # parted
+    new = guards.check(200, _row(**same))
+    assert new == ["iteration 200: ACAM-KD's 6 spatial masks at encoder are one and the same mask (mean pairwise Dice "
+                   "0.998 ≥ 0.99, 50 % into the run, each varying over the image: smallest per-mask spatial std "
+                   "0.38): ASCM selects as a single mask would and the diversity term does not part them "
+                   "(docs/methods.md, \"When the masks are one mask\")"]
+    assert guards.check(300, _row(**same)) == []  # once
+    assert [w["kind"] for w in guards.warnings] == ["mask_same"]
+
+
+def test_one_mask_warning_stays_silent_without_the_runs_length_or_with_one_mask(guards):
+    from types import SimpleNamespace
+
+    same = {"kd/encoder/masks/spatial/mean": 0.5, "kd/encoder/masks/spatial/std_min": 0.38,
+            "kd/encoder/masks/spatial/dice": 1.0}
+    guards.modules["encoder"].ascm = SimpleNamespace(spatial_units=torch.zeros(6, 8))
+    assert guards.max_iters is None and guards.check(300, _row(**same)) == []  # length unknown: no "late"
+    guards.max_iters = 400
+    guards.modules["encoder"].ascm = SimpleNamespace(spatial_units=torch.zeros(1, 8))  # M = 1: nothing to part
+    assert guards.check(300, _row(**same)) == []
+    guards.modules["encoder"].ascm = SimpleNamespace(spatial_units=None)  # masks="channel": no spatial family
+    assert guards.check(300, _row(**same)) == []
+
+
 def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
     """On some features the masks go straight from their initial ≈ 0.5 to gates ≈ 0 or 1 everywhere."""
     fresh = {"kd/encoder/masks/spatial/mean": 0.5, "kd/encoder/masks/spatial/std_min": 4e-5,
@@ -361,7 +396,8 @@ def test_acam_kd_paper_masks_collapse_warning(toy, trained_teacher, tmp_path, ca
     densekd.train(seg_config(toy, out, teacher=trained_teacher, method="acam_kd_paper", max_iters=40, log_every=10,
                              optimizer={"type": "adamw", "lr": 0.01}))
     h = _health(out)
-    first = h["warnings"][0]
+    # (before they collapse, the masks can be one mask: that warning may come first)
+    first = next(w for w in h["warnings"] if w["kind"] != "mask_same")
     assert first["kind"] == "mask_collapse" and first["message"].startswith(
         f"iteration {first['iteration']}: ACAM-KD spatial masks at classifier collapsed: mean ")
     assert "under mask_norm=sum loss_spatial scales with these masks, so it is switched off" in first["message"]
@@ -532,3 +568,14 @@ def test_doctor_warns_when_a_distribution_loss_sees_the_class_scores_through_an_
     # a feature loss on the same scores through its 1×1 conv (the library's default) is not warned about
     rc, out, _ = _doctor(seg_config(toy, tmp_path / "o", teacher=trained_teacher), tmp_path, capsys, "--batches", "1")
     assert "WARN pair 0:" not in out
+
+
+def test_the_engine_gives_the_guards_the_runs_length(toy, tmp_path):
+    """The "one mask" check waits for a quarter of the run: the engine hands the guards train.max_iters."""
+    from densekd.engine.trainer import Trainer
+
+    tr = Trainer(seg_config(toy, tmp_path / "run", max_iters=7))
+    try:
+        assert tr.guards is not None and tr.guards.max_iters == 7
+    finally:
+        tr.close()

@@ -188,7 +188,7 @@ class Trainer:
         if isinstance(self.model, Distiller):
             self.guards = health.TrainingGuards(self.model, distill_weight=cfg.distill.weight,
                                                 grad_every=t.grad_ratio_every, world_size=self.world,
-                                                enabled=t.guards)
+                                                enabled=t.guards, max_iters=t.max_iters)
         self._student_params = [p for p in self.model.student.parameters() if p.requires_grad]
         # train.control: a plain twin from the student's initial weights (densekd.engine.control)
         self.control: ControlTwin | None = ControlTwin.build(self)

@@ -44,6 +44,8 @@ once and kept for the end-of-run summary and ``health.json``, when
   1e-3 once they have left their initial state (≈ 0.5 everywhere, constant too): after having been above
   1e-3, or with a mask's mean more than 0.25 from 0.5, i.e. gates ≈ 0 or 1 over the whole image
   (collapse, saturation; docs/methods.md, "Optimisation of the mask modules");
+* ACAM-KD's M spatial masks are still one mask (mean pairwise Dice ≥ 0.99) a quarter or more into the run while
+  each varies over the image (docs/methods.md, "When the masks are one mask");
 * the KD/task gradient-norm ratio exceeds 100 (divergence ahead);
 * one level's KD/task gradient-norm ratio is 10× or more the median of the other levels' (one level, e.g. the
   1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the
@@ -54,11 +56,13 @@ from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, PRIMARY_METRICS, RATIO_HIGH,
                      one_batch_checks, primary_value, ratio_checks, suggested_weight, teacher_checks,
                      teacher_metric_checks, teacher_source, total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
-                     MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_STD_MIN, MASK_STD_WAS_SPATIAL, TrainingGuards)
+                     MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_SAME_AFTER, MASK_SAME_DICE, MASK_STD_MIN, MASK_STD_WAS_SPATIAL,
+                     TrainingGuards)
 from .record import read_health, run_warnings, write_health
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
-           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_STD_MIN",
+           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_SAME_AFTER", "MASK_SAME_DICE",
+           "MASK_STD_MIN",
            "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "DoctorReport",
            "TrainingGuards", "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks",
            "level_terms", "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings",

@@ -27,6 +27,11 @@ MASK_MEAN_LOW, MASK_MEAN_HIGH, MASK_STD_MIN = 0.01, 0.99, 1e-3
 MASK_STD_WAS_SPATIAL = 1e-2
 #: a mask whose mean is this far from 0.5 (its initial value) is a gate, not a fresh mask
 MASK_GATE_SHIFT = 0.25
+#: ACAM-KD's M spatial masks are "one mask" when their mean pairwise Dice is at least this (1 = identical) ...
+MASK_SAME_DICE = 0.99
+#: ... at a logged row this far into the run (fresh masks are alike too; on the segmentation demo they part within
+#: the first quarter: Dice 0.997 at iteration 50 of 400, 0.57 at 100; on the detection demo's P3 they stay 1.00)
+MASK_SAME_AFTER = 0.25
 
 
 def _mask_shifts(level: str, masks: Mapping[str, Tensor] | None) -> dict[str, float]:
@@ -70,8 +75,9 @@ class TrainingGuards:
     """
 
     def __init__(self, distiller: Any, *, distill_weight: float = 1.0, grad_every: int = 100,
-                 world_size: int = 1, enabled: bool = True) -> None:
+                 world_size: int = 1, enabled: bool = True, max_iters: int | None = None) -> None:
         self.distiller = distiller
+        self.max_iters = max_iters  # the run's length: the "one mask" check waits for MASK_SAME_AFTER of it
         self.weight = float(distill_weight)
         self.grad_every = int(grad_every)
         self.world_size = world_size
@@ -301,6 +307,17 @@ class TrainingGuards:
                 f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
                 f"\"spatial\" (the default) standardises the fused map over space "
                 f"(docs/methods.md, \"Spatial masks must be spatial\")")))
+        dice = row.get(kd_key(level, "masks", "spatial", "dice"))
+        m = getattr(getattr(getattr(mod, "ascm", None), "spatial_units", None), "shape", (0,))[0]
+        late = self.max_iters is not None and iteration >= MASK_SAME_AFTER * self.max_iters
+        if (dice is not None and dice >= MASK_SAME_DICE and late and m > 1 and std is not None
+                and std >= MASK_STD_WAS_SPATIAL and not collapsed):
+            out.append(self._warn(f"mask_same|{level}", iteration, "mask_same", level, (
+                f"ACAM-KD's {m} spatial masks at {level} are one and the same mask (mean pairwise Dice "
+                f"{dice:.3f} ≥ {MASK_SAME_DICE:g}, {100 * iteration / self.max_iters:.0f} % into the run, each "
+                f"varying over the image: smallest per-mask spatial std {std:.2g}): ASCM selects as a single mask "
+                f"would and the diversity term does not part them "
+                f"(docs/methods.md, \"When the masks are one mask\")")))
         return out
 
     def first_row_checks(self, row: Mapping[str, float]) -> list[str]:
