@@ -22,7 +22,8 @@ Schema (shared by every task)::
       teacher_amp: none        # the teacher's forward: none | bf16 | auto (see Distiller)
       teacher_channels_last: false  # NHWC teacher weights: false | true | auto (see Distiller)
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
-            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters}
+            checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters,
+            prepare_cache}
     eval: {batch_size}
     compare: {methods, seeds, set, kwargs, tune}   # optional; densekd compare's plan (training ignores it)
 """
@@ -100,6 +101,9 @@ class TrainConfig:
     grad_ratio_every: int = 100  # KD/task gradient-norm ratio at iteration 1 and every N iterations; 0 = never
     control: bool = False  # also train a plain twin for the first control_iters iterations (densekd.engine.control)
     control_iters: int | None = None  # null = a tenth of max_iters (at least 1)
+    # a folder where KD modules fitted on the frozen teacher before training (FreeKD's prompts, MasKD's tokens) are
+    # kept and reused by runs with the same teacher, data, seed and module settings (densekd.engine.prepare)
+    prepare_cache: str | None = None
 
 
 @dataclass

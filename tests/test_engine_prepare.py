@@ -199,3 +199,52 @@ def test_two_process_ddp_ranks_share_rank0_tokens(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (r.stdout + r.stderr).count("prepared MasKD") == 1  # rank 0 reports
+
+
+def _final_student(out):
+    return torch.load(os.path.join(out, "student_final.pth"), map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("method", ["freekd", "maskd"])
+def test_prepare_cache_reuses_a_fit_bit_for_bit(tmp_path, capsys, method):
+    """train.prepare_cache: the first run fits and keeps the module; a run that differs only in distill.weight loads
+    it (no fitting) and ends with the very weights of a run that fits; another seed (another initialisation) fits
+    anew; a damaged entry is refitted."""
+    cache = str(tmp_path / "cache")
+    base = cityscapes_config(tmp_path, method, {"fit_steps": 2, "fit_lr": 0.05}, size=40)
+    base["train"].update({"max_iters": 2, "prepare_cache": cache})
+
+    def run(name, **over):
+        cfg = {**base, "output_dir": str(tmp_path / name), **{k: v for k, v in over.items() if k in ("seed",)}}
+        cfg["train"] = {**base["train"], **over.get("train", {})}
+        cfg["distill"] = {**base["distill"], "weight": over.get("weight", 1.0)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # random teacher
+            tr = Trainer(cfg)
+            tr.run()
+            mods = list(tr.model.kd_losses.values())
+            tr.close()
+        out = capsys.readouterr().out
+        return mods, [ln for ln in out.splitlines() if ln.startswith(("prepared ", "preparation cache:"))]
+
+    _, lines = run("fit")
+    assert len(lines) == 1 and "on the frozen teacher: 2 steps" in lines[0] and "kept in the preparation cache" in lines[0]
+    assert len(os.listdir(cache)) == 1
+    mods, lines = run("hit", weight=0.5)
+    assert len(lines) == 1 and "from the preparation cache" in lines[0] and "2 steps" in lines[0]
+    assert all(m.prepared for m in mods)
+    assert all(not p.requires_grad for m in mods for n, p in m.named_parameters() if n in ("prompts", "tokens"))
+    _, _ = run("nocache", weight=0.5, train={"prepare_cache": None})
+    a, b = _final_student(tmp_path / "hit"), _final_student(tmp_path / "nocache")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the cached fit is the fit
+    base["data"] = {**base["data"], "val_split": "train"}  # what is evaluated does not change the fit
+    _, lines = run("other_eval")
+    assert "from the preparation cache" in lines[0]
+    _, lines = run("seed1", seed=1)
+    assert "on the frozen teacher" in lines[0] and len(os.listdir(cache)) == 2
+    for f in os.listdir(cache):
+        with open(os.path.join(cache, f), "wb") as fh:
+            fh.write(b"not a checkpoint")
+    _, lines = run("damaged")
+    assert lines[0].startswith("preparation cache: ") and "is unreadable" in lines[0] and lines[0].endswith("fitting again")
+    assert "on the frozen teacher" in lines[1] and "kept in the preparation cache" in lines[1]

@@ -15,11 +15,24 @@ resumed), before the first training step; ``densekd bench`` does not call ``run`
   torchvision detectors, ``task.task_loss()`` on its output otherwise, e.g. cross-entropy for segmentation).
 
 Gradients flow to the module's parameters through the frozen teacher layers after the replaced level.
+
+**Preparation cache** (``train.prepare_cache: DIR``, off by default). What a module fits depends on the frozen
+teacher, the training data and its order, the module's own initial state (its random initialisation: the seed) and
+settings — not on ``distill.weight`` or anything else a weight grid varies; yet every run refits it (FreeKD's 2,000
+prompt steps took about 4.5 of a demo run's minutes). With a cache folder, a module's fitted state is saved under a
+key that hashes all of those (:func:`cache_key`): the module's class, its plain settings (``fit_steps``, ``fit_lr``,
+…), its state before fitting, the teacher's weights, the captured level, a fingerprint of the data the caller
+passes (the engine: the data config without its evaluation-only keys, seed, batch size and train-set size) and the cache format with densekd's
+version; a later run with the same key loads it instead of fitting (the same parameters, bit for bit, and the same
+frozen flags: tested against a run that fits). One process only: under torchrun the cache is not used.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
@@ -109,12 +122,87 @@ class _TeacherLevelFeats:
             yield feats[self.level], (inputs, targets)
 
 
+#: what a cached preparation holds and how it is keyed; bump it when either changes
+PREPARE_CACHE_FORMAT = 1
+#: data keys that only say what is evaluated, not what trains (a tune run on dev and a report run on val fit alike)
+EVAL_ONLY_DATA_KEYS = ("val_split", "val_ann", "val_images", "splits")
+
+
+def _hash_state(h: Any, state: Mapping[str, Any]) -> None:
+    for name in sorted(state):
+        v = state[name]
+        if isinstance(v, Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}|{t.dtype}|{tuple(v.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+
+
+def _settings(mod: nn.Module) -> str:
+    """The module's plain attributes (numbers, strings, flags, tuples of them), as sorted JSON."""
+    plain = {k: v for k, v in vars(mod).items() if not k.startswith("_") and k != "training"
+             and isinstance(v, (int, float, str, bool, tuple, type(None)))}
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def cache_key(mod: nn.Module, teacher_hash: str, spec: str, level: int, data_key: str) -> str:
+    """The preparation cache's key of one module (see the module docstring): sha256 hex."""
+    from .. import __version__
+
+    h = hashlib.sha256()
+    h.update(f"{PREPARE_CACHE_FORMAT}|{__version__}|{type(mod).__module__}.{type(mod).__qualname__}|".encode())
+    h.update(f"{_settings(mod)}|{teacher_hash}|{spec}|{level}|{data_key}|".encode())
+    _hash_state(h, mod.state_dict())
+    return h.hexdigest()
+
+
+class PrepareCache:
+    """A folder of prepared KD modules (``<key>.pt``); ``data_key`` fingerprints the data they were fitted on."""
+
+    def __init__(self, folder: str, data_key: str) -> None:
+        self.folder, self.data_key = folder, data_key
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.folder, f"{key[:32]}.pt")
+
+    def load(self, key: str, mod: nn.Module, log: Callable[[str], None]) -> list[float] | None:
+        """Restore ``mod`` from the cache (its state and frozen parameters); the fitting history, or None."""
+        path = self.path(key)
+        if not os.path.isfile(path):
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("key") != key:
+                raise ValueError("its key differs")
+            mod.load_state_dict(saved["state"])
+        except Exception as e:  # noqa: BLE001 — a damaged entry is refitted, not fatal
+            log(f"preparation cache: {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                f"fitting again")
+            return None
+        frozen = set(saved["frozen"])
+        for name, p in mod.named_parameters():
+            p.requires_grad_(name not in frozen)
+            p.grad = None
+        return [float(x) for x in saved["history"]]
+
+    def store(self, key: str, mod: nn.Module, history: list[float]) -> str:
+        os.makedirs(self.folder, exist_ok=True)
+        path = self.path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        state = {k: v.detach().cpu() for k, v in mod.state_dict().items()}
+        frozen = [n for n, p in mod.named_parameters() if not p.requires_grad]
+        torch.save({"format": PREPARE_CACHE_FORMAT, "key": key, "state": state, "frozen": frozen,
+                    "history": [float(x) for x in history]}, tmp)
+        os.replace(tmp, path)
+        return path
+
+
 def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[tuple[tuple[Any, ...], Any]]],
-                      log: Callable[[str], None] = print) -> list[str]:
+                      log: Callable[[str], None] = print, cache: PrepareCache | None = None) -> list[str]:
     """Run ``prepare`` on every KD module with ``needs_preparation`` that is not ``prepared`` yet.
 
     distiller: a built :class:`~densekd.Distiller`. task: the engine's task (``task_loss`` and optionally
     ``teacher_task_loss``). batches: a factory of fresh iterators of ``(inputs, targets)`` on the device.
+    cache: where fitted modules are kept and looked up (module docstring, "Preparation cache"); None: always fit.
     Returns one message per prepared module (also passed to ``log``)."""
     todo = [(k, m) for k, m in distiller.kd_losses.items()
             if getattr(m, "needs_preparation", False) and not getattr(m, "prepared", False)]
@@ -126,6 +214,7 @@ def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[
             return default_teacher_task_loss(task, teacher, inputs, targets)
 
     messages = []
+    teacher_hash: str | None = None
     for i, pair in enumerate(distiller.pairs):
         keys = [k for k in distiller.kd_losses if k.split("|", 1)[0] == str(i)]  # level order (Distiller.setup)
         for j, key in enumerate(keys):
@@ -143,10 +232,27 @@ def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[
                         f"depend on its {_spec!r} level (is the spec an output the teacher's head consumes?)")
                 return loss
 
+            ck = None
+            if cache is not None:
+                if teacher_hash is None:
+                    h = hashlib.sha256()
+                    _hash_state(h, distiller.teacher.state_dict())
+                    teacher_hash = h.hexdigest()
+                ck = cache_key(mod, teacher_hash, pair.teacher_spec, j, cache.data_key)
+                hist = cache.load(ck, mod, log)
+                if hist is not None:
+                    msg = (f"prepared {type(mod).__name__} at {key!r} from the preparation cache "
+                           f"({cache.path(ck)}: fitted earlier on the same teacher, data, seed and settings): "
+                           f"{len(hist)} steps, objective {hist[0]:.4g} → {hist[-1]:.4g}")
+                    log(msg)
+                    messages.append(msg)
+                    continue
             with torch.enable_grad():
                 hist = mod.prepare(_TeacherLevelFeats(distiller, i, j, batches), head_loss_fn)
             msg = (f"prepared {type(mod).__name__} at {key!r} on the frozen teacher: {len(hist)} steps, "
                    f"objective {hist[0]:.4g} → {hist[-1]:.4g}")
+            if cache is not None and ck is not None:
+                msg += f"; kept in the preparation cache ({cache.store(ck, mod, hist)})"
             log(msg)
             messages.append(msg)
     return messages
@@ -183,7 +289,18 @@ def prepare_for_trainer(trainer: Any) -> list[str]:
         if du.is_main():
             print(msg, flush=True)
 
-    messages = prepare_kd_losses(model, trainer.task, batches, log=log)
+    cache = None
+    if t.prepare_cache and trainer.world == 1:
+        from ..config import to_dict
+
+        data = {k: v for k, v in to_dict(trainer.cfg.data).items() if k not in EVAL_ONLY_DATA_KEYS}
+        data_key = json.dumps({"task": trainer.cfg.task, "data": data, "seed": trainer.cfg.seed,
+                               "batch_size": t.batch_size, "train_size": len(trainer.train_set)},
+                              sort_keys=True, default=str)
+        cache = PrepareCache(t.prepare_cache, data_key)
+    elif t.prepare_cache:
+        log(f"train.prepare_cache: not used under torchrun ({trainer.world} processes fit on their own shards)")
+    messages = prepare_kd_losses(model, trainer.task, batches, log=log, cache=cache)
     if trainer.world > 1:  # every rank fitted on its own shard: rank 0's result for all (DDP broadcast
         import torch.distributed as dist  # happened at wrapping, before this stage)
 
