@@ -118,10 +118,11 @@ class DemoConfig(common.DemoSettings):
     warmup_iters: int = 100  # 20 let one seed's FCOS regression head die (a ReLU output negative everywhere)
     teacher_warmup_iters: int = 100
     eval_points: int = 2
-    # distill.weight per method, chosen on dev (benchmarks/results/detection_setting.md): every method by its best
-    # mean dev AP over the same budget — three weights spanning 10× around its doctor-rule weight, 2 seeds each
-    # (ACAM-KD, FitNet and MasKD: 0.03, 0.1, 0.3; SAMKD 0.1, 0.3, 1); the paper's ablation variants (Tables 8–10) at
-    # ACAM-KD's weight, so that each differs from it in its own switch only
+    # distill.weight per method, chosen on dev (benchmarks/results/detection_demo.md, "Weights"): every method by its
+    # best mean dev AP over the same budget — three weights spanning 10× around its doctor-rule weight, 2 seeds each,
+    # and one value more past the grid's edge where the best sat at it (`python benchmarks/detection_setting.py
+    # grids` lists every point); the paper's ablation variants (Tables 8–10) at ACAM-KD's weight, so that each
+    # differs from it in its own switch only
     weights: dict[str, float] = field(default_factory=lambda: {
         "acam_kd": 0.3, "fitnet": 0.1, "maskd": 0.1, "samkd": 1.0, "acam_kd_teacher_fusion": 0.3,
         "acam_kd_spatial": 0.3, "acam_kd_channel": 0.3, "acam_kd_student_query": 0.3, "acam_kd_paper": 0.3,
