@@ -126,7 +126,7 @@ class DemoConfig(common.DemoSettings):
     weights: dict[str, float] = field(default_factory=lambda: {
         "acam_kd": 0.3, "fitnet": 0.1, "maskd": 0.1, "samkd": 1.0, "acam_kd_teacher_fusion": 0.3,
         "acam_kd_spatial": 0.3, "acam_kd_channel": 0.3, "acam_kd_student_query": 0.3, "acam_kd_paper": 0.3,
-        "fgd": 0.3, "pkd": 0.1, "mgd": 100.0, "dmkd": 3.0})
+        "fgd": 0.3, "pkd": 0.1, "mgd": 100.0, "dmkd": 3.0, "freekd": 0.03})
     # the FPN levels distilled (backbone output keys: "0"–"2" = P3–P5, "p6", "p7") and a weight per level that
     # multiplies distill.weight (docs/methods.md, "Distillation points": P3–P5, not every level the head uses; the
     # 1×1 P6/P7 maps of a 64-pixel canvas carry no spatial structure and their KD terms dominate the others — chosen
