@@ -22,9 +22,10 @@ settings — not on ``distill.weight`` or anything else a weight grid varies; ye
 prompt steps took about 4.5 of a demo run's minutes). With a cache folder, a module's fitted state is saved under a
 key that hashes all of those (:func:`cache_key`): the module's class, its plain settings (``fit_steps``, ``fit_lr``,
 …), its state before fitting, the teacher's weights, the captured level, a fingerprint of the data the caller
-passes (the engine: the data config without its evaluation-only keys, seed, batch size and train-set size) and the cache format with densekd's
-version; a later run with the same key loads it instead of fitting (the same parameters, bit for bit, and the same
-frozen flags: tested against a run that fits). One process only: under torchrun the cache is not used.
+passes (the engine: the data config without its evaluation-only keys, seed, batch size and train-set size) and
+the cache format; a later run with the same key loads it instead of fitting (the same parameters, bit for bit,
+and the same frozen flags: tested against a run that fits). One process only: under torchrun the cache is not
+used.
 """
 from __future__ import annotations
 
@@ -146,10 +147,8 @@ def _settings(mod: nn.Module) -> str:
 
 def cache_key(mod: nn.Module, teacher_hash: str, spec: str, level: int, data_key: str) -> str:
     """The preparation cache's key of one module (see the module docstring): sha256 hex."""
-    from .. import __version__
-
     h = hashlib.sha256()
-    h.update(f"{PREPARE_CACHE_FORMAT}|{__version__}|{type(mod).__module__}.{type(mod).__qualname__}|".encode())
+    h.update(f"{PREPARE_CACHE_FORMAT}|{type(mod).__module__}.{type(mod).__qualname__}|".encode())
     h.update(f"{_settings(mod)}|{teacher_hash}|{spec}|{level}|{data_key}|".encode())
     _hash_state(h, mod.state_dict())
     return h.hexdigest()
