@@ -10,7 +10,7 @@ method's paired gain over it and ACAM-KD − FitNet, per seed.
     python benchmarks/detection_setting.py list             # the candidates and their overrides
     python benchmarks/detection_setting.py grids [--setting w05-pre-1000-wu100] [--png docs/det_tune.png]
         # every method's weight grid on that setting: dev gain per weight, the chosen weight (best mean dev AP), a
-        # flag where it is the grid's edge, and one panel per method in a figure
+        # flag where it is the grid's edge, and compare --tune's figure (one panel per method)
 
 Runs go to ``$DENSEKD_BENCH_OUT`` (default ``runs/detection_setting``), one folder per candidate; the table reads
 their ``summary_detection.json``. Two candidates may run at once in two processes (``--threads 1`` each).
@@ -152,100 +152,68 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def grid_points(setting: str) -> dict[str, dict[float, dict[int, tuple[float, float]]]]:
-    """The weight grids run on ``setting``: method → weight → seed → (AP, the plain student's AP of that seed),
-    AP × 100 on dev, from every ``SETTING+METHOD@WEIGHT`` folder (a ``#tag`` folder ran other kwargs: not a grid
-    point)."""
-    grids: dict[str, dict[float, dict[int, tuple[float, float]]]] = {}
+def grid_result(setting: str) -> Any:
+    """The weight grids run on ``setting`` as ``densekd compare --tune`` holds its own (a
+    :class:`~densekd.tools.compare.tune.TuneResult` on dev, AP), read from every ``SETTING+METHOD@WEIGHT`` folder
+    (a ``#tag`` folder ran other kwargs: not a grid point); the choice per method is compare's
+    (:func:`~densekd.tools.compare.tune.choose`), so the table and figure below are its own."""
+    from densekd.tools.compare.tune import Setting, SettingScore, TuneResult, choose
+
+    runs: dict[str, dict[float, list[dict]]] = {}
+    base: dict[int, dict] = {}
     for path in sorted(out_root().glob(f"{setting}+*@*/summary_detection.json")):
         name = path.parent.name
         if "#" in name or name.partition("+")[0] != setting:
             continue
         method, _, w = name.partition("+")[2].partition("@")
-        runs = json.loads(path.read_text())["runs"]
-        base = {r["seed"]: 100 * r["AP"] for r in runs.get("baseline", [])}
-        got = {r["seed"]: (100 * r["AP"], base[r["seed"]]) for r in runs.get(method, []) if r["seed"] in base}
-        if got:
-            grids.setdefault(method, {})[float(w)] = got
-    return grids
+        found = json.loads(path.read_text())["runs"]
+        base.update({r["seed"]: r for r in found.get("baseline", [])})
+        if found.get(method):
+            runs.setdefault(method, {})[float(w)] = found[method]
 
+    def score(method: str, weight: float | None, rs: list[dict]) -> SettingScore:
+        m, sd, n = mean_std([r["AP"] for r in rs])
+        return SettingScore(method, Setting.of({} if weight is None else {"distill.weight": weight}), rs, {}, m, sd, n)
 
-def chosen_weights(grids: dict[str, dict[float, dict[int, tuple[float, float]]]]) -> dict[str, tuple[float, str]]:
-    """Per method: the weight with the best mean dev AP and where it lies in its grid ("low edge", "high edge" or
-    "inside"; a grid of one value is an edge both ways)."""
-    out = {}
-    for m, by_w in grids.items():
-        ws = sorted(by_w)
-        best = max(ws, key=lambda w: mean_std([ap for ap, _ in by_w[w].values()])[0])
-        where = "low edge" if best == ws[0] else "high edge" if best == ws[-1] else "inside"
-        out[m] = (best, where)
-    return out
+    seeds = sorted({r["seed"] for by_w in runs.values() for rs in by_w.values() for r in rs})
+    scores = {"baseline": [score("baseline", None, [base[k] for k in seeds if k in base])]}
+    scores.update({m: [score(m, w, by_w[w]) for w in sorted(by_w)] for m, by_w in sorted(runs.items())})
+    chosen = {m: choose(scs, len(seeds)) for m, scs in scores.items()}
+    return TuneResult("dev", "AP", seeds, [], 0, scores, chosen, [], {}, {})
 
 
 def grids_table(setting: str) -> str:
-    """Markdown: per method and weight, dev AP and the paired gain over the plain student; the chosen weight."""
-    grids = grid_points(setting)
-    chosen = chosen_weights(grids)
+    """Markdown: per method and weight, dev AP and the paired gain over the plain student; the chosen weight and
+    compare's flag when it is the grid's edge."""
+    from densekd.tools.compare import paired_gains
+    from densekd.tools.compare.tune import edge_note
+
+    res = grid_result(setting)
+    ref = res.scores["baseline"][0].runs
     lines = [f"Weight grids on `{setting}` (dev, AP × 100, gains paired by seed with the plain student; the chosen "
              "weight: best mean dev AP)", "",
              "| method | weight | seeds | AP (dev) | gain vs plain (paired) | per seed | chosen |", "|---|---|---|---|---|---|---|"]
-    for m in sorted(grids):
-        for w in sorted(grids[m]):
-            pts = grids[m][w]
-            g = [ap - b for ap, b in pts.values()]
+    for m, scs in res.scores.items():
+        if m == "baseline":
+            continue
+        for i, sc in enumerate(scs):
+            (g,) = paired_gains({"baseline": ref, "x": sc.runs}, "baseline", "AP", ["x"])
             mark = ""
-            if chosen[m][0] == w:
-                mark = "**yes**" + ("" if chosen[m][1] == "inside" else f" (the grid's {chosen[m][1]})")
-            lines.append(f"| {m} | {w:g} | {len(pts)} | {fmt(*mean_std([ap for ap, _ in pts.values()])[:2])} | "
-                         f"{fmt(*mean_std(g)[:2], sign=True)} | {', '.join(f'{x:+.1f}' for x in g)} | {mark} |")
+            if res.chosen[m] == i:
+                note = edge_note([x.setting for x in scs], i)
+                mark = "**yes**" + (f" ({note})" if note else "")
+            lines.append(f"| {m} | {sc.setting.values[0][1]:g} | {sc.n} | {fmt(100 * sc.mean, 100 * sc.std)} | "
+                         f"{fmt(100 * g.mean, 100 * g.std, sign=True)} | "
+                         f"{', '.join(f'{100 * v:+.1f}' for v in g.per_seed.values())} | {mark} |")
     return "\n".join(lines)
 
 
 def plot_grids(setting: str, path: str) -> str | None:
-    """PNG: one panel per method, its paired dev gain (mean ± std over seeds) at each weight of its grid on a log
-    axis, the chosen weight filled, a zero line for "no better than plain". None when nothing ran."""
-    grids = grid_points(setting)
-    if not grids:
-        return None
-    import math
+    """PNG: compare's tuning figure (:func:`~densekd.tools.compare.tune.tune_curves`) of the grids on ``setting``."""
+    from densekd.tools.compare.tune import tune_curves
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    chosen = chosen_weights(grids)
-    methods = sorted(grids)
-    cols = min(4, len(methods))
-    rows = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), sharey=True, squeeze=False)
-    for ax, m in zip(axes.ravel(), methods):
-        ws = sorted(grids[m])
-        stats = [mean_std([ap - b for ap, b in grids[m][w].values()]) for w in ws]
-        ax.errorbar(ws, [s[0] for s in stats], yerr=[0.0 if math.isnan(s[1]) else s[1] for s in stats], marker="o",
-                    ms=4, capsize=3, color="#4c72b0", mfc="white")
-        c = ws.index(chosen[m][0])
-        ax.plot([ws[c]], [stats[c][0]], "o", ms=6, color="#4c72b0")
-        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xticks(ws, [f"{w:g}" for w in ws])
-        ax.set_xlim(ws[0] / 2, ws[-1] * 2)
-        ax.set_title(m + ("" if chosen[m][1] == "inside" else f" (best at {chosen[m][1]})"), fontsize=9)
-        ax.set_xlabel("distill.weight", fontsize=7)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(methods):]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("dev AP gain vs plain", fontsize=7)
-    fig.suptitle(f"detection demo setting ({setting}): each method's weight grid on dev, 2 seeds per point; "
-                 "filled: chosen", fontsize=8)
-    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return tune_curves(grid_result(setting), path)
 
 
 HEADER = """# Detection demo settings and weights, chosen on `dev`

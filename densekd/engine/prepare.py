@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..assets import weights_sha256
 from ..capture import _select, parse_spec, resolve_module
 from ..distiller import task_losses
 from ..errors import ConfigError
@@ -129,15 +130,6 @@ PREPARE_CACHE_FORMAT = 1
 EVAL_ONLY_DATA_KEYS = ("val_split", "val_ann", "val_images", "splits")
 
 
-def _hash_state(h: Any, state: Mapping[str, Any]) -> None:
-    for name in sorted(state):
-        v = state[name]
-        if isinstance(v, Tensor):
-            t = v.detach().cpu().contiguous().reshape(-1)
-            h.update(f"{name}|{t.dtype}|{tuple(v.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-
-
 def _settings(mod: nn.Module) -> str:
     """The module's plain attributes (numbers, strings, flags, tuples of them), as sorted JSON."""
     plain = {k: v for k, v in vars(mod).items() if not k.startswith("_") and k != "training"
@@ -147,11 +139,9 @@ def _settings(mod: nn.Module) -> str:
 
 def cache_key(mod: nn.Module, teacher_hash: str, spec: str, level: int, data_key: str) -> str:
     """The preparation cache's key of one module (see the module docstring): sha256 hex."""
-    h = hashlib.sha256()
-    h.update(f"{PREPARE_CACHE_FORMAT}|{type(mod).__module__}.{type(mod).__qualname__}|".encode())
-    h.update(f"{_settings(mod)}|{teacher_hash}|{spec}|{level}|{data_key}|".encode())
-    _hash_state(h, mod.state_dict())
-    return h.hexdigest()
+    text = (f"{PREPARE_CACHE_FORMAT}|{type(mod).__module__}.{type(mod).__qualname__}|{_settings(mod)}|{teacher_hash}|"
+            f"{spec}|{level}|{data_key}|{weights_sha256(mod.state_dict())}")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class PrepareCache:
@@ -231,26 +221,22 @@ def prepare_kd_losses(distiller: Any, task: Any, batches: Callable[[], Iterator[
                         f"depend on its {_spec!r} level (is the spec an output the teacher's head consumes?)")
                 return loss
 
-            ck = None
+            ck = hist = None
             if cache is not None:
                 if teacher_hash is None:
-                    h = hashlib.sha256()
-                    _hash_state(h, distiller.teacher.state_dict())
-                    teacher_hash = h.hexdigest()
+                    teacher_hash = weights_sha256(distiller.teacher.state_dict())
                 ck = cache_key(mod, teacher_hash, pair.teacher_spec, j, cache.data_key)
                 hist = cache.load(ck, mod, log)
-                if hist is not None:
-                    msg = (f"prepared {type(mod).__name__} at {key!r} from the preparation cache "
-                           f"({cache.path(ck)}: fitted earlier on the same teacher, data, seed and settings): "
-                           f"{len(hist)} steps, objective {hist[0]:.4g} → {hist[-1]:.4g}")
-                    log(msg)
-                    messages.append(msg)
-                    continue
-            with torch.enable_grad():
-                hist = mod.prepare(_TeacherLevelFeats(distiller, i, j, batches), head_loss_fn)
-            msg = (f"prepared {type(mod).__name__} at {key!r} on the frozen teacher: {len(hist)} steps, "
+            fit = hist is None
+            if fit:
+                with torch.enable_grad():
+                    hist = mod.prepare(_TeacherLevelFeats(distiller, i, j, batches), head_loss_fn)
+            how = ("on the frozen teacher" if fit else
+                   f"from the preparation cache ({cache.path(ck)}: fitted earlier on the same teacher, data, seed and "
+                   f"settings)")
+            msg = (f"prepared {type(mod).__name__} at {key!r} {how}: {len(hist)} steps, "
                    f"objective {hist[0]:.4g} → {hist[-1]:.4g}")
-            if cache is not None and ck is not None:
+            if fit and ck is not None:
                 msg += f"; kept in the preparation cache ({cache.store(ck, mod, hist)})"
             log(msg)
             messages.append(msg)

@@ -303,7 +303,7 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
     from .compare.plan import method_overrides, plan_from_config, plan_settings, raw_config
 
     raw = raw_config(config, overrides)
-    own_set, own_kwargs = plan_settings(plan_from_config(config, overrides), method)  # built as compare builds it
+    own_set, own_kwargs = plan_settings(plan_from_config(raw), method)  # built as compare builds it
     with tempfile.TemporaryDirectory() as tmp:
         ov = list(overrides) + own_set + method_overrides(raw, method, own_kwargs) + [
             f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0",

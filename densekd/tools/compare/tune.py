@@ -724,7 +724,10 @@ def tune_curves(res: TuneResult, path: str, scale: float = 100.0) -> str | None:
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         if numeric and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
-        if not numeric:
+        if numeric:  # the grid's own values as the ticks (a log axis labels its minor ticks otherwise, overlapping)
+            ax.set_xticks(xs, [_value_text(v) for v in vals], minor=False)
+            ax.set_xticks([], minor=True)
+        else:
             ax.set_xticks(xs)
             ax.set_xticklabels([sc.setting.label for sc in scs], rotation=30, ha="right", fontsize=6)
         ax.set_title(m, fontsize=9)
