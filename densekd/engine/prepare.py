@@ -18,8 +18,8 @@ Gradients flow to the module's parameters through the frozen teacher layers afte
 
 **Preparation cache** (``train.prepare_cache: DIR``, off by default). What a module fits depends on the frozen
 teacher, the training data and its order, the module's own initial state (its random initialisation: the seed) and
-settings — not on ``distill.weight`` or anything else a weight grid varies; yet every run refits it (FreeKD's 2,000
-prompt steps took about 4.5 of a demo run's minutes). With a cache folder, a module's fitted state is saved under a
+settings — not on ``distill.weight`` or anything else a weight grid varies; yet every run refits it (FreeKD: 2,000
+prompt steps by default). With a cache folder, a module's fitted state is saved under a
 key that hashes all of those (:func:`cache_key`): the module's class, its plain settings (``fit_steps``, ``fit_lr``,
 …), its state before fitting, the teacher's weights, the captured level, a fingerprint of the data the caller
 passes (the engine: the data config without its evaluation-only keys, seed, batch size and train-set size) and
