@@ -4,6 +4,7 @@ the teacher forward's precision and memory layout (issue 20).
     python benchmarks/real_size.py tables  --out benchmarks/results/real_size          # every setting and method
     python benchmarks/real_size.py tables  --out runs/real_size_dry --scale 0.4 --iters 2 --warmup 1 \
         --methods fitnet acam_kd                                                        # a quick dry run
+    python benchmarks/real_size.py tables  --out benchmarks/results/real_size --resume # go on where a call stopped
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
@@ -142,26 +143,53 @@ def _spread(times: list[float]) -> str:
 
 
 # --------------------------------------------------------------------------- tables
+#: the order of ``tables``' rows: the plain student, the methods papers compare, ACAM-KD, then its ablations
+ORDER = ["fitnet", "hinton_kd", "cwd", "pkd", "mgd", "dmkd", "fgd", "maskd", "freekd", "cirkd", "samkd", "acam_kd",
+         "acam_kd_paper"]
+
+
+def method_order(methods: list[str]) -> list[str]:
+    return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+
+
 def run_tables(args) -> int:
     from densekd.tools.bench import bench_table, measure_in_subprocess
     from densekd.tools.compare.plan import PLAIN_STUDENT
     from densekd.losses.registry import available_losses
 
-    methods = args.methods or available_losses()
+    methods = method_order(args.methods or available_losses())
     os.makedirs(args.out, exist_ok=True)
-    summary = [f"# densekd bench at {args.scale:g} × the papers' sizes", "",
-               f"`python benchmarks/real_size.py tables --scale {args.scale:g} --iters {args.iters} "
-               f"--warmup {args.warmup}`; {args.threads} threads; teacher_amp {args.teacher_amp}", ""]
     t_start = time.perf_counter()
     for name in args.settings:
         task, recipe, size = SETTINGS[name]
+        h, w = (round(s * args.scale) for s in size)
+        rows_path = os.path.join(args.out, f"{name}.json")
+        done = {}
+        if args.resume and os.path.exists(rows_path):  # rows measured by an earlier call with the same settings
+            done = {r["method"]: r for r in json.load(open(rows_path, encoding="utf-8"))
+                    if r.get("scale") == args.scale and r.get("iters") == args.iters}
+        rows, skipped = [], []
+
+        def write() -> str:  # after every method: a long run stopped midway keeps what it measured
+            text = "\n".join([f"## {name}: {os.path.basename(recipe)} at {h}×{w}, batch 2", "",
+                              bench_table(rows).rstrip(), "", spread_table(rows), "",
+                              "not run: " + (", ".join(skipped) if skipped else "none")])
+            with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            with open(rows_path, "w", encoding="utf-8") as f:
+                json.dump(rows, f, indent=1)
+            return text
+
         with tempfile.TemporaryDirectory() as tmp:
             base = setting_overrides(name, tmp, args.scale) + [f"distill.teacher_amp={args.teacher_amp}"]
-            rows, skipped = [], []
             for m in [PLAIN_STUDENT, *methods]:
                 ok, extra, why = applicable(name, m) if m != PLAIN_STUDENT else (True, [], "")
                 if not ok:
                     skipped.append(f"{m} ({why})")
+                    continue
+                if m in done:
+                    rows.append(done[m])
+                    print(f"[{name}] {m}: kept from {rows_path}", flush=True)
                     continue
                 t0 = time.perf_counter()
                 print(f"[{name}] {m} ...", flush=True)
@@ -171,35 +199,45 @@ def run_tables(args) -> int:
                 except Exception as e:  # noqa: BLE001 - one failing method must not lose the others' rows
                     skipped.append(f"{m} (failed: {str(e).splitlines()[0][:200]})")
                     print(f"[{name}] {m} failed: {e}", flush=True)
+                    write()
                     continue
-                row["wall_sec"] = time.perf_counter() - t0
+                row.update(wall_sec=time.perf_counter() - t0, scale=args.scale, setting=name,
+                           finished=time.strftime("%Y-%m-%d %H:%M"))
                 rows.append(row)
+                write()
                 print(f"[{name}] {m}: {row['sec_per_iter']:.3f} s/step ({row['wall_sec']:.0f} s in all)", flush=True)
-            h, w = (round(s * args.scale) for s in size)
-            text = "\n".join([f"## {name}: {os.path.basename(recipe)} at {h}×{w}, batch 2", "",
-                              bench_table(rows).rstrip(), "", spread_table(rows), "",
-                              "not run: " + (", ".join(skipped) if skipped else "none")])
-            with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            with open(os.path.join(args.out, f"{name}.json"), "w", encoding="utf-8") as f:
-                json.dump(rows, f, indent=1)
-            summary += [text, ""]
-            print(text, flush=True)
-    summary.append(f"wall time of the whole run: {time.perf_counter() - t_start:.0f} s")
-    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(summary) + "\n")
+            print(write(), flush=True)
+    write_summary(args)
+    print(f"wall time of this call: {time.perf_counter() - t_start:.0f} s")
     return 0
 
 
+def write_summary(args) -> None:
+    """``<out>/summary.md``: every setting's table found in ``out`` (also those of earlier, resumed calls)."""
+    summary = [f"# densekd bench at {args.scale:g} × the papers' sizes", "",
+               f"`python benchmarks/real_size.py tables --scale {args.scale:g} --iters {args.iters} "
+               f"--warmup {args.warmup}`; {args.threads} threads; teacher_amp {args.teacher_amp}", ""]
+    for name in SETTINGS:
+        path = os.path.join(args.out, f"{name}.md")
+        if os.path.exists(path):
+            summary += [open(path, encoding="utf-8").read().rstrip(), ""]
+    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(summary) + "\n")
+
+
 def spread_table(rows: list[dict]) -> str:
-    """Per method: the spread of the measured steps and the KD modules against the issue's targets."""
-    lines = ["| method | step s median (min–max) | modules / student step | modules / floor time | wall s |",
-             "|---|---|---|---|---|"]
+    """Per method: the spread of the measured steps and the KD modules against the issue's targets (modules alone
+    over the student step ≤ 10 % for methods without attention; over their floor time ≤ 1.5×)."""
+    from densekd.tools.bench import floor_seconds
+
+    lines = ["| method | step s median (min–max) | modules alone / student step | modules alone / floor time "
+             "| wall s |", "|---|---|---|---|---|"]
     for r in rows:
-        st, mod = r.get("student_step_sec"), r.get("modules_sec")
+        st = r.get("student_step_sec")
+        mod = r.get("modules_alone_sec", r.get("modules_sec"))
         share = "—" if mod is None or not st else f"{100 * mod / st:+.1f} %"
-        floor, rate = r.get("modules_floor_flops"), r.get("matmul_gflops")
-        ratio = f"{mod / (floor / (rate * 1e9)):.1f}×" if mod and mod > 0 and floor and rate else "—"
+        fsec = floor_seconds(r)
+        ratio = f"{mod / fsec:.1f}×" if mod and mod > 0 and fsec else "—"
         lines.append(f"| {r['method']} | {r['sec_per_iter']:.3f} ({_spread(r.get('step_times', []))}) | {share} "
                      f"| {ratio} | {r.get('wall_sec', 0):.0f} |")
     return "\n".join(lines)
@@ -312,6 +350,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--teacher-amp", default="auto", choices=["auto", "bf16", "none"], help="tables: distill.teacher_amp")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="teacher: batch sizes")
+    ap.add_argument("--resume", action="store_true",
+                    help="tables: keep the rows <out>/<setting>.json already holds for this scale and --iters")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bench subprocesses inherit it
     import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Sequence
@@ -24,6 +25,22 @@ from .errors import ConfigError
 from .levels import LevelInfo, LevelLosses, Pair
 from .losses.base import DistillContext
 from .run_folder import kd_term
+
+
+@dataclass
+class KDSnapshot:
+    """One batch's inputs to the KD modules (:meth:`Distiller.kd_snapshot`): student and teacher maps by capture
+    spec, and the context."""
+
+    student: dict[str, "OrderedDict[str, Tensor]"]
+    teacher: dict[str, "OrderedDict[str, Tensor]"]
+    context: DistillContext
+
+    def student_levels(self, spec: str) -> "OrderedDict[str, Tensor]":
+        return self.student[parse_spec(spec).text]
+
+    def teacher_levels(self, spec: str) -> "OrderedDict[str, Tensor]":
+        return self.teacher[parse_spec(spec).text]
 
 
 #: ``teacher_amp`` choices (see :class:`Distiller`)
@@ -322,6 +339,33 @@ class Distiller(nn.Module):
             return OrderedDict((k, self._teacher_map(v)) for k, v in self._t_cap.levels(spec).items())
         finally:
             self._t_cap.clear()
+
+    def kd_snapshot(self, *inputs: Any, targets: Any = None) -> KDSnapshot:
+        """What the KD modules read from one batch, frozen: every captured student map as a fresh leaf (it takes
+        the gradient the KD terms send the student), the teacher's maps and the context. With :meth:`kd_loss` the
+        KD modules alone can be run and timed apart from both networks (``densekd bench``'s ``modules alone``).
+        The student's forward runs without gradient."""
+        if not self._built:
+            self.setup(*inputs)
+        with torch.no_grad():
+            task_losses(self._run_student, type(self.student).__name__, self.task_loss, inputs, targets)
+        self._run_teacher(inputs)
+        try:
+            ctx = self._context(inputs, targets)
+            student = {spec: OrderedDict((k, v.detach().clone().requires_grad_(v.is_floating_point()))
+                                         for k, v in self._s_cap.levels(spec).items()) for spec in self._s_cap.specs}
+            teacher = {spec: OrderedDict((k, v.clone()) for k, v in self._t_cap.levels(spec).items())
+                       for spec in self._t_cap.specs}
+        finally:
+            for cap in self._captures():
+                cap.clear()
+        return KDSnapshot(student, teacher, ctx)
+
+    def kd_loss(self, snapshot: KDSnapshot) -> Tensor:
+        """The weighted KD loss (``loss_kd`` of :meth:`forward`) on a :meth:`kd_snapshot`: the KD modules only."""
+        terms = self.kd_losses.terms(self.pairs, snapshot.student_levels, snapshot.teacher_levels,
+                                     snapshot.context, fp32=self.kd_fp32, teacher_map=self._teacher_map)
+        return sum((t.value for t in terms), torch.zeros((), device=self._teacher_device()))
 
     def kd_terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Sum each KD term over levels: ``{"loss_channel": ..., "loss_spatial": ...}`` (for logs)."""

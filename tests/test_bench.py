@@ -48,15 +48,33 @@ def test_flops_table_columns_and_rates():
     table = bench_table(rows)
     lines = table[table.index("| method | step GFLOP"):].splitlines()
     assert lines[0] == ("| method | step GFLOP | GFLOP/s | student step GFLOP | GFLOP/s | teacher fwd GFLOP | GFLOP/s "
-                        "| KD modules GFLOP | GFLOP/s | floor GFLOP | modules / floor time |")
+                        "| KD modules GFLOP | modules alone s | GFLOP/s | floor GFLOP | floor MB | floor s "
+                        "| modules / floor time |")
     # baseline: its step is the student step (0.5 s); acam_kd: 4 GFLOP in 0.75 s, the student's 2 in 0.5 s, the
-    # teacher's 1.5 in 0.125 s, the modules' 0.5 in 0.125 s; floor 0.25 GFLOP at 100 GFLOP/s = 2.5 ms → 50×
-    assert lines[2] == "| baseline | 2.0 | 4 | 2.0 | 4 | — | — | — | — | — | — |"
-    assert lines[3] == "| acam_kd | 4.0 | 5 | 2.0 | 4 | 1.5 | 12 | 0.5 | 4 | 0.25 | 50.0× |"
+    # teacher's 1.5 in 0.125 s, the modules' 0.5 in 0.125 s (in-step: no alone run); floor 0.25 GFLOP at
+    # 100 GFLOP/s = 2.5 ms → 50×
+    assert lines[2] == "| baseline | 2.0 | 4 | 2.0 | 4 | — | — | — | — | — | — | — | — | — |"
+    assert lines[3] == "| acam_kd | 4.0 | 5 | 2.0 | 4 | 1.5 | 12 | 0.5 | — | 4 | 0.25 | — | 0.0025 | 50.0× |"
     assert "(100 GFLOP/s, best square product" in lines[-1]
     neg = bench_table([dict(rows[1], modules_sec=-0.01)])  # a modules time below the noise: no rate, no ratio
-    assert neg.splitlines()[-3].endswith("| 0.5 | — | 0.25 | — |")
+    assert neg.splitlines()[-3].endswith("| 0.5 | — | — | 0.25 | — | 0.0025 | — |")
     assert "step GFLOP" not in bench_table(ROWS)  # rows measured before FLOPs were counted: no second table
+
+
+def test_flops_table_modules_alone_and_memory_floor():
+    """Measured alone, the modules' own time is the one set against the floor; the floor is the longer of the
+    products at the matmul rate and the bytes at the copy rate."""
+    row = dict(ROWS[1], step_flops=4e9, student_step_flops=2e9, teacher_fwd_flops=1.5e9, modules_flops=0.5e9,
+               modules_floor_flops=0.25e9, matmul_gflops=100.0, modules_alone_sec=0.05,
+               modules_alone_times=[0.04, 0.05, 0.09], modules_floor_bytes=200e6, copy_gbps=20.0)
+    line = bench_table([row]).splitlines()[-3]
+    # 0.5 GFLOP in 0.05 s = 10 GFLOP/s; floor: max(0.25 / 100 = 2.5 ms, 200 MB / 20 GB/s = 10 ms) = 10 ms → 5×
+    assert line.endswith("| 0.5 | 0.05 (0.04–0.09) | 10 | 0.25 | 200 | 0.01 | 5.0× |")
+    assert "and floor bytes at the copy rate (20.0 GB/s" in bench_table([row]).splitlines()[-1]
+    from densekd.tools.bench import floor_seconds
+
+    assert floor_seconds(dict(row, modules_floor_bytes=1e6)) == pytest.approx(2.5e-3)  # products dominate
+    assert floor_seconds({"modules_floor_flops": None}) is None
 
 
 def test_bench_bad_arguments():
@@ -84,7 +102,7 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
     assert all(len(ln.split(" | ")) == 8 for ln in lines[:4])
     assert lines[4].startswith("| method | step GFLOP | GFLOP/s | student step GFLOP |")  # the FLOPs table
     assert [ln.split(" | ")[0][2:] for ln in lines[5:]] == ["baseline", "fitnet", "cwd"]
-    assert all(len(ln.split(" | ")) == 11 for ln in lines[4:])
+    assert all(len(ln.split(" | ")) == 14 for ln in lines[4:])
     rows = json.load(open(out / "bench.json"))
     assert [r["method"] for r in rows] == ["baseline", "fitnet", "cwd"]
     assert rows[0]["teacher_fwd_sec"] is None and rows[0]["modules_sec"] is None
@@ -98,6 +116,9 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
         assert r["student_step_flops"] == rows[0]["step_flops"] and r["teacher_fwd_flops"] > 0
         assert r["modules_flops"] == r["step_flops"] - r["student_step_flops"] - r["teacher_fwd_flops"] > 0
         assert r["modules_floor_flops"] == r["modules_flops"] and r["matmul_gflops"] > 0
+        # the modules alone: timed as often as the steps, the same products as the in-step difference counts
+        assert len(r["modules_alone_times"]) == 2 and r["modules_alone_sec"] > 0 and r["copy_gbps"] > 0
+        assert r["modules_alone_flops"] == r["modules_flops"] and r["modules_floor_bytes"] > 0
     assert (out / "bench.md").read_text() == bench_table(rows)
 
 

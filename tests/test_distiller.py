@@ -250,3 +250,22 @@ def test_kd_fp32_under_autocast():
         out["loss"].backward()
         assert s.classifier.weight.grad is not None
         s.zero_grad()
+
+
+def test_kd_snapshot_runs_the_kd_modules_alone():
+    """kd_loss on a snapshot is forward's loss_kd on the same batch; its gradient reaches the snapshot's student
+    maps and the KD modules, never either network; the captures are left empty."""
+    d, x = make([Pair("neck", kwargs={"num_masks": 2}), Pair("neck:p3", loss="fitnet", weight=2.0)])
+    y = torch.zeros(2)
+    with torch.no_grad():
+        full = d(x, targets=y)["loss_kd"]
+    snap = d.kd_snapshot(x, targets=y)
+    assert sorted(snap.student) == ["neck", "neck:p3"] and snap.teacher_levels("neck")["neck:p3"].shape == (2, 8, 8, 8)
+    assert d._s_cap.call_counts() == {} and d._t_cap.call_counts() == {}
+    loss = d.kd_loss(snap)
+    assert torch.allclose(loss, full)
+    loss.backward()
+    leaves = [v for lv in snap.student.values() for v in lv.values()]
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in leaves)
+    assert all(p.grad is None for p in d.student.parameters()) and all(p.grad is None for p in d.teacher.parameters())
+    assert all(p.grad is not None for p in d.kd_losses.parameters())

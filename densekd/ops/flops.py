@@ -93,3 +93,27 @@ def matmul_rate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def copy_rate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, numel: int | None = None,
+              repeats: int = 5) -> float:
+    """Bytes/s of the best of ``repeats`` element-wise sums ``c = a + b`` of ``numel`` elements (default 2**25 on
+    CPU, 2**28 on an accelerator: far beyond the caches), counting what they must move: two reads and a write.
+    The yardstick for a kernel whose floor is memory traffic, not products."""
+    import time
+
+    device = torch.device(device)
+    n = numel or (2**25 if device.type == "cpu" else 2**28)
+    a = torch.randn(n, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype)
+    c = torch.empty_like(a)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    torch.add(a, b, out=c)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        torch.add(a, b, out=c)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 3 * n * a.element_size() / best

@@ -157,32 +157,49 @@ def _rate(flops: float | None, sec: float | None) -> str:
     return f"{flops / sec / 1e9:.0f}"
 
 
+def _spread_sec(times: Sequence[float] | None) -> str:
+    return f" ({min(times):.3g}–{max(times):.3g})" if times else ""
+
+
 def flops_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The FLOPs table (pure): per row ``step_flops``, ``student_step_flops``, ``teacher_fwd_flops``,
-    ``modules_flops``, ``modules_floor_flops`` and ``matmul_gflops`` (None where they do not apply) beside the
-    seconds of :func:`bench_table`'s rows. GFLOP/s = FLOPs / median seconds; ``modules / floor time`` =
-    modules seconds / (floor FLOPs / matmul rate)."""
+    ``modules_flops``, ``modules_floor_flops``, ``matmul_gflops`` and, where measured, ``modules_alone_sec`` /
+    ``modules_alone_times``, ``modules_floor_bytes`` and ``copy_gbps`` (None or absent where they do not apply)
+    beside the seconds of :func:`bench_table`'s rows. GFLOP/s = FLOPs / median seconds; ``modules / floor time`` =
+    the modules' seconds (alone where measured, else the in-step difference) / :func:`floor_seconds`."""
     lines = ["| method | step GFLOP | GFLOP/s | student step GFLOP | GFLOP/s | teacher fwd GFLOP | GFLOP/s "
-             "| KD modules GFLOP | GFLOP/s | floor GFLOP | modules / floor time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| KD modules GFLOP | modules alone s | GFLOP/s | floor GFLOP | floor MB | floor s "
+             "| modules / floor time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r.get("student_step_sec") if r.get("teacher_fwd_sec") is not None else r.get("sec_per_iter")
-        mod, floor, rate = r.get("modules_sec"), r.get("modules_floor_flops"), r.get("matmul_gflops")
-        ratio = "—"
-        if mod is not None and floor and rate and mod > 0:
-            ratio = f"{mod / (floor / (rate * 1e9)):.1f}×"
+        alone = r.get("modules_alone_sec")
+        mod = alone if alone is not None else r.get("modules_sec")
+        floor, fsec = r.get("modules_floor_flops"), floor_seconds(r)
+        ratio = f"{mod / fsec:.1f}×" if mod is not None and fsec and mod > 0 else "—"
+        nbytes = r.get("modules_floor_bytes")
         lines.append("| " + " | ".join([
             r["method"], _gflop(r.get("step_flops")), _rate(r.get("step_flops"), r.get("sec_per_iter")),
             _gflop(r.get("student_step_flops")), _rate(r.get("student_step_flops"), st),
             _gflop(r.get("teacher_fwd_flops")), _rate(r.get("teacher_fwd_flops"), r.get("teacher_fwd_sec")),
-            _gflop(r.get("modules_flops")), _rate(r.get("modules_flops"), mod), _gflop(floor), ratio]) + " |")
+            _gflop(r.get("modules_flops")),
+            "—" if alone is None else f"{alone:.3g}{_spread_sec(r.get('modules_alone_times'))}",
+            _rate(r.get("modules_flops"), mod), _gflop(floor),
+            "—" if not nbytes else f"{nbytes / 1e6:.0f}", "—" if not fsec else f"{fsec:.3g}", ratio]) + " |")
     rate = next((r.get("matmul_gflops") for r in rows if r.get("matmul_gflops")), None)
+    bw = next((r.get("copy_gbps") for r in rows if r.get("copy_gbps")), None)
     lines += ["", "FLOPs: matrix products only (convolutions, mm/bmm, attention), forward + backward, 2 per "
                   "multiply-add, counted by torch.utils.flop_counter.FlopCounterMode on one step of each kind; "
-                  "KD modules = full − student − teacher; floor: the KD modules' FLOPs without what their kernels "
-                  "perform beyond the floor of the exact form (e.g. ACAM-KD's recomputed attention products); "
-                  "modules / floor time: KD modules' seconds over floor FLOPs at the matmul rate"
-                  + (f" ({rate:.0f} GFLOP/s, best square product in the step's precision, same process)" if rate else "")]
+                  "KD modules = full − student − teacher; modules alone: the KD loss forward, its backward to the "
+                  "student maps and the KD parameters' update on one batch's captured maps, without either "
+                  "network (median (min–max) of as many runs as steps); floor: the KD modules' FLOPs without what "
+                  "their kernels perform beyond the floor of the exact form (e.g. ACAM-KD's recomputed attention "
+                  "products) and the bytes any KD loss moves (read each level's student and teacher map, write the "
+                  "student map's gradient); floor s: the longer of floor FLOPs at the matmul rate"
+                  + (f" ({rate:.0f} GFLOP/s, best square product in the step's precision, same process)" if rate else "")
+                  + " and floor bytes at the copy rate"
+                  + (f" ({bw:.1f} GB/s, element-wise a + b, same process)" if bw else "")
+                  + "; modules / floor time: modules alone s (or, without it, the in-step difference) / floor s"]
     return "\n".join(lines)
 
 
@@ -299,7 +316,7 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
 
     from ..distiller import Distiller, task_losses
     from ..engine.trainer import Trainer
-    from ..ops.flops import matmul_rate
+    from ..ops.flops import copy_rate, matmul_rate
     from .compare.plan import method_overrides, plan_from_config, plan_settings, raw_config
 
     raw = raw_config(config, overrides)
@@ -370,8 +387,12 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
             peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
             flops = _count_flops(model, step, student_step, teacher_forward, warmup + iters, kd)
             amp = tr.cfg.train.amp
-            flops["matmul_gflops"] = matmul_rate(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-                amp, torch.float32)) / 1e9
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+            flops["matmul_gflops"] = matmul_rate(device, dtype) / 1e9
+            if kd:
+                flops.update(_modules_alone(model, inputs, targets, tr.autocast, optimise, timed, iters,
+                                            warmup + iters))
+                flops["copy_gbps"] = copy_rate(device, dtype) / 1e9
             teacher_fwd = statistics.median(teacher_times) if kd else None
             student_sec = statistics.median(student_times) if kd else None
             # KD modules on top: full step − student step − teacher forward, paired per iteration
@@ -413,6 +434,55 @@ def _count_flops(model: Any, step: Any, student_step: Any, teacher_forward: Any,
                 for lv in model.levels)
     return {"step_flops": total, "student_step_flops": student, "teacher_fwd_flops": teacher,
             "modules_flops": modules, "modules_floor_flops": modules - above}
+
+
+def _modules_alone(model: Any, inputs: Any, targets: Any, autocast: Any, optimise: Any, timed: Any, iters: int,
+                   i: int) -> dict[str, Any]:
+    """The KD modules alone (:meth:`~densekd.distiller.Distiller.kd_snapshot` / ``kd_loss``: the KD loss forward,
+    its backward to the student maps and the KD parameters' update, without either network): ``iters`` timed
+    runs after one warm-up, their FLOPs (one more run) and the bytes any KD loss must move at least — read each
+    level's student and teacher map, write the student map's gradient."""
+    from ..ops.flops import flop_counter
+
+    model.iteration = i
+    snap = model.kd_snapshot(*inputs, targets=targets)
+    leaves = [v for d in snap.student.values() for v in d.values() if v.requires_grad]
+
+    def modules_step() -> None:
+        with autocast():
+            loss = model.kd_loss(snap)
+        optimise(loss)
+        for v in leaves:
+            v.grad = None
+
+    modules_step()
+    times = [timed(modules_step) for _ in range(iters)]
+    with flop_counter() as fc:
+        modules_step()
+    size = leaves[0].element_size() if leaves else 4
+    floor_bytes = sum(size * (2 * _numel(lv.student_shape) + _numel(lv.teacher_shape)) for lv in model.levels)
+    return {"modules_alone_sec": statistics.median(times), "modules_alone_times": times,
+            "modules_alone_flops": int(fc.get_total_flops()), "modules_floor_bytes": int(floor_bytes)}
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def floor_seconds(row: Mapping[str, Any]) -> float | None:
+    """The KD modules' floor time (roofline): the longer of their floor FLOPs at the matrix-product rate and their
+    floor bytes at the element-wise copy rate (None where the row lacks them)."""
+    floor, rate = row.get("modules_floor_flops"), row.get("matmul_gflops")
+    if floor is None or not rate:
+        return None
+    t = max(floor, 0) / (rate * 1e9)
+    nbytes, bw = row.get("modules_floor_bytes"), row.get("copy_gbps")
+    if nbytes and bw:
+        t = max(t, nbytes / (bw * 1e9))
+    return t or None
 
 
 _MARK = "DENSEKD_BENCH_RESULT "
