@@ -1,0 +1,78 @@
+"""benchmarks/real_size.py tables: its row order, which methods apply where, and that a call writes after every
+method and a resumed call keeps what an earlier one measured (the measurement itself is densekd bench's,
+tests/test_bench.py; here it is replaced by a stub that records what it was asked)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rs():
+    spec = importlib.util.spec_from_file_location("real_size", ROOT / "benchmarks" / "real_size.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_method_order_papers_first_ablations_last(rs):
+    assert rs.method_order(["acam_kd_spatial", "acam_kd", "fitnet", "zzz", "fgd", "acam_kd_paper"]) == [
+        "fitnet", "fgd", "acam_kd", "acam_kd_paper", "acam_kd_spatial", "zzz"]
+
+
+def test_applicable(rs):
+    assert rs.applicable("retinanet", "cirkd")[0] is False and rs.applicable("retinanet", "hinton_kd")[0] is False
+    assert rs.applicable("deeplabv3", "fgd") == (False, [], "needs boxes")
+    ok, extra, _ = rs.applicable("faster_rcnn", "samkd")
+    assert ok and "distill.kwargs={use_logits: false}" in extra
+    assert rs.applicable("fcos", "acam_kd") == (True, [], "")
+
+
+def _row(method, **kw):
+    return {"method": method, "sec_per_iter": 2.0, "peak_mem_bytes": 2**20, "mem_kind": "cpu_rss_delta",
+            "teacher_fwd_sec": 0.5, "student_step_sec": 1.0, "modules_sec": 0.5, "iters": 5, "warmup": 1,
+            "step_times": [1.9, 2.0, 2.2], "device": "cpu", **kw}
+
+
+def test_spread_table_uses_the_modules_alone_and_the_roofline_floor(rs):
+    r = _row("fitnet", modules_alone_sec=0.05, modules_floor_flops=1e9, matmul_gflops=100.0,
+             modules_floor_bytes=400e6, copy_gbps=20.0, wall_sec=61)
+    line = rs.spread_table([r]).splitlines()[2]
+    # alone 0.05 s over the student step 1 s: +5 %; floor max(10 ms, 20 ms) = 20 ms → 2.5×
+    assert line == "| fitnet | 2.000 (1.900–2.200) | +5.0 % | 2.5× | 61 |"
+
+
+def test_tables_write_each_method_and_resume(rs, tmp_path, monkeypatch):
+    import densekd.tools.bench as bench
+
+    asked = []
+
+    def fake(config, method, iters, warmup, overrides):
+        asked.append(method)
+        if method == "pkd":
+            raise RuntimeError("boom")
+        return _row(method)
+
+    monkeypatch.setattr(bench, "measure_in_subprocess", fake)
+    monkeypatch.setattr(rs, "setting_overrides", lambda name, tmp, scale: [])
+    out = tmp_path / "rs"
+    args = ["tables", "--out", str(out), "--settings", "deeplabv3", "--iters", "5", "--scale", "0.5",
+            "--methods", "fitnet", "fgd", "pkd"]
+    assert rs.main(args) == 0
+    assert asked == ["baseline", "fitnet", "pkd"]  # fgd needs boxes
+    rows = json.loads((out / "deeplabv3.json").read_text())
+    assert [r["method"] for r in rows] == ["baseline", "fitnet"] and rows[0]["scale"] == 0.5
+    md = (out / "deeplabv3.md").read_text()
+    assert "not run: pkd (failed: boom), fgd (needs boxes)" in md
+    assert md.rstrip() in (out / "summary.md").read_text()
+    asked.clear()
+    assert rs.main(args + ["--resume"]) == 0
+    assert asked == ["pkd"]  # the rows of the earlier call are kept, the failed method is tried again
+    asked.clear()
+    assert rs.main([a if a != "0.5" else "0.25" for a in args] + ["--resume"]) == 0
+    assert asked == ["baseline", "fitnet", "pkd"]  # another scale: nothing to keep
