@@ -161,3 +161,31 @@ def test_fgd_errors():
         mod(torch.randn(2, 4, 4, 4), t, _ctx())
     with pytest.raises(ValueError, match="differ in batch or spatial size"):
         mod(torch.randn(2, 3, 4, 5), t, _ctx())
+
+
+def test_fgd_gradients_match_the_literal_form():
+    """The factored sums (one product for eq. 4's two terms, eq. 6–7 expanded around d = F̂_S − F_T) give the
+    gradients of the literal form (weighted error maps, G(F) written out) to the student map and every parameter."""
+    from densekd.losses.fgd import fgd_attention
+
+    torch.manual_seed(0)
+    mod = build_loss("fgd", student_channels=3, teacher_channels=4)
+    torch.nn.init.normal_(mod.context_s.channel_add[-1].weight)
+    torch.nn.init.normal_(mod.context_t.channel_add[-1].weight)
+    s, t, ctx = torch.randn(2, 3, 4, 5, requires_grad=True), torch.randn(2, 4, 4, 5), _ctx()
+
+    def literal():
+        fg, bg = fgd_masks(ctx.boxes_at((4, 5)), ctx.box_valid, (4, 5))
+        a = mod.align(s)
+        sa_t, ca_t = fgd_attention(t, mod.temp)
+        sa_s, ca_s = fgd_attention(a, mod.temp)
+        err = (a - t).pow(2) * sa_t[:, None] * ca_t[:, :, None, None]
+        return (1e-3 * (err * fg[:, None]).sum() + 5e-4 * (err * bg[:, None]).sum()
+                + 5e-4 * ((ca_s - ca_t).abs().sum() + (sa_s - sa_t).abs().sum())
+                + 5e-6 * (mod.context_s(a) - mod.context_t(t)).pow(2).sum()) / 2
+
+    params = [s, *mod.parameters()]
+    want = torch.autograd.grad(literal(), params)
+    got = torch.autograd.grad(sum(mod(s, t, ctx).values()), params)
+    for w, g in zip(want, got):
+        assert torch.allclose(w, g, rtol=1e-4, atol=1e-7)

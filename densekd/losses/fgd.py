@@ -84,11 +84,15 @@ class _GcContext(nn.Module):
         nn.init.zeros_(self.channel_add[-1].weight)
         nn.init.zeros_(self.channel_add[-1].bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def added(self, x: Tensor) -> Tensor:
+        """W_v2(ReLU(LN(W_v1(Σ_j softmax_j(W_k F) F_j)))) [N, C, 1, 1]: what the block adds at every position."""
         n, c, h, w = x.shape
-        att = F.softmax(self.conv_mask(x).reshape(n, 1, h * w), dim=2)  # [N, 1, HW]
-        context = (x.reshape(n, c, h * w) * att).sum(-1).reshape(n, c, 1, 1)
-        return x + self.channel_add(context)
+        att = F.softmax(self.conv_mask(x).reshape(n, h * w, 1), dim=1)  # [N, HW, 1]
+        context = torch.bmm(x.reshape(n, c, h * w), att).reshape(n, c, 1, 1)  # attention pooling: one product
+        return self.channel_add(context)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.added(x)
 
 
 @register_loss("fgd")
@@ -128,14 +132,20 @@ class FGD(DistillLoss):
         s_att_t, c_att_t = fgd_attention(t, self.temp)
         s_att_s, c_att_s = fgd_attention(s, self.temp)
 
-        # focal loss (eq. 4): teacher attention weights both sides
-        err = (s - t).pow(2) * s_att_t[:, None] * c_att_t[:, :, None, None]  # [N, C, H, W]
-        fg_loss = (err * mask_fg[:, None]).sum() / n
-        bg_loss = (err * mask_bg[:, None]).sum() / n
+        # focal loss (eq. 4): Σ_{c,h,w} M S_T C_T (F_T − F̂_S)² for M = M_fg and M_bg, teacher attention on both
+        # sides. The weight factors into a spatial part (M S_T) and a channel part (C_T), so both sums are one
+        # product of the squared error [N, C, HW] with the two spatial maps [N, HW, 2], then weighted by C_T: no
+        # weighted [N, C, H, W] error is written (docs/methods.md, "FGD")
+        d = s - t
+        d2 = d.pow(2).reshape(n, -1, h * w)
+        spatial = torch.stack([mask_fg * s_att_t, mask_bg * s_att_t], dim=-1).reshape(n, h * w, 2)
+        fg_loss, bg_loss = (torch.bmm(d2, spatial) * c_att_t[..., None]).sum(dim=(0, 1)) / n
         # attention loss (eq. 5)
         att_loss = ((c_att_s - c_att_t).abs().sum() + (s_att_s - s_att_t).abs().sum()) / n
-        # global loss (eq. 6–7)
-        rela_loss = (self.context_s(s) - self.context_t(t)).pow(2).sum() / n
+        # global loss (eq. 6–7): G(F) = F + a(F), a(F) [N, C, 1, 1] the same at every position; with
+        # δ = a(F̂_S) − a(F_T): Σ (G(F̂_S) − G(F_T))² = Σ d² + 2 Σ_c δ Σ_hw d + H·W Σ δ², no two more full maps
+        delta = (self.context_s.added(s) - self.context_t.added(t)).reshape(n, -1)
+        rela_loss = (d2.sum() + 2 * (delta * d.sum(dim=(2, 3))).sum() + h * w * delta.pow(2).sum()) / n
         return {
             "loss_fg": self.alpha_fgd * fg_loss,
             "loss_bg": self.beta_fgd * bg_loss,
