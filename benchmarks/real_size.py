@@ -181,7 +181,8 @@ def run_tables(args) -> int:
             return text
 
         with tempfile.TemporaryDirectory() as tmp:
-            base = setting_overrides(name, tmp, args.scale) + [f"distill.teacher_amp={args.teacher_amp}"]
+            base = setting_overrides(name, tmp, args.scale) + [f"distill.teacher_amp={args.teacher_amp}",
+                                                               *args.set]
             for m in [PLAIN_STUDENT, *methods]:
                 ok, extra, why = applicable(name, m) if m != PLAIN_STUDENT else (True, [], "")
                 if not ok:
@@ -216,7 +217,8 @@ def write_summary(args) -> None:
     """``<out>/summary.md``: every setting's table found in ``out`` (also those of earlier, resumed calls)."""
     summary = [f"# densekd bench at {args.scale:g} × the papers' sizes", "",
                f"`python benchmarks/real_size.py tables --scale {args.scale:g} --iters {args.iters} "
-               f"--warmup {args.warmup}`; {args.threads} threads; teacher_amp {args.teacher_amp}", ""]
+               f"--warmup {args.warmup}" + (f" --set {' '.join(args.set)}" if args.set else "")
+               + f"`; {args.threads} threads; teacher_amp {args.teacher_amp}", ""]
     for name in SETTINGS:
         path = os.path.join(args.out, f"{name}.md")
         if os.path.exists(path):
@@ -350,6 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--teacher-amp", default="auto", choices=["auto", "bf16", "none"], help="tables: distill.teacher_amp")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="teacher: batch sizes")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="tables: further engine overrides for every run (e.g. train.flush_denormal=false)")
     ap.add_argument("--resume", action="store_true",
                     help="tables: keep the rows <out>/<setting>.json already holds for this scale and --iters")
     args = ap.parse_args(argv)

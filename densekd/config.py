@@ -23,7 +23,7 @@ Schema (shared by every task)::
       teacher_channels_last: false  # NHWC teacher weights: false | true | auto (see Distiller)
     train: {max_iters, batch_size, num_workers, optimizer: {...}, schedule: {...}, grad_clip, amp,
             checkpoint_every, log_every, eval_every, resume, guards, grad_ratio_every, control, control_iters,
-            prepare_cache}
+            prepare_cache, flush_denormal}
     eval: {batch_size}
     compare: {methods, seeds, set, kwargs, tune}   # optional; densekd compare's plan (training ignores it)
 """
@@ -104,6 +104,9 @@ class TrainConfig:
     # a folder where KD modules fitted on the frozen teacher before training (FreeKD's prompts, MasKD's tokens) are
     # kept and reused by runs with the same teacher, data, seed and module settings (densekd.engine.prepare)
     prepare_cache: str | None = None
+    # on a CPU, flush subnormal floats to zero while the Trainer runs: x86 cores compute with them 10-100x slower,
+    # and a softmax's far tail makes them (CWD's backward: docs/methods.md, "Precision"); no effect on a GPU
+    flush_denormal: bool = True
 
 
 @dataclass

@@ -225,3 +225,27 @@ def test_worker_processes_and_resume_position_do_not_change_the_data(tiny_coco):
 def test_num_classes_must_match_the_data(make_config, tmp_path):
     with pytest.raises(ConfigError, match=r"^model.num_classes: expected 2 \(categories in .*annotations.json\), got 5$"):
         densekd.train(make_config(tmp_path), ["model.num_classes=5"])
+
+
+def _subnormal_survives() -> bool:
+    return bool(torch.tensor([1e-39]).mul(1.0).item() != 0.0)
+
+
+def test_cpu_trainer_flushes_subnormals_while_it_lives(make_config, teacher_ckpt, tmp_path):
+    """train.flush_denormal (default true): subnormal floats are zero while a CPU Trainer lives, and only then."""
+    if not torch.set_flush_denormal(False) and not _subnormal_survives():
+        pytest.skip("this CPU flushes subnormals always")
+    assert _subnormal_survives()
+    tr = Trainer(make_config(tmp_path / "on", teacher=teacher_ckpt, method="cwd"))
+    try:
+        if not tr._flushed:
+            pytest.skip("torch.set_flush_denormal is not supported on this CPU")
+        assert not _subnormal_survives()
+    finally:
+        tr.close()
+    assert _subnormal_survives()  # undone: the user's process keeps its own floating-point mode
+    tr = Trainer(make_config(tmp_path / "off", teacher=teacher_ckpt, method="cwd"), ["train.flush_denormal=false"])
+    try:
+        assert not tr._flushed and _subnormal_survives()
+    finally:
+        tr.close()

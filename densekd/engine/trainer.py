@@ -130,6 +130,8 @@ class Trainer:
         self.task = get_task(cfg.task)
         t = cfg.train
         self.device, self._created_pg = du.setup()
+        # subnormals to zero on a CPU while this Trainer lives (train.flush_denormal; undone by close())
+        self._flushed = self.device.type == "cpu" and t.flush_denormal and torch.set_flush_denormal(True)
         self.rank, self.world = du.rank(), du.world_size()
         self.autocast = _autocast_factory(t.amp, self.device)
         _seed_all(cfg.seed)
@@ -492,6 +494,9 @@ class Trainer:
     def close(self) -> None:
         if self.guards is not None:
             self.guards.close()
+        if self._flushed:
+            torch.set_flush_denormal(False)
+            self._flushed = False
         du.cleanup(self._created_pg)
 
 
