@@ -5,6 +5,7 @@ the teacher forward's precision and memory layout (issue 20).
     python benchmarks/real_size.py tables  --out runs/real_size_dry --scale 0.4 --iters 2 --warmup 1 \
         --methods fitnet acam_kd                                                        # a quick dry run
     python benchmarks/real_size.py tables  --out benchmarks/results/real_size --resume # go on where a call stopped
+    python benchmarks/real_size.py brief   --out benchmarks/results/real_size          # one line per method
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
@@ -245,6 +246,55 @@ def spread_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def brief_table(rows: list[dict]) -> str:
+    """One line per method for a README: the step with its spread and its ratio to the plain student, the teacher
+    forward, the KD modules alone with their spread, their share of the student step, FLOPs and floor."""
+    from densekd.tools.bench import floor_seconds
+
+    plain = next((r for r in rows if r.get("teacher_fwd_sec") is None), None)
+    lines = ["| method | s/step (min–max) | × plain | teacher fwd s | KD modules alone s (min–max) "
+             "| alone / student step | KD GFLOP | floor GFLOP | alone / floor time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        times, alone = r.get("step_times") or [r["sec_per_iter"]], r.get("modules_alone_sec")
+        at, st, fsec = r.get("modules_alone_times") or [], r.get("student_step_sec"), floor_seconds(r)
+        gf = (lambda v: "—" if v is None else (f"{v / 1e9:.1f}" if abs(v) >= 1e9 else f"{v / 1e9:.2g}"))
+        lines.append("| " + " | ".join([
+            "plain student" if r is plain else r["method"],
+            f"{r['sec_per_iter']:.2f} ({min(times):.2f}–{max(times):.2f})",
+            f"{r['sec_per_iter'] / plain['sec_per_iter']:.2f}×" if plain else "—",
+            "—" if r.get("teacher_fwd_sec") is None else f"{r['teacher_fwd_sec']:.2f}",
+            "—" if alone is None else f"{alone:.3f} ({min(at):.3f}–{max(at):.3f})" if at else f"{alone:.3f}",
+            "—" if alone is None or not st else f"{100 * alone / st:.1f} %",
+            gf(r.get("modules_flops")), gf(r.get("modules_floor_flops")),
+            f"{alone / fsec:.1f}×" if alone and fsec else "—"]) + " |")
+    return "\n".join(lines)
+
+
+def run_brief(args) -> int:
+    """``<out>/brief.md``: :func:`brief_table` of every setting ``tables`` has measured into ``out``."""
+    parts = []
+    for name in SETTINGS:
+        path = os.path.join(args.out, f"{name}.json")
+        if not os.path.exists(path):
+            continue
+        rows = json.load(open(path, encoding="utf-8"))
+        _, recipe, size = SETTINGS[name]
+        scale = rows[0].get("scale", 1.0) if rows else 1.0
+        h, w = (round(v * scale) for v in size)
+        r0 = rows[0] if rows else {}
+        parts += [f"**{name}** ({os.path.basename(recipe)}, {h}×{w}, batch 2; {r0.get('iters')} steps after "
+                  f"{r0.get('warmup')} warm-up; {r0.get('device', '?')}; matmul "
+                  f"{next((r['matmul_gflops'] for r in rows if r.get('matmul_gflops')), 0):.0f} GFLOP/s, copy "
+                  f"{next((r['copy_gbps'] for r in rows if r.get('copy_gbps')), 0):.1f} GB/s)", "",
+                  brief_table(rows), ""]
+    text = "\n".join(parts)
+    with open(os.path.join(args.out, "brief.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
 # --------------------------------------------------------------------------- teacher
 def run_teacher(args) -> int:
     import torch
@@ -342,7 +392,7 @@ def run_teacher(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["tables", "teacher"])
+    ap.add_argument("what", choices=["tables", "brief", "teacher"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
@@ -361,7 +411,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    return run_tables(args) if args.what == "tables" else run_teacher(args)
+    return {"tables": run_tables, "brief": run_brief, "teacher": run_teacher}[args.what](args)
 
 
 if __name__ == "__main__":

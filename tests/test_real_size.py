@@ -76,3 +76,19 @@ def test_tables_write_each_method_and_resume(rs, tmp_path, monkeypatch):
     asked.clear()
     assert rs.main([a if a != "0.5" else "0.25" for a in args] + ["--resume"]) == 0
     assert asked == ["baseline", "fitnet", "pkd"]  # another scale: nothing to keep
+
+
+def test_brief_table_one_line_per_method(rs, tmp_path):
+    rows = [_row("baseline", teacher_fwd_sec=None, student_step_sec=None, modules_sec=None, sec_per_iter=1.0,
+                 step_times=[0.9, 1.1]),
+            _row("fitnet", modules_alone_sec=0.05, modules_alone_times=[0.04, 0.05, 0.07], modules_flops=2e9,
+                 modules_floor_flops=1e9, matmul_gflops=100.0, modules_floor_bytes=400e6, copy_gbps=20.0)]
+    lines = rs.brief_table(rows).splitlines()
+    assert lines[2] == "| plain student | 1.00 (0.90–1.10) | 1.00× | — | — | — | — | — | — |"
+    # fitnet: step 2 s (1.9–2.2) = 2× plain; alone 0.05 s = 5 % of the 1 s student step; floor 20 ms → 2.5×
+    assert lines[3] == "| fitnet | 2.00 (1.90–2.20) | 2.00× | 0.50 | 0.050 (0.040–0.070) | 5.0 % | 2.0 | 1.0 | 2.5× |"
+    (tmp_path / "fcos.json").write_text(json.dumps([dict(r, scale=0.5) for r in rows]))
+    assert rs.main(["brief", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "brief.md").read_text()
+    assert text.startswith("**fcos** (fcos_r101_r50_acamkd_2x.yaml, 400×666, batch 2; 5 steps after 1 warm-up")
+    assert lines[3] in text
