@@ -6,6 +6,7 @@ the teacher forward's precision and memory layout (issue 20).
         --methods fitnet acam_kd                                                        # a quick dry run
     python benchmarks/real_size.py tables  --out benchmarks/results/real_size --resume # go on where a call stopped
     python benchmarks/real_size.py brief   --out benchmarks/results/real_size          # one line per method
+    python benchmarks/real_size.py alone   --out - --settings retinanet --methods cwd fgd --flush both --threads 1
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
@@ -28,8 +29,15 @@ registered method that applies (``hinton_kd`` and ``cirkd`` are segmentation-onl
 Faster R-CNN runs without its logit term, ``use_logits=false``, which that head cannot give) is measured by
 :func:`densekd.tools.bench.measure` in its own subprocess: median seconds per step over ``--iters`` (with
 min–max), the teacher forward, the KD modules (full − student − teacher, paired per iteration), FLOPs counted by
-``torch.utils.flop_counter`` and the KD modules' floor (see ``densekd/tools/bench.py``). Writes
-``<out>/<setting>.md`` / ``.json`` and ``<out>/summary.md``.
+``torch.utils.flop_counter``, the KD modules alone and their floor (see ``densekd/tools/bench.py``). Writes
+``<out>/<setting>.md`` / ``.json`` after every method (``--resume`` keeps rows already there for the same scale
+and ``--iters``; ``--set`` adds engine overrides) and ``<out>/summary.md``. ``brief``: one line per method of
+every setting in ``<out>`` (``<out>/brief.md``), the README's tables.
+
+``alone``: the KD modules alone — the KD loss forward, its backward to the student maps and the KD parameters'
+update on one batch's captured maps, without either network (``Distiller.kd_snapshot``) — one Trainer per
+method, ``--iters`` runs after one warm-up, printed; ``--flush both`` alternates runs with subnormal floats
+flushed and kept (``train.flush_denormal``); ``--out`` is ignored.
 
 ``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
 once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
@@ -295,6 +303,67 @@ def run_brief(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- alone
+def alone_times(name: str, method: str, scale: float, iters: int, flush: list[bool]) -> dict[bool, list[float]]:
+    import torch
+
+    from densekd.engine.trainer import Trainer
+    from densekd.tools.compare.plan import method_overrides, raw_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, recipe, _ = SETTINGS[name]
+        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1]
+        cfg = os.path.join(ROOT, recipe)
+        ov += method_overrides(raw_config(cfg, ov), method, {}) + [
+            f"output_dir={tmp}/o", "train.resume=false", "train.eval_every=-1", "train.flush_denormal=false"]
+        tr = Trainer(cfg, ov)
+        try:
+            m, opt = tr.model, tr.optimizer
+            inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
+            snap = m.kd_snapshot(*inputs, targets=targets)
+            leaves = [v for d in snap.student.values() for v in d.values() if v.requires_grad]
+
+            def run() -> float:
+                t0 = time.perf_counter()
+                loss = m.kd_loss(snap)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for v in leaves:
+                    v.grad = None
+                return time.perf_counter() - t0
+
+            times: dict[bool, list[float]] = {f: [] for f in flush}
+            for i in range(iters + 1):
+                for f in (flush if i % 2 == 0 else flush[::-1]):
+                    torch.set_flush_denormal(f)
+                    t = run()
+                    if i:  # the first round is the warm-up
+                        times[f].append(t)
+            torch.set_flush_denormal(False)
+            return times
+        finally:
+            tr.close()
+
+
+def run_alone(args) -> int:
+    """The KD modules alone (``alone_times``) for every setting and method: a Markdown table of seconds."""
+    import torch
+
+    flush = {"on": [True], "off": [False], "both": [True, False]}[args.flush]
+    print(f"KD modules alone at {args.scale:g} × the papers' sizes, {args.iters} runs after one warm-up, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
+    print("| setting | method | subnormals | s median (min–max) |\n|---|---|---|---|")
+    for name in args.settings:
+        for method in method_order(args.methods or ["fitnet"]):
+            if not applicable(name, method)[0]:
+                continue
+            for f, t in alone_times(name, method, args.scale, args.iters, flush).items():
+                print(f"| {name} | {method} | {'flushed' if f else 'kept'} | {statistics.median(t):.3f} "
+                      f"({min(t):.3f}–{max(t):.3f}) |", flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- teacher
 def run_teacher(args) -> int:
     import torch
@@ -392,7 +461,7 @@ def run_teacher(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["tables", "brief", "teacher"])
+    ap.add_argument("what", choices=["tables", "brief", "alone", "teacher"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
@@ -404,6 +473,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="teacher: batch sizes")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="tables: further engine overrides for every run (e.g. train.flush_denormal=false)")
+    ap.add_argument("--flush", choices=["on", "off", "both"], default="on",
+                    help="alone: subnormals flushed (on), kept (off) or both, alternating run by run")
     ap.add_argument("--resume", action="store_true",
                     help="tables: keep the rows <out>/<setting>.json already holds for this scale and --iters")
     args = ap.parse_args(argv)
@@ -411,7 +482,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    return {"tables": run_tables, "brief": run_brief, "teacher": run_teacher}[args.what](args)
+    return {"tables": run_tables, "brief": run_brief, "alone": run_alone, "teacher": run_teacher}[args.what](args)
 
 
 if __name__ == "__main__":

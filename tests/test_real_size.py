@@ -1,15 +1,27 @@
-"""benchmarks/real_size.py tables: its row order, which methods apply where, and that a call writes after every
+"""benchmarks/real_size.py tables, brief and alone: its row order, which methods apply where, and that a call writes after every
 method and a resumed call keeps what an earlier one measured (the measurement itself is densekd bench's,
 tests/test_bench.py; here it is replaced by a stub that records what it was asked)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _threads(monkeypatch):
+    """main() sets OMP_NUM_THREADS and torch's thread count for its subprocesses: both restored after each test."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +104,15 @@ def test_brief_table_one_line_per_method(rs, tmp_path):
     text = (tmp_path / "brief.md").read_text()
     assert text.startswith("**fcos** (fcos_r101_r50_acamkd_2x.yaml, 400×666, batch 2; 5 steps after 1 warm-up")
     assert lines[3] in text
+
+
+def test_alone_one_row_per_method_and_subnormal_mode(rs, capsys):
+    """real_size.py alone on a tiny DeepLabV3: one row per method and subnormal mode, the process's floating-point
+    mode left as it was (timings never asserted)."""
+    import torch
+
+    assert rs.main(["alone", "--out", "-", "--settings", "deeplabv3", "--methods", "fitnet", "fgd", "--scale",
+                    "0.06", "--iters", "1", "--flush", "both", "--threads", "1"]) == 0
+    rows = [ln.split(" | ")[1:3] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| deeplabv3")]
+    assert rows == [["fitnet", "flushed"], ["fitnet", "kept"]]  # fgd needs boxes
+    assert torch.tensor([1e-39]).mul(1.0).item() != 0.0
