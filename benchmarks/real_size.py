@@ -291,10 +291,11 @@ def run_brief(args) -> int:
         scale = rows[0].get("scale", 1.0) if rows else 1.0
         h, w = (round(v * scale) for v in size)
         r0 = rows[0] if rows else {}
+        rate = next((r["matmul_gflops"] for r in rows if r.get("matmul_gflops")), None)
+        bw = next((r["copy_gbps"] for r in rows if r.get("copy_gbps")), None)
+        rates = ", ".join(([f"matmul {rate:.0f} GFLOP/s"] if rate else []) + ([f"copy {bw:.1f} GB/s"] if bw else []))
         parts += [f"**{name}** ({os.path.basename(recipe)}, {h}×{w}, batch 2; {r0.get('iters')} steps after "
-                  f"{r0.get('warmup')} warm-up; {r0.get('device', '?')}; matmul "
-                  f"{next((r['matmul_gflops'] for r in rows if r.get('matmul_gflops')), 0):.0f} GFLOP/s, copy "
-                  f"{next((r['copy_gbps'] for r in rows if r.get('copy_gbps')), 0):.1f} GB/s)", "",
+                  f"{r0.get('warmup')} warm-up; {r0.get('device', '?')}" + (f"; {rates}" if rates else "") + ")", "",
                   brief_table(rows), ""]
     text = "\n".join(parts)
     with open(os.path.join(args.out, "brief.md"), "w", encoding="utf-8") as f:

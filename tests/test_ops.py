@@ -169,3 +169,32 @@ def test_relation_kl_bad_input():
                                            r"backward$"):
         out.backward()
 
+
+
+def test_flush_subnormal_grad_zeroes_only_subnormal_gradients():
+    from densekd.ops import flush_subnormal_grad
+
+    x = torch.ones(4, requires_grad=True)
+    y = flush_subnormal_grad(x)
+    assert torch.equal(y, x)
+    g = torch.tensor([1e-39, -1e-40, 2e-38, -0.5])  # two subnormal, two normal
+    y.backward(g)
+    assert x.grad.tolist() == [0.0, 0.0, pytest.approx(2e-38), -0.5]
+    d = torch.ones(2, dtype=torch.float64, requires_grad=True)  # float64's own threshold (2.2e-308)
+    flush_subnormal_grad(d).backward(torch.tensor([1e-39, 1e-310], dtype=torch.float64))
+    assert d.grad.tolist() == [1e-39, 0.0]
+
+
+def test_cwd_sends_no_subnormal_gradient_to_the_student():
+    """CWD's softmax over positions at τ = 4 with a far tail: the gradient that reaches the student map has no
+    subnormal entry (they would make a CPU backward 10–100× slower in every thread)."""
+    from densekd.losses import build_loss
+
+    torch.manual_seed(0)
+    mod = build_loss("cwd", student_channels=2, teacher_channels=2, align="identity")
+    s = (torch.randn(1, 2, 16, 16) * 200).requires_grad_()
+    t = torch.randn(1, 2, 16, 16) * 200
+    mod(s, t)["loss_cwd"].backward()
+    tiny = torch.finfo(torch.float32).tiny
+    g = s.grad.abs()
+    assert ((g > 0) & (g < tiny)).sum() == 0 and (g > 0).sum() > 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.grad import flush_subnormal_grad
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -36,7 +37,9 @@ class CWD(DistillLoss):
     def forward(self, student_feat: Tensor, teacher_feat: Tensor,
                 context: DistillContext | None = None) -> dict[str, Tensor]:
         self.check_pair(student_feat, teacher_feat)
-        s = self.align(student_feat)
+        # the softmax's far tail sends subnormal gradients back; zeroed here, the aligner's and the student's
+        # backward run at full speed on a CPU (docs/methods.md, "Precision")
+        s = flush_subnormal_grad(self.align(student_feat))
         n, c = s.shape[:2]
         log_p_t = F.log_softmax(teacher_feat.detach().flatten(2) / self.tau, dim=2)  # [N, C, HW]
         log_p_s = F.log_softmax(s.flatten(2) / self.tau, dim=2)

@@ -4,7 +4,7 @@ A method file imports them and reads against its paper; each kernel is tested on
 """
 from .attention import (ATTENTION_BLOCK_ELEMENTS, ATTENTION_BLOCK_ELEMENTS_ACCELERATOR, ProjectedAttention,
                         block_rows, cross_attention, projected_attention)
-from .grad import reverse_grad
+from .grad import flush_subnormal_grad, reverse_grad
 from .linear import affine, pointwise
 from .relation import (RELATION_BLOCK_ELEMENTS, RELATION_BLOCK_ELEMENTS_ACCELERATOR, RelationKL, relation_block_rows,
                        relation_kl)
@@ -15,5 +15,5 @@ __all__ = ["ATTENTION_BLOCK_ELEMENTS", "ATTENTION_BLOCK_ELEMENTS_ACCELERATOR", "
            "RELATION_BLOCK_ELEMENTS", "RELATION_BLOCK_ELEMENTS_ACCELERATOR", "RelationKL",
            "affine", "at_least_fp32", "block_rows", "cross_attention", "pointwise", "projected_attention",
            "relation_block_rows", "relation_kl",
-           "reverse_grad", "squared_error_sums", "min_side_for", "need_ptwt", "wavelet_decompose",
+           "flush_subnormal_grad", "reverse_grad", "squared_error_sums", "min_side_for", "need_ptwt", "wavelet_decompose",
            "wavelet_reconstruct"]
