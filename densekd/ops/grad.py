@@ -41,5 +41,5 @@ def flush_subnormal_grad(x: Tensor) -> Tensor:
     """``x`` unchanged forward; in backward, on a CPU, the gradient's subnormal entries become zero before they reach
     whatever produced ``x``. x86 cores multiply subnormals 10–100× slower, in every thread (the flush-to-zero mode
     ``torch.set_flush_denormal`` sets is per thread: OpenMP workers keep their own); a softmax's far tail makes
-    them (CWD, docs/methods.md "Precision"). A value below 1.2e-38 adds nothing a float32 sum keeps."""
+    them (CWD; docs/methods.md, "Precision"). A value below 1.2e-38 adds nothing a float32 sum keeps."""
     return _FlushSubnormalGrad.apply(x)
