@@ -37,6 +37,12 @@ loading is not timed. Reported per method:
   time the floor FLOPs take at this device's matrix-product rate (``matmul GFLOP/s``: the best of a few
   square products in the step's precision, measured in the same process, :func:`densekd.ops.flops.matmul_rate`).
   1× would be a module that runs its floor products at the rate of a large square product and nothing else;
+* ``modules alone`` (:func:`_modules_alone`): the KD modules without either network — the KD loss forward, its
+  backward to the student maps and the KD parameters' update on one batch's captured maps
+  (:meth:`~densekd.distiller.Distiller.kd_snapshot`), timed ``iters`` times after the steps, with its own FLOPs.
+  Where measured it is the time set against the floor, whose time is then the longer of the floor FLOPs at the
+  matmul rate and the bytes any KD loss must move (read each level's student and teacher map, write the student
+  map's gradient) at the element-wise copy rate (:func:`densekd.ops.flops.copy_rate`) — :func:`floor_seconds`;
 * with ``--guards [PAIRS]`` (default 30) also ``guards overhead``: what the KD health guards
   (:mod:`densekd.health`) add to a training step, measured in the same process by :func:`measure_guards`.
   Their work is not spread over every step: a step that measures gradient norms (iteration 1 and every
