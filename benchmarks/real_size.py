@@ -180,13 +180,15 @@ def run_tables(args) -> int:
         rows, skipped = [], []
 
         def write() -> str:  # after every method: a long run stopped midway keeps what it measured
+            seen = {r["method"] for r in rows}  # and the kept rows this call has not reached yet
+            rows_out = rows + [r for m, r in done.items() if m not in seen]
             text = "\n".join([f"## {name}: {os.path.basename(recipe)} at {h}×{w}, batch 2", "",
-                              bench_table(rows).rstrip(), "", spread_table(rows), "",
+                              bench_table(rows_out).rstrip(), "", spread_table(rows_out), "",
                               "not run: " + (", ".join(skipped) if skipped else "none")])
             with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
                 f.write(text + "\n")
             with open(rows_path, "w", encoding="utf-8") as f:
-                json.dump(rows, f, indent=1)
+                json.dump(rows_out, f, indent=1)
             return text
 
         with tempfile.TemporaryDirectory() as tmp:
