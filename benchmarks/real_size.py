@@ -308,41 +308,28 @@ def run_brief(args) -> int:
 
 # --------------------------------------------------------------------------- alone
 def alone_times(name: str, method: str, scale: float, iters: int, flush: list[bool]) -> dict[bool, list[float]]:
+    """Seconds of the KD modules alone (:func:`densekd.tools.bench.modules_alone_step`, the Trainer built as
+    ``tables`` builds it), ``iters`` runs after one warm-up round, for each subnormal mode in ``flush``
+    (alternating run by run; the Trainer's own ``train.flush_denormal`` is off so that the script decides)."""
     import torch
 
-    from densekd.engine.trainer import Trainer
-    from densekd.tools.compare.plan import method_overrides, raw_config
+    from densekd.tools.bench import bench_trainer, modules_alone_step
 
     with tempfile.TemporaryDirectory() as tmp:
         _, recipe, _ = SETTINGS[name]
-        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1]
-        cfg = os.path.join(ROOT, recipe)
-        ov += method_overrides(raw_config(cfg, ov), method, {}) + [
-            f"output_dir={tmp}/o", "train.resume=false", "train.eval_every=-1", "train.flush_denormal=false"]
-        tr = Trainer(cfg, ov)
+        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1] + ["train.flush_denormal=false"]
+        tr = bench_trainer(os.path.join(ROOT, recipe), method, ov, os.path.join(tmp, "o"))
         try:
-            m, opt = tr.model, tr.optimizer
             inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
-            snap = m.kd_snapshot(*inputs, targets=targets)
-            leaves = [v for d in snap.student.values() for v in d.values() if v.requires_grad]
-
-            def run() -> float:
-                t0 = time.perf_counter()
-                loss = m.kd_loss(snap)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for v in leaves:
-                    v.grad = None
-                return time.perf_counter() - t0
-
+            run, _ = modules_alone_step(tr, inputs, targets)
             times: dict[bool, list[float]] = {f: [] for f in flush}
             for i in range(iters + 1):
                 for f in (flush if i % 2 == 0 else flush[::-1]):
                     torch.set_flush_denormal(f)
-                    t = run()
+                    t0 = time.perf_counter()
+                    run()
                     if i:  # the first round is the warm-up
-                        times[f].append(t)
+                        times[f].append(time.perf_counter() - t0)
             torch.set_flush_denormal(False)
             return times
         finally:

@@ -315,44 +315,74 @@ def measure_control(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 3
             "control_times": times}
 
 
+def bench_trainer(config: str | Mapping[str, Any], method: str, overrides: Sequence[str], output_dir: str) -> Any:
+    """The engine's Trainer for ``method`` on ``config`` as the benchmark measures it: built as ``densekd compare``
+    builds the method (the config's ``compare:`` plan), writing to ``output_dir``, no resume, evaluation or twin."""
+    from ..engine.trainer import Trainer
+    from .compare.plan import method_overrides, plan_from_config, plan_settings, raw_config
+
+    raw = raw_config(config, overrides)
+    own_set, own_kwargs = plan_settings(plan_from_config(raw), method)
+    ov = list(overrides) + own_set + method_overrides(raw, method, own_kwargs) + [
+        f"output_dir={output_dir}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0",
+        "train.control=false"]  # a config's own twin would step in measure_guards' steps (--control times it)
+    return Trainer(config, ov)
+
+
+def _optimise(tr: Any, loss: Any) -> None:
+    """The engine's update, with or without its grad scaler (KD parameters without a gradient are skipped)."""
+    tr.optimizer.zero_grad(set_to_none=True)
+    if tr.scaler is not None:
+        tr.scaler.scale(loss).backward()
+        tr.scaler.step(tr.optimizer)
+        tr.scaler.update()
+    else:
+        loss.backward()
+        tr.optimizer.step()
+
+
+def modules_alone_step(tr: Any, inputs: Sequence[Any], targets: Any) -> tuple[Any, Any]:
+    """(run, snapshot): ``run()`` is one pass of the KD modules alone on ``inputs`` — the KD loss forward on the
+    :meth:`~densekd.distiller.Distiller.kd_snapshot` of the batch, its backward to the snapshot's student maps and
+    the engine's update of the KD parameters — without either network."""
+    model = tr.model
+    snap = model.kd_snapshot(*inputs, targets=targets)
+    leaves = [v for d in snap.student.values() for v in d.values() if v.requires_grad]
+
+    def run() -> None:
+        with tr.autocast():
+            loss = model.kd_loss(snap)
+        _optimise(tr, loss)
+        for v in leaves:
+            v.grad = None
+
+    return run, snap
+
+
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
             overrides: Sequence[str] = (), guard_pairs: int = 0, control_pairs: int = 0) -> dict[str, Any]:
     """Time ``warmup + iters`` training steps of ``method`` (``baseline``: no distillation) in *this* process."""
     import torch
 
     from ..distiller import Distiller, task_losses
-    from ..engine.trainer import Trainer
     from ..ops.flops import copy_rate, matmul_rate
-    from .compare.plan import method_overrides, plan_from_config, plan_settings, raw_config
 
-    raw = raw_config(config, overrides)
-    own_set, own_kwargs = plan_settings(plan_from_config(raw), method)  # built as compare builds it
     with tempfile.TemporaryDirectory() as tmp:
-        ov = list(overrides) + own_set + method_overrides(raw, method, own_kwargs) + [
-            f"output_dir={tmp}", "train.resume=false", "train.eval_every=-1", "train.num_workers=0",
-            "train.control=false"]  # a config's own twin would step in measure_guards' steps (--control times it)
-        tr = Trainer(config, ov)
+        tr = bench_trainer(config, method, overrides, tmp)
         try:
             device = tr.device
             cuda = device.type == "cuda"
             batch = tr.task.to_device(next(iter(tr.loader)), device)
             inputs, targets = tr.task.model_inputs(batch)
-            model, opt = tr.model, tr.optimizer
+            model = tr.model
             model.max_iterations = warmup + iters
 
             def sync() -> None:
                 if cuda:
                     torch.cuda.synchronize(device)
 
-            def optimise(loss: Any) -> None:  # the engine's update, with or without its grad scaler
-                opt.zero_grad(set_to_none=True)  # KD parameters get no gradient in a student step: skipped
-                if tr.scaler is not None:
-                    tr.scaler.scale(loss).backward()
-                    tr.scaler.step(opt)
-                    tr.scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+            def optimise(loss: Any) -> None:  # KD parameters get no gradient in a student step: skipped
+                _optimise(tr, loss)
 
             def step(i: int) -> None:
                 model.iteration = i
@@ -396,8 +426,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
             flops["matmul_gflops"] = matmul_rate(device, dtype) / 1e9
             if kd:
-                flops.update(_modules_alone(model, inputs, targets, tr.autocast, optimise, timed, iters,
-                                            warmup + iters))
+                model.iteration = warmup + iters
+                flops.update(_modules_alone(tr, inputs, targets, timed, iters))
                 flops["copy_gbps"] = copy_rate(device, dtype) / 1e9
             teacher_fwd = statistics.median(teacher_times) if kd else None
             student_sec = statistics.median(student_times) if kd else None
@@ -442,40 +472,24 @@ def _count_flops(model: Any, step: Any, student_step: Any, teacher_forward: Any,
             "modules_flops": modules, "modules_floor_flops": modules - above}
 
 
-def _modules_alone(model: Any, inputs: Any, targets: Any, autocast: Any, optimise: Any, timed: Any, iters: int,
-                   i: int) -> dict[str, Any]:
-    """The KD modules alone (:meth:`~densekd.distiller.Distiller.kd_snapshot` / ``kd_loss``: the KD loss forward,
-    its backward to the student maps and the KD parameters' update, without either network): ``iters`` timed
-    runs after one warm-up, their FLOPs (one more run) and the bytes any KD loss must move at least — read each
-    level's student and teacher map, write the student map's gradient."""
+def _modules_alone(tr: Any, inputs: Any, targets: Any, timed: Any, iters: int) -> dict[str, Any]:
+    """The KD modules alone (:func:`modules_alone_step`): ``iters`` timed runs after one warm-up, their FLOPs (one
+    more run) and the bytes any KD loss must move at least — read each level's student and teacher map, write the
+    student map's gradient."""
+    import math
+
     from ..ops.flops import flop_counter
 
-    model.iteration = i
-    snap = model.kd_snapshot(*inputs, targets=targets)
-    leaves = [v for d in snap.student.values() for v in d.values() if v.requires_grad]
-
-    def modules_step() -> None:
-        with autocast():
-            loss = model.kd_loss(snap)
-        optimise(loss)
-        for v in leaves:
-            v.grad = None
-
-    modules_step()
-    times = [timed(modules_step) for _ in range(iters)]
+    run, snap = modules_alone_step(tr, inputs, targets)
+    run()
+    times = [timed(run) for _ in range(iters)]
     with flop_counter() as fc:
-        modules_step()
-    size = leaves[0].element_size() if leaves else 4
-    floor_bytes = sum(size * (2 * _numel(lv.student_shape) + _numel(lv.teacher_shape)) for lv in model.levels)
+        run()
+    size = next((v.element_size() for d in snap.student.values() for v in d.values()), 4)
+    floor_bytes = sum(size * (2 * math.prod(lv.student_shape) + math.prod(lv.teacher_shape))
+                      for lv in tr.model.levels)
     return {"modules_alone_sec": statistics.median(times), "modules_alone_times": times,
             "modules_alone_flops": int(fc.get_total_flops()), "modules_floor_bytes": int(floor_bytes)}
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def floor_seconds(row: Mapping[str, Any]) -> float | None:
