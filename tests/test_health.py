@@ -22,7 +22,7 @@ from densekd.engine import Trainer
 from densekd.errors import ConfigError
 from densekd.losses import DistillLoss, register_loss
 from densekd.losses.registry import _LOSSES
-from tiny_models import TinySegmenter
+from tiny_models import TinyDetector, TinySegmenter
 
 
 # --------------------------------------------------------------------------- test losses
@@ -499,6 +499,41 @@ def test_doctor_on_detection_fpn_levels(make_config, teacher_ckpt, tmp_path, cap
     assert "(256 ch, stride 8) ← teacher backbone:0 " in levels[0] and "[2, 256, 1, 1] (256 ch, stride 64)" in levels[-1]  # 64 px: P7 is 1×1
     assert sum(ln.startswith("INFO one batch: backbone:") for ln in out.splitlines()) == 5
     assert "OK   gradient: nothing reaches the teacher" in out
+
+
+def test_cost_check_names_the_level_that_does_most_of_the_kd_work():
+    flops = {"Global": 1000, "D": 1000, "D.student": 100, "D.student.body": 60, "D.kd_losses.0|p3": 300,
+             "D.kd_losses.0|p3.fusion": 290, "D.kd_losses.0|p4": 100}
+    info, warn = health.cost_checks(flops, "D")
+    assert info.status == health.INFO and info.message == (
+        "matrix products in one forward (torch.utils.flop_counter): student 100 FLOP, teacher 500 FLOP, KD modules "
+        "400 FLOP = 4× the student's; by level: p3 75 %, p4 25 %")
+    assert warn.status == health.WARN and warn.topic == "cost" and warn.message == (
+        "the KD modules' forward does 4× the matrix work of the student's forward, so a training step costs several "
+        "plain ones (`densekd bench CONFIG` measures it); p3 does 75 % of it — distilling without that level "
+        "(distill.pairs) removes that share")
+    # at or below the student's forward: the line only
+    quiet = dict(flops, **{"D.kd_losses.0|p3": 0})
+    assert [c.status for c in health.cost_checks(quiet, "D")] == [health.INFO]
+    one = {"Global": 1000, "D.student": 100, "D.kd_losses.0|p3": 200}
+    assert health.cost_checks(one, "D")[1].message.endswith(
+        "; it all comes from p3 — a level with fewer positions costs less")
+    assert health.flop_text(3.2e9) == "3.2 GFLOP" and health.flop_text(12) == "12 FLOP"
+
+
+@pytest.mark.parametrize("method, warns", [("acam_kd", True), ("fitnet", False)])
+def test_batch_checks_count_the_kd_modules_work_in_the_forward(method, warns):
+    """Counted on the doctor's own forward: ACAM-KD's attention over the 16×16 positions of p3 outweighs the
+    tiny student (a warning naming p3 and its shape); FitNet's 1×1 aligner does not (the line only)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    d = Distiller(TinyDetector(width=8), TinyDetector(width=8), [Pair("neck", loss=method)], example_inputs=(x,))
+    checks = [c for c in health.batch_checks(d, (x,), torch.zeros(2)) if c.topic == "cost"]
+    assert checks[0].status == health.INFO and "KD modules " in checks[0].message
+    assert "by level: neck:p3 [2, 8, 16, 16] " in checks[0].message
+    assert [c.status for c in checks[1:]] == ([health.WARN] if warns else [])
+    if warns:
+        assert "neck:p3 [2, 8, 16, 16] does 9" in checks[1].message
 
 
 def test_teacher_source_of_a_shipped_asset():

@@ -20,7 +20,11 @@ the engine: it builds what ``densekd train`` would build) trains nothing and pri
 * one training batch, forward and backward (:func:`one_batch_checks`): per level the KD term and the
   gradient norm it puts on the student, the task term's beside it, and their ratios; a warning when a ratio is
   above 10 or below 0.01, with the ``distill.weight`` that would bring it to 1 (both scale linearly with
-  it); **failure** when a KD term puts no gradient on the student or anything reaches the teacher.
+  it); **failure** when a KD term puts no gradient on the student or anything reaches the teacher; and the
+  cost (:func:`cost_checks`): the matrix-product FLOPs of that forward for the student, the teacher and the KD
+  modules per level (``torch.utils.flop_counter``), with a warning when the KD modules' exceed the student's
+  (attention over positions grows with the square of a level's H·W: ACAM-KD or SAMKD on an FPN's P2 can cost
+  many student steps), naming the level that does most of it.
 
 Both verdicts run without the engine too: :func:`teacher_metric_checks` (a teacher's metric against chance and
 the student's) and :func:`batch_checks` (one batch through any :class:`~densekd.Distiller`), so an integration
@@ -51,20 +55,21 @@ once and kept for the end-of-run summary and ``health.json``, when
   1×1 P6/P7 maps of a small detector's FPN, dominates the distillation): the warning names the level and the
   pair weight that brings it to the others' median.
 """
-from .checks import (CHANCE_MARGIN, FAIL, INFO, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN, Check, DoctorReport,
-                     aligner_text, batch_checks, chance_level, feature_distance, level_checks, level_terms,
-                     one_batch_checks, primary_value, ratio_checks, suggested_weight, teacher_checks,
-                     teacher_metric_checks, teacher_source, total_norm)
+from .checks import (CHANCE_MARGIN, FAIL, INFO, KD_COST_HIGH, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN,
+                     Check, DoctorReport, aligner_text, batch_checks, chance_level, cost_checks, feature_distance,
+                     flop_text, level_checks, level_terms, module_flops, one_batch_checks, primary_value,
+                     ratio_checks, suggested_weight, teacher_checks, teacher_metric_checks, teacher_source,
+                     total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
                      MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_SAME_AFTER, MASK_SAME_DICE, MASK_STD_MIN, MASK_STD_WAS_SPATIAL,
                      TrainingGuards)
 from .record import read_health, run_warnings, write_health
 
 __all__ = ["CHANCE_MARGIN", "COLLAPSE_FRACTION", "DISTANCE_FALLEN", "FAIL", "GRAD_RATIO_DIVERGENCE", "INFO",
-           "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_SAME_AFTER", "MASK_SAME_DICE",
-           "MASK_STD_MIN",
-           "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH", "RATIO_LOW", "WARN", "Check", "DoctorReport",
-           "TrainingGuards", "aligner_text", "batch_checks", "chance_level", "feature_distance", "level_checks",
-           "level_terms", "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings",
+           "KD_COST_HIGH", "LEVEL_DOMINANCE", "MASK_GATE_SHIFT", "MASK_MEAN_HIGH", "MASK_MEAN_LOW", "MASK_SAME_AFTER",
+           "MASK_SAME_DICE", "MASK_STD_MIN", "MASK_STD_WAS_SPATIAL", "OK", "PRIMARY_METRICS", "RATIO_HIGH",
+           "RATIO_LOW", "WARN", "Check", "DoctorReport", "TrainingGuards", "aligner_text", "batch_checks",
+           "chance_level", "cost_checks", "feature_distance", "flop_text", "level_checks", "level_terms",
+           "module_flops", "one_batch_checks", "primary_value", "ratio_checks", "read_health", "run_warnings",
            "suggested_weight", "teacher_checks", "teacher_metric_checks", "teacher_source", "total_norm",
            "write_health"]

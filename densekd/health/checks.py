@@ -25,6 +25,8 @@ OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 RATIO_LOW, RATIO_HIGH = 0.01, 10.0
 #: the teacher "scores at chance" below chance + this margin (metric on a 0–1 scale)
 CHANCE_MARGIN = {"segmentation": 0.02, "detection": 0.01}
+#: the doctor warns when the KD modules' forward does more matrix work than this multiple of the student's
+KD_COST_HIGH = 1.0
 
 
 @dataclass
@@ -53,6 +55,15 @@ def size_text(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"  # pragma: no cover
+
+
+def flop_text(n: float) -> str:
+    """A FLOP count as text: ``"3.1 GFLOP"`` (powers of 1000)."""
+    for unit in ("FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP"):
+        if n < 1000 or unit == "TFLOP":
+            return f"{n:.0f} {unit}" if unit == "FLOP" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} FLOP"  # pragma: no cover
 
 
 def total_norm(grads: Sequence[Tensor | None]) -> float:
@@ -311,6 +322,53 @@ def ratio_checks(level: str, kind: str, ratio: float, weight: float, where: str,
     return [Check(WARN, where, f"{level}: {what}")]
 
 
+def cost_checks(flops: Mapping[str, int], root: str, levels: Sequence[Any] = ()) -> list[Check]:
+    """What distillation adds to a step's compute, from the matrix-product FLOPs of one forward counted per
+    module (``flops``: module name -> FLOPs, as ``torch.utils.flop_counter.FlopCounterMode`` names them, the
+    root module as ``root``): the student's, the KD modules' per level (``root.kd_losses.<key>``; ``levels``:
+    :attr:`Distiller.levels`, for labels and shapes) and the teacher's (the rest). A warning when the KD modules'
+    forward does more than ``KD_COST_HIGH`` × the student's: attention over positions grows with the square of a
+    level's H·W, so one fine level (an FPN's P2) can cost many student steps; it names the level that does most."""
+    total = int(flops.get("Global", flops.get(root, 0)))
+    student = int(flops.get(f"{root}.student", 0))
+    keys = [lv.key for lv in levels] or sorted({n[len(root) + 11:].split(".", 1)[0] for n in flops
+                                                if n.startswith(f"{root}.kd_losses.")})
+    per = {k: int(flops.get(f"{root}.kd_losses.{k}", 0)) for k in keys}
+    kd = sum(per.values())
+    teacher = max(total - student - kd, 0)
+    where = "cost"
+    text = (f"matrix products in one forward (torch.utils.flop_counter): student {flop_text(student)}, "
+            f"teacher {flop_text(teacher)}, KD modules {flop_text(kd)}")
+    if student > 0:
+        text += f" = {_fmt(kd / student)}× the student's"
+    info = {lv.key: lv for lv in levels}
+
+    def name(key: str) -> str:
+        lv = info.get(key)
+        return key.split("|", 1)[-1] if lv is None else f"{lv.student} {list(lv.student_shape)}"
+
+    if kd > 0 and len(per) > 1:
+        text += "; by level: " + ", ".join(f"{name(k)} {100 * v / kd:.0f} %" for k, v in
+                                            sorted(per.items(), key=lambda kv: -kv[1]))
+    out = [Check(INFO, where, text)]
+    if student > 0 and kd > KD_COST_HIGH * student:
+        top, top_v = max(per.items(), key=lambda kv: kv[1])
+        what = (f"the KD modules' forward does {_fmt(kd / student)}× the matrix work of the student's forward, "
+                f"so a training step costs several plain ones (`densekd bench CONFIG` measures it)")
+        if len(per) > 1:
+            what += (f"; {name(top)} does {100 * top_v / kd:.0f} % of it — distilling without that level "
+                     f"(distill.pairs) removes that share")
+        else:
+            what += f"; it all comes from {name(top)} — a level with fewer positions costs less"
+        out.append(Check(WARN, where, what))
+    return out
+
+
+def module_flops(counter: Any) -> dict[str, int]:
+    """Per module name, the FLOPs a finished ``FlopCounterMode`` counted (every operator summed)."""
+    return {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
+
+
 def one_batch_checks(trainer: Any) -> list[Check]:
     """One training batch, forward and backward, as the first training step would run it (no update)."""
     model, task, cfg = trainer.model, trainer.task, trainer.cfg
@@ -327,14 +385,18 @@ def batch_checks(model: Any, inputs: Sequence[Any], targets: Any, *, weight: flo
     """A :class:`~densekd.Distiller` on one batch, forward (under ``autocast()``) and backward, as a training step
     runs it, without an update: per level the KD term and the gradient norm it puts on the student next to the
     task term's, their ratios (warnings outside [0.01, 10] naming the ``knob`` value that brings them to 1), a
-    failure when a KD term puts no gradient on the student or when anything reaches the teacher. Gradients are
+    failure when a KD term puts no gradient on the student or when anything reaches the teacher, and what the KD
+    modules add to the step's matrix work (:func:`cost_checks`, counted on this forward). Gradients are
     cleared afterwards; the model is left in train mode (its buffers as the forward left them)."""
+    from ..ops.flops import flop_counter
+
     model.train()
     model.iteration, model.max_iterations = 0, max_iterations
     teacher_before = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
     where = "one batch"
-    with autocast():
+    with autocast(), flop_counter() as counter:
         losses = model(*inputs, targets=targets, context=context)
+    cost = cost_checks(module_flops(counter), type(model).__name__, getattr(model, "levels", ()))
     bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
     if bad:
         return [Check(FAIL, where, "non-finite loss on the first batch: " + ", ".join(f"{k}={v}" for k, v in bad.items()))]
@@ -370,6 +432,7 @@ def batch_checks(model: Any, inputs: Sequence[Any], targets: Any, *, weight: flo
         if getattr(mod, "needs_preparation", False) and not getattr(mod, "prepared", True):
             out.append(Check(INFO, where, f"{type(mod).__name__} at {name.split('|', 1)[-1]} is fitted on the teacher "
                                           f"when training starts; measured here before that fit"))
+    out += cost
     losses["loss"].backward()
     if reached and all(c.status != FAIL for c in out if c.topic == "gradient"):
         out.append(Check(OK, "gradient", f"the KD terms reach the student: {len(reached)} of its {len(params)} "
