@@ -8,6 +8,7 @@ the teacher forward's precision and memory layout (issue 20).
     python benchmarks/real_size.py brief   --out benchmarks/results/real_size          # one line per method
     python benchmarks/real_size.py alone   --out - --settings retinanet --methods cwd fgd --flush both --threads 1
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
+    python benchmarks/real_size.py cost    --out benchmarks/results/real_size --methods fitnet acam_kd  # FLOPs only
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
 
@@ -38,6 +39,11 @@ every setting in ``<out>`` (``<out>/brief.md``), the README's tables.
 update on one batch's captured maps, without either network (``Distiller.kd_snapshot``) — one Trainer per
 method, ``--iters`` runs after one warm-up, printed; ``--flush both`` alternates runs with subnormal floats
 flushed and kept (``train.flush_denormal``); ``--out`` is ignored.
+
+``cost``: for each setting and method, what the doctor's cost line counts (:func:`densekd.health.cost_split`) —
+the matrix-product FLOPs of one forward of the student, the teacher and the KD modules, their ratio and the level
+doing most — one forward without gradients per method (no timing: counts depend on the shapes only), written to
+``<out>/cost.md``.
 
 ``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
 once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
@@ -354,6 +360,62 @@ def run_alone(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- cost
+def forward_cost(name: str, method: str, scale: float) -> tuple[int, int, dict[str, int], list]:
+    """The doctor's cost count (:func:`densekd.health.cost_split`) at setting ``name``: one forward of the
+    Distiller, built as ``tables`` builds it, on one batch without gradients, its matrix-product FLOPs per module.
+    Returns (student, teacher, KD modules per level key, the Distiller's levels). Counts do not depend on the
+    weights, the precision or the machine."""
+    import torch
+
+    from densekd.health import cost_split, module_flops
+    from densekd.ops.flops import flop_counter
+    from densekd.tools.bench import bench_trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, recipe, _ = SETTINGS[name]
+        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1]
+        tr = bench_trainer(os.path.join(ROOT, recipe), method, ov, os.path.join(tmp, "o"))
+        try:
+            inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
+            model = tr.model
+            model.train()
+            with torch.no_grad(), flop_counter() as fc:
+                model(*inputs, targets=targets)
+            return (*cost_split(module_flops(fc), type(model).__name__, model.levels), list(model.levels))
+        finally:
+            tr.close()
+
+
+def run_cost(args) -> int:
+    """``cost``: per setting and method, what the doctor's cost line counts — the forward's matrix-product FLOPs
+    of the student, the teacher and the KD modules (their ratio to the student's, the level doing most):
+    a Markdown table to ``--out`` (``-``: print only)."""
+    lines = [f"Matrix-product FLOPs of one forward at {args.scale:g} × the papers' sizes, batch 2 "
+             "(`python benchmarks/real_size.py cost`; torch.utils.flop_counter, as `densekd doctor` counts them)", "",
+             "| setting | method | student fwd GFLOP | teacher fwd GFLOP | KD modules fwd GFLOP | KD / student | "
+             "level doing most (share) |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for name in args.settings:
+        for method in method_order(args.methods or ["fitnet"]):
+            if not applicable(name, method)[0]:
+                continue
+            student, teacher, per, levels = forward_cost(name, method, args.scale)
+            kd = sum(per.values())
+            top = max(per, key=per.get) if per else None
+            shape = next((f"{lv.student} {list(lv.student_shape)}" for lv in levels if lv.key == top), top)
+            share = f"{shape} ({100 * per[top] / kd:.0f} %)" if kd else "—"
+            row = (f"| {name} | {method} | {student / 1e9:.1f} | {teacher / 1e9:.1f} | {kd / 1e9:.3g} | "
+                   f"{kd / student:.3g}× | {share} |")
+            lines.append(row)
+            print(row, flush=True)
+    if args.out != "-":
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "cost.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- teacher
 def run_teacher(args) -> int:
     import torch
@@ -451,7 +513,7 @@ def run_teacher(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["tables", "brief", "alone", "teacher"])
+    ap.add_argument("what", choices=["tables", "brief", "alone", "teacher", "cost"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
@@ -472,7 +534,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    return {"tables": run_tables, "brief": run_brief, "alone": run_alone, "teacher": run_teacher}[args.what](args)
+    return {"tables": run_tables, "brief": run_brief, "alone": run_alone, "teacher": run_teacher,
+            "cost": run_cost}[args.what](args)
 
 
 if __name__ == "__main__":

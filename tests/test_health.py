@@ -354,7 +354,26 @@ def test_healthy_run_is_silent_and_logs_the_health_columns(toy, trained_teacher,
     assert h["checks"][0].startswith("INFO teacher: weights from model.teacher.checkpoint")
     assert any(c.startswith("INFO pair 0: classifier [4, 3, 8, 8] (3 ch, stride 4) ← teacher classifier") for c in h["checks"])
     assert any(c.startswith("OK   iteration 1: classifier: KD") for c in h["checks"])
+    assert any(c.startswith("INFO iteration 1: cost: matrix products in one forward (torch.utils.flop_counter): "
+                            "student ") for c in h["checks"])  # below the student's: a line, no warning
     assert "health: no warnings" in printed and "health warning" not in printed
+
+
+def test_cost_warning_at_iteration_1_names_the_level(toy, tmp_path, capsys):
+    """ACAM-KD's attention over the 16×16 positions of the stem outweighs the whole tiny student: the first
+    iteration says so once, kept in health.json and the end-of-run summary; a resumed run does not count again."""
+    out = tmp_path / "cost"
+    densekd.train(seg_config(toy, out, method="acam_kd", max_iters=2), ["distill.pairs=[{student: stem}]"])
+    printed = capsys.readouterr().out
+    h = _health(out)
+    cost = [w for w in h["warnings"] if w["message"].startswith("iteration 1: cost: ")]
+    assert len(cost) == 1 and cost[0]["kind"] == "start"
+    assert "× the matrix work of the student's forward" in cost[0]["message"]
+    assert cost[0]["message"].endswith("; it all comes from stem [4, 4, 16, 16] — a level with fewer positions costs less")
+    assert printed.count(cost[0]["message"]) == 2  # the iteration-1 WARN line and the end-of-run summary
+    assert sum(c.startswith("WARN iteration 1: cost: ") for c in h["checks"]) == 1
+    densekd.train(seg_config(toy, out, method="acam_kd", max_iters=3), ["distill.pairs=[{student: stem}]"])
+    assert sum(c.startswith("WARN iteration 1: cost: ") for c in _health(out)["checks"]) == 1  # resumed: not again
 
 
 def test_divergence_warning_at_iteration_1(toy, tmp_path, capsys):

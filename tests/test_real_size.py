@@ -116,3 +116,16 @@ def test_alone_one_row_per_method_and_subnormal_mode(rs, capsys):
     rows = [ln.split(" | ")[1:3] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| deeplabv3")]
     assert rows == [["fitnet", "flushed"], ["fitnet", "kept"]]  # fgd needs boxes
     assert torch.tensor([1e-39]).mul(1.0).item() != 0.0
+
+
+def test_cost_counts_each_method_as_the_doctor_does(rs, tmp_path, capsys):
+    """real_size.py cost on a tiny DeepLabV3: one row per method with the doctor's split of one forward's FLOPs
+    (student, teacher, KD modules), written to cost.md; ACAM-KD's attention counts more than FitNet's aligner."""
+    assert rs.main(["cost", "--out", str(tmp_path), "--settings", "deeplabv3", "--methods", "fitnet", "acam_kd", "fgd",
+                    "--scale", "0.06", "--threads", "1"]) == 0
+    rows = [ln.split(" | ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| deeplabv3")]
+    assert [r[1] for r in rows] == ["fitnet", "acam_kd"]  # fgd needs boxes
+    student, teacher, kd = ([float(r[i]) for r in rows] for i in (2, 3, 4))
+    assert student[0] == student[1] > 0 and teacher[0] == teacher[1] > 0 and kd[1] > kd[0] >= 0
+    assert all(r[6].startswith("classifier [2, 19, ") for r in rows)
+    assert (tmp_path / "cost.md").read_text().splitlines()[-2:] == [" | ".join(r) for r in rows]

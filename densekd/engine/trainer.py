@@ -62,7 +62,8 @@ from .. import health
 from ..config import Config, load_config, to_dict
 from ..distiller import Distiller, Pair
 from ..errors import ConfigError, DenseKDError
-from ..health.checks import size_text
+from ..health.checks import module_flops, size_text
+from ..ops.flops import flop_counter
 from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FILE, LOG_FILE, METRICS_FILE,
                           STUDENT_FILE, TENSORBOARD_DIR, kd_term)
 from ..tasks import get_task
@@ -329,8 +330,11 @@ class Trainer:
         guards = self.guards
         if guards is not None:
             guards.begin(it, log_now)
-        with self.autocast():
+        count = guards is not None and guards.count_now  # the first iteration: what the KD modules cost
+        with self.autocast(), (flop_counter() if count else contextlib.nullcontext()) as counter:
             losses = self.ddp(*inputs, targets=targets)
+        if count:
+            guards.cost(module_flops(counter), type(self.ddp).__name__)
         loss = losses["loss"]
         names = list(losses)
         values = torch.stack([losses[k].detach().float() for k in names]).tolist()

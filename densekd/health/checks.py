@@ -322,20 +322,30 @@ def ratio_checks(level: str, kind: str, ratio: float, weight: float, where: str,
     return [Check(WARN, where, f"{level}: {what}")]
 
 
-def cost_checks(flops: Mapping[str, int], root: str, levels: Sequence[Any] = ()) -> list[Check]:
-    """What distillation adds to a step's compute, from the matrix-product FLOPs of one forward counted per
-    module (``flops``: module name -> FLOPs, as ``torch.utils.flop_counter.FlopCounterMode`` names them, the
-    root module as ``root``): the student's, the KD modules' per level (``root.kd_losses.<key>``; ``levels``:
-    :attr:`Distiller.levels`, for labels and shapes) and the teacher's (the rest). A warning when the KD modules'
-    forward does more than ``KD_COST_HIGH`` × the student's: attention over positions grows with the square of a
-    level's H·W, so one fine level (an FPN's P2) can cost many student steps; it names the level that does most."""
+def cost_split(flops: Mapping[str, int], root: str, levels: Sequence[Any] = ()) -> tuple[int, int, dict[str, int]]:
+    """(student, teacher, KD modules per level key) of one Distiller forward's matrix-product FLOPs counted per
+    module (``flops``: module name -> FLOPs, as ``torch.utils.flop_counter.FlopCounterMode`` names them, the root
+    module as ``root``). The KD modules are ``root.kd_losses.<key>`` (``levels``: :attr:`Distiller.levels`; with
+    them the root is found by its KD modules' names, e.g. under DDP); the teacher is the rest."""
+    for lv in levels[:1]:  # the root as the counter named it: the Distiller, or e.g. "DistributedDataParallel.module"
+        tail = f".kd_losses.{lv.key}"
+        root = next((n[: -len(tail)] for n in flops if n.endswith(tail)), root)
     total = int(flops.get("Global", flops.get(root, 0)))
     student = int(flops.get(f"{root}.student", 0))
     keys = [lv.key for lv in levels] or sorted({n[len(root) + 11:].split(".", 1)[0] for n in flops
                                                 if n.startswith(f"{root}.kd_losses.")})
     per = {k: int(flops.get(f"{root}.kd_losses.{k}", 0)) for k in keys}
+    return student, max(total - student - sum(per.values()), 0), per
+
+
+def cost_checks(flops: Mapping[str, int], root: str, levels: Sequence[Any] = ()) -> list[Check]:
+    """What distillation adds to a step's compute (:func:`cost_split` of one forward's FLOPs): a line with the
+    student's, the teacher's and the KD modules' matrix-product FLOPs, per level, and a warning when the KD
+    modules' forward does more than ``KD_COST_HIGH`` × the student's: attention over positions grows with the
+    square of a level's H·W, so one fine level (an FPN's P2) can cost many student steps; it names the level that
+    does most."""
+    student, teacher, per = cost_split(flops, root, levels)
     kd = sum(per.values())
-    teacher = max(total - student - kd, 0)
     where = "cost"
     text = (f"matrix products in one forward (torch.utils.flop_counter): student {flop_text(student)}, "
             f"teacher {flop_text(teacher)}, KD modules {flop_text(kd)}")

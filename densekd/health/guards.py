@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..run_folder import HEALTH_FILE, LOG_FILE, kd_key, kd_level
-from .checks import (OK, WARN, Check, _fmt, _ratio, feature_distance, level_terms, ratio_checks, suggested_weight,
-                     total_norm)
+from .checks import (OK, WARN, Check, _fmt, _ratio, cost_checks, feature_distance, level_terms, ratio_checks,
+                     suggested_weight, total_norm)
 
 #: KD/task gradient-norm ratio above which training warns of divergence
 GRAD_RATIO_DIVERGENCE = 100.0
@@ -95,6 +95,8 @@ class TrainingGuards:
         self.distances: dict[str, float] = {}
         self.recording = False
         self.grad_now = False
+        self.count_now = False  # count the forward's FLOPs (the first iteration of a fresh run): cost()
+        self._cost_lines: list[str] = []
         self._pending: dict[str, float] = {}
         self._kd_sum: list[Tensor] | None = None
         self._task_norm: float | None = None
@@ -125,6 +127,7 @@ class TrainingGuards:
         ``grad_every``-th; record feature distances when this iteration's row is logged."""
         n = iteration + 1
         self.grad_now = self.enabled and self.grad_every > 0 and (n == 1 or n % self.grad_every == 0)
+        self.count_now = self.enabled and iteration == 0
         self.recording = self.enabled and log_now
 
     def kd_gradients(self, losses: Mapping[str, Tensor], params: Sequence[Tensor], scale: float | None = None) -> None:
@@ -320,6 +323,17 @@ class TrainingGuards:
                 f"(docs/methods.md, \"When the masks are one mask\")")))
         return out
 
+    def cost(self, flops: Mapping[str, int], root: str) -> None:
+        """The first iteration's forward FLOPs per module (``FlopCounterMode`` names, ``root`` the called model):
+        the doctor's cost line (:func:`~densekd.health.checks.cost_checks`), printed with the iteration-1 lines; a
+        warning when the KD modules' matrix work exceeds the student's is kept with the others."""
+        self._cost_lines = []
+        for c in cost_checks(flops, root, self.distiller.levels):
+            line = Check(c.status, "iteration 1", f"cost: {c.message}")
+            if c.status == WARN:
+                self._warn("cost", 1, "start", "", f"cost: {c.message}")
+            self._cost_lines.append(line.line())
+
     def first_row_checks(self, row: Mapping[str, float]) -> list[str]:
         """The iteration-1 lines, one per level: KD/task loss and gradient-norm ratios with the doctor's
         thresholds (a ``WARN`` line's warning is kept with the others; a gradient ratio above 100 is left to
@@ -350,6 +364,8 @@ class TrainingGuards:
             line = Check(status, "iteration 1", text).line()
             self.first_lines.append(line)
             lines.append(line)
+        self.first_lines += self._cost_lines
+        lines += self._cost_lines
         return lines
 
     def summary(self) -> list[str]:
