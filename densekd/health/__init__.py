@@ -35,9 +35,9 @@ Exit status of the command: 0 no failure (warnings allowed), 1 a check failed, 2
 **During training** — :class:`TrainingGuards`, run by the engine (:mod:`densekd.engine.trainer`, on by
 default, ``train.guards: false`` turns them off). At start the cheap checks above print one line each
 (teacher source, levels); at iteration 1 the KD/task loss and gradient ratios per level (the doctor's
-thresholds) and the cost line of a fresh run's first forward (:meth:`TrainingGuards.cost`, the doctor's). Then, per level, into ``log.csv`` and TensorBoard (column names in the trainer's docstring): the
-KD/task loss ratio every ``log_every``, the gradient-norm ratio at iteration 1 and every
-``train.grad_ratio_every`` iterations, the student–teacher feature distance (:func:`feature_distance`) and,
+thresholds) and the cost line of a fresh run's first forward (:meth:`TrainingGuards.cost`, the doctor's). Then,
+per level, into ``log.csv`` and TensorBoard (column names in the trainer's docstring): the KD/task loss ratio
+every ``log_every``, the gradient-norm ratio at iteration 1 and every ``train.grad_ratio_every`` iterations, the student–teacher feature distance (:func:`feature_distance`) and,
 for KD modules with ``mask_statistics()`` (ACAM-KD), each mask statistic. One-line warnings, each printed
 once and kept for the end-of-run summary and ``health.json``, when
 
@@ -58,8 +58,8 @@ once and kept for the end-of-run summary and ``health.json``, when
 from .checks import (CHANCE_MARGIN, FAIL, INFO, KD_COST_HIGH, OK, PRIMARY_METRICS, RATIO_HIGH, RATIO_LOW, WARN,
                      Check, DoctorReport, aligner_text, batch_checks, chance_level, cost_checks, cost_split,
                      feature_distance, flop_text, level_checks, level_terms, module_flops, one_batch_checks,
-                     primary_value, ratio_checks, suggested_weight, teacher_checks, teacher_metric_checks, teacher_source,
-                     total_norm)
+                     primary_value, ratio_checks, suggested_weight, teacher_checks, teacher_metric_checks,
+                     teacher_source, total_norm)
 from .guards import (COLLAPSE_FRACTION, DISTANCE_FALLEN, GRAD_RATIO_DIVERGENCE, LEVEL_DOMINANCE, MASK_GATE_SHIFT,
                      MASK_MEAN_HIGH, MASK_MEAN_LOW, MASK_SAME_AFTER, MASK_SAME_DICE, MASK_STD_MIN, MASK_STD_WAS_SPATIAL,
                      TrainingGuards)
