@@ -53,6 +53,7 @@ far the bf16 / channels_last maps are from the fp32 NCHW ones (relative Frobeniu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -313,33 +314,43 @@ def run_brief(args) -> int:
 
 
 # --------------------------------------------------------------------------- alone
+@contextlib.contextmanager
+def setting_trainer(name: str, method: str, scale: float, extra: list[str] = ()):
+    """The Trainer ``tables`` measures for ``method`` on setting ``name`` (``extra``: further overrides) and one
+    batch of its data on the device: yields (trainer, inputs, targets); closed afterwards."""
+    from densekd.tools.bench import bench_trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, recipe, _ = SETTINGS[name]
+        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1] + list(extra)
+        tr = bench_trainer(os.path.join(ROOT, recipe), method, ov, os.path.join(tmp, "o"))
+        try:
+            inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
+            yield tr, inputs, targets
+        finally:
+            tr.close()
+
+
 def alone_times(name: str, method: str, scale: float, iters: int, flush: list[bool]) -> dict[bool, list[float]]:
     """Seconds of the KD modules alone (:func:`densekd.tools.bench.modules_alone_step`, the Trainer built as
     ``tables`` builds it), ``iters`` runs after one warm-up round, for each subnormal mode in ``flush``
     (alternating run by run; the Trainer's own ``train.flush_denormal`` is off so that the script decides)."""
     import torch
 
-    from densekd.tools.bench import bench_trainer, modules_alone_step
+    from densekd.tools.bench import modules_alone_step
 
-    with tempfile.TemporaryDirectory() as tmp:
-        _, recipe, _ = SETTINGS[name]
-        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1] + ["train.flush_denormal=false"]
-        tr = bench_trainer(os.path.join(ROOT, recipe), method, ov, os.path.join(tmp, "o"))
-        try:
-            inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
-            run, _ = modules_alone_step(tr, inputs, targets)
-            times: dict[bool, list[float]] = {f: [] for f in flush}
-            for i in range(iters + 1):
-                for f in (flush if i % 2 == 0 else flush[::-1]):
-                    torch.set_flush_denormal(f)
-                    t0 = time.perf_counter()
-                    run()
-                    if i:  # the first round is the warm-up
-                        times[f].append(time.perf_counter() - t0)
-            torch.set_flush_denormal(False)
-            return times
-        finally:
-            tr.close()
+    with setting_trainer(name, method, scale, ["train.flush_denormal=false"]) as (tr, inputs, targets):
+        run, _ = modules_alone_step(tr, inputs, targets)
+        times: dict[bool, list[float]] = {f: [] for f in flush}
+        for i in range(iters + 1):
+            for f in (flush if i % 2 == 0 else flush[::-1]):
+                torch.set_flush_denormal(f)
+                t0 = time.perf_counter()
+                run()
+                if i:  # the first round is the warm-up
+                    times[f].append(time.perf_counter() - t0)
+        torch.set_flush_denormal(False)
+        return times
 
 
 def run_alone(args) -> int:
@@ -370,21 +381,13 @@ def forward_cost(name: str, method: str, scale: float) -> tuple[int, int, dict[s
 
     from densekd.health import cost_split, module_flops
     from densekd.ops.flops import flop_counter
-    from densekd.tools.bench import bench_trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        _, recipe, _ = SETTINGS[name]
-        ov = setting_overrides(name, tmp, scale) + applicable(name, method)[1]
-        tr = bench_trainer(os.path.join(ROOT, recipe), method, ov, os.path.join(tmp, "o"))
-        try:
-            inputs, targets = tr.task.model_inputs(tr.task.to_device(next(iter(tr.loader)), tr.device))
-            model = tr.model
-            model.train()
-            with torch.no_grad(), flop_counter() as fc:
-                model(*inputs, targets=targets)
-            return (*cost_split(module_flops(fc), type(model).__name__, model.levels), list(model.levels))
-        finally:
-            tr.close()
+    with setting_trainer(name, method, scale) as (tr, inputs, targets):
+        model = tr.model
+        model.train()
+        with torch.no_grad(), flop_counter() as fc:
+            model(*inputs, targets=targets)
+        return (*cost_split(module_flops(fc), type(model).__name__, model.levels), list(model.levels))
 
 
 def run_cost(args) -> int:
