@@ -33,7 +33,9 @@ min–max), the teacher forward, the KD modules (full − student − teacher, p
 ``torch.utils.flop_counter``, the KD modules alone and their floor (see ``densekd/tools/bench.py``). Writes
 ``<out>/<setting>.md`` / ``.json`` after every method (``--resume`` keeps rows already there for the same scale
 and ``--iters``; ``--set`` adds engine overrides) and ``<out>/summary.md``. ``brief``: one line per method of
-every setting in ``<out>`` (``<out>/brief.md``), the README's tables.
+every setting in ``<out>`` (``<out>/brief.md``), the README's tables, and a picture of each step in units of the
+plain student step timed beside it (``<out>/brief.png``: student step, teacher forward, KD modules alone, the
+rest).
 
 ``alone``: the KD modules alone — the KD loss forward, its backward to the student maps and the KD parameters'
 update on one batch's captured maps, without either network (``Distiller.kd_snapshot``) — one Trainer per
@@ -264,14 +266,15 @@ def spread_table(rows: list[dict]) -> str:
 
 
 def brief_table(rows: list[dict]) -> str:
-    """One line per method for a README: the step with its spread and its ratio to the plain student, the teacher
-    forward, the KD modules alone with their spread, their share of the student step, FLOPs and floor."""
-    from densekd.tools.bench import floor_seconds
+    """One line per method for a README: the step with its spread and its ratio to the plain student (its own row,
+    and the plain student step timed beside it in the method's process: :func:`densekd.tools.bench.paired_step_ratio`),
+    the teacher forward, the KD modules alone with their spread, their share of the student step, FLOPs and floor."""
+    from densekd.tools.bench import floor_seconds, paired_step_ratio
 
     plain = next((r for r in rows if r.get("teacher_fwd_sec") is None), None)
-    lines = ["| method | s/step (min–max) | × plain | teacher fwd s | KD modules alone s (min–max) "
-             "| alone / student step | KD GFLOP | floor GFLOP | alone / floor time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | s/step (min–max) | × plain | × plain, same process (min–max) | teacher fwd s "
+             "| KD modules alone s (min–max) | alone / student step | KD GFLOP | floor GFLOP | alone / floor time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         times, alone = r.get("step_times") or [r["sec_per_iter"]], r.get("modules_alone_sec")
         at, st, fsec = r.get("modules_alone_times") or [], r.get("student_step_sec"), floor_seconds(r)
@@ -280,6 +283,7 @@ def brief_table(rows: list[dict]) -> str:
             "plain student" if r is plain else r["method"],
             f"{r['sec_per_iter']:.2f} ({min(times):.2f}–{max(times):.2f})",
             f"{r['sec_per_iter'] / plain['sec_per_iter']:.2f}×" if plain else "—",
+            "—" if (p := paired_step_ratio(r)) is None else f"{p[0]:.2f}× ({p[1]:.2f}–{p[2]:.2f})",
             "—" if r.get("teacher_fwd_sec") is None else f"{r['teacher_fwd_sec']:.2f}",
             "—" if alone is None else f"{alone:.3f} ({min(at):.3f}–{max(at):.3f})" if at else f"{alone:.3f}",
             "—" if alone is None or not st else f"{100 * alone / st:.1f} %",
@@ -288,14 +292,80 @@ def brief_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the parts of :func:`step_parts`, in order, with their colours in :func:`plot_parts`
+PARTS = {"plain student step": "#9e9e9e", "teacher forward": "#4c78a8", "KD modules alone": "#f58518",
+         "the rest of the distilled step": "#f2cf5b"}
+
+
+def step_parts(row: dict) -> tuple[float, float, float, float, float, float] | None:
+    """A method's training step in units of the plain student step timed beside it in its own process: (student
+    step = 1, teacher forward, KD modules alone, the rest, min and max of the whole). The teacher is the median
+    of its per-iteration ratios to the student step; the modules alone their median time (measured after the
+    steps, without either network) over the median student step; the whole
+    :func:`densekd.tools.bench.paired_step_ratio`; the rest the whole minus the other three (not below 0) — what
+    the distilled step costs beyond its parts measured apart (hooks, the KD loss's share of the backward through
+    the student, caches the teacher's activations evict). None for the plain student's row and rows without the
+    per-iteration times."""
+    from densekd.tools.bench import paired_step_ratio
+
+    whole, teachers = paired_step_ratio(row), row.get("teacher_times")
+    if whole is None or not teachers or len(teachers) != len(row["student_times"]):
+        return None
+    teacher = statistics.median(t / s for t, s in zip(teachers, row["student_times"]))
+    alone = (row.get("modules_alone_sec") or 0.0) / statistics.median(row["student_times"])
+    return 1.0, teacher, alone, max(whole[0] - 1.0 - teacher - alone, 0.0), whole[1], whole[2]
+
+
+def plot_parts(settings: dict[str, list[dict]], path: str) -> str | None:
+    """``path`` (PNG): one panel per setting, one bar per method, :func:`step_parts` stacked (:data:`PARTS`) with
+    the whole's min–max; None (nothing written) where no row has the parts."""
+    from densekd.tools.bench import paired_step_ratio
+    from densekd.tools.compare.report import pyplot
+
+    panels = {n: [(r["method"], p) for r in rows if (p := step_parts(r)) is not None] for n, rows in settings.items()}
+    panels = {n: bars for n, bars in panels.items() if bars}
+    medians = {n: [paired_step_ratio(r)[0] for r in settings[n] if step_parts(r) is not None] for n in panels}
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                             figsize=(8, 0.8 + sum(0.32 * len(b) + 0.6 for b in panels.values())),
+                             gridspec_kw={"height_ratios": [len(b) for b in panels.values()]})
+    for ax, (name, bars) in zip(axes[:, 0], panels.items()):
+        y = range(len(bars))
+        left = [0.0] * len(bars)
+        for k, (label, colour) in enumerate(PARTS.items()):
+            widths = [p[k] for _, p in bars]
+            ax.barh(y, widths, left=left, color=colour, label=label, height=0.7)
+            left = [a + b for a, b in zip(left, widths)]
+        whole = [sum(p[:4]) for _, p in bars]
+        ax.errorbar(whole, y, xerr=[[max(w - p[4], 0.0) for w, (_, p) in zip(whole, bars)],
+                                    [max(p[5] - w, 0.0) for w, (_, p) in zip(whole, bars)]],
+                    fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        for yi, (w, (_, p), m) in enumerate(zip(whole, bars, medians[name])):  # the label: the measured whole
+            ax.text(max(p[5], w) + 0.04, yi, f"{m:.2f}×", va="center", fontsize=8)
+        ax.set_yticks(list(y), [m for m, _ in bars], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.5)
+        ax.set_title(f"{name} ({os.path.basename(SETTINGS[name][1])})", fontsize=9, loc="left")
+    axes[0, 0].legend(fontsize=7, loc="lower right", ncol=2)
+    axes[-1, 0].set_xlabel("training step ÷ the plain student step timed beside it in the same process "
+                           "(median of the paired steps; bar: their min–max)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def run_brief(args) -> int:
-    """``<out>/brief.md``: :func:`brief_table` of every setting ``tables`` has measured into ``out``."""
-    parts = []
+    """``<out>/brief.md``: :func:`brief_table` of every setting ``tables`` has measured into ``out``;
+    ``<out>/brief.png``: :func:`plot_parts` of the same rows."""
+    parts, measured = [], {}
     for name in SETTINGS:
         path = os.path.join(args.out, f"{name}.json")
         if not os.path.exists(path):
             continue
-        rows = json.load(open(path, encoding="utf-8"))
+        rows = measured[name] = json.load(open(path, encoding="utf-8"))
         _, recipe, size = SETTINGS[name]
         scale = rows[0].get("scale", 1.0) if rows else 1.0
         h, w = (round(v * scale) for v in size)
@@ -310,6 +380,9 @@ def run_brief(args) -> int:
     with open(os.path.join(args.out, "brief.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
+    png = plot_parts(measured, os.path.join(args.out, "brief.png"))
+    if png:
+        print(f"wrote {png}")
     return 0
 
 

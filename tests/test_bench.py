@@ -40,6 +40,21 @@ def test_bench_table_without_baseline_or_zero_memory():
     assert lines[2] == "| acam_kd | 0.7500 | — | 250.0 | — | 0.1250 | 0.1250 | +25.0 % |"
 
 
+def test_paired_step_ratio_column():
+    """× plain step, same process: per-iteration step / the student step interleaved with it, median (min–max);
+    absent from the table when no row kept both lists, "—" for a row without them."""
+    from densekd.tools.bench import paired_step_ratio
+
+    row = dict(ROWS[1], step_times=[0.75, 0.9, 1.2], student_times=[0.5, 0.5, 0.6])
+    assert paired_step_ratio(row) == (1.8, 1.5, 2.0)
+    assert paired_step_ratio(ROWS[1]) is None and paired_step_ratio(dict(row, student_times=[0.5])) is None
+    lines = bench_table([ROWS[0], row]).splitlines()
+    assert lines[0].endswith("| modules / student step | × plain step, same process |")
+    assert lines[2].endswith("| — | — |") and lines[3].endswith("| +25.0 % | 1.80× (1.50–2.00) |")
+    assert "full step / that plain student step" in lines[-1]
+    assert "× plain step" not in bench_table(ROWS)
+
+
 def test_flops_table_columns_and_rates():
     rows = [dict(ROWS[0], step_flops=2e9, student_step_flops=2e9, teacher_fwd_flops=None, modules_flops=None,
                  modules_floor_flops=None, matmul_gflops=100.0),

@@ -94,16 +94,34 @@ def test_brief_table_one_line_per_method(rs, tmp_path):
     rows = [_row("baseline", teacher_fwd_sec=None, student_step_sec=None, modules_sec=None, sec_per_iter=1.0,
                  step_times=[0.9, 1.1]),
             _row("fitnet", modules_alone_sec=0.05, modules_alone_times=[0.04, 0.05, 0.07], modules_flops=2e9,
-                 modules_floor_flops=1e9, matmul_gflops=100.0, modules_floor_bytes=400e6, copy_gbps=20.0)]
+                 modules_floor_flops=1e9, matmul_gflops=100.0, modules_floor_bytes=400e6, copy_gbps=20.0,
+                 student_times=[1.0, 1.25, 0.8], teacher_times=[0.5, 0.5, 0.5])]
     lines = rs.brief_table(rows).splitlines()
-    assert lines[2] == "| plain student | 1.00 (0.90–1.10) | 1.00× | — | — | — | — | — | — |"
-    # fitnet: step 2 s (1.9–2.2) = 2× plain; alone 0.05 s = 5 % of the 1 s student step; floor 20 ms → 2.5×
-    assert lines[3] == "| fitnet | 2.00 (1.90–2.20) | 2.00× | 0.50 | 0.050 (0.040–0.070) | 5.0 % | 2.0 | 1.0 | 2.5× |"
+    assert lines[2] == "| plain student | 1.00 (0.90–1.10) | 1.00× | — | — | — | — | — | — | — |"
+    # fitnet: step 2 s (1.9–2.2) = 2× plain; beside its own student steps 1.9/1, 2/1.25, 2.2/0.8 → 1.9× (1.6–2.75);
+    # alone 0.05 s = 5 % of the 1 s student step; floor 20 ms → 2.5×
+    assert lines[3] == ("| fitnet | 2.00 (1.90–2.20) | 2.00× | 1.90× (1.60–2.75) | 0.50 | 0.050 (0.040–0.070) | 5.0 % "
+                        "| 2.0 | 1.0 | 2.5× |")
     (tmp_path / "fcos.json").write_text(json.dumps([dict(r, scale=0.5) for r in rows]))
     assert rs.main(["brief", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "brief.md").read_text()
     assert text.startswith("**fcos** (fcos_r101_r50_acamkd_2x.yaml, 400×666, batch 2; 5 steps after 1 warm-up")
     assert lines[3] in text
+    assert (tmp_path / "brief.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the picture of the same rows
+
+
+def test_step_parts_in_units_of_the_student_step_beside_it(rs, tmp_path):
+    row = _row("fitnet", step_times=[2.0, 4.0, 2.5], student_times=[1.0, 2.0, 1.0], teacher_times=[0.5, 1.0, 0.25],
+               modules_alone_sec=0.25)
+    # whole: ratios 2, 2, 2.5 → 2 (2–2.5); teacher: 0.5, 0.5, 0.25 → 0.5; alone 0.25 / median student 1 s;
+    # rest 2 − 1 − 0.5 − 0.25
+    assert rs.step_parts(row) == (1.0, 0.5, 0.25, 0.25, 2.0, 2.5)
+    assert rs.step_parts(dict(row, modules_alone_sec=None))[2:4] == (0.0, 0.5)
+    assert rs.step_parts(dict(row, teacher_times=[0.5])) is None and rs.step_parts(_row("baseline")) is None
+    quick = dict(row, step_times=[1.1, 1.1, 1.1])  # faster than its parts measured apart: the rest is 0, not < 0
+    assert rs.step_parts(quick)[3] == 0.0
+    assert rs.plot_parts({"fcos": [_row("baseline")]}, str(tmp_path / "x.png")) is None
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_alone_one_row_per_method_and_subnormal_mode(rs, capsys):

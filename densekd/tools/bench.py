@@ -23,7 +23,9 @@ loading is not timed. Reported per method:
   backward and optimizer update): the full step minus a plain student step (same student, batch and
   optimizer, no teacher) minus the teacher forward, all three timed in the method's process, interleaved
   iteration by iteration, median of the per-iteration differences; and its ratio to that student step;
-* ratios to ``baseline``;
+* ratios to ``baseline``, and ``× plain step, same process`` (:func:`paired_step_ratio`): the full step over
+  the plain student step interleaved with it in the method's own process, median (min–max) of the per-iteration
+  ratios — the ratio to read where the machine's speed drifts from one process to the next;
 * a config with a ``compare:`` plan builds each method as ``densekd compare`` does: the plan's ``set`` overrides
   and ``kwargs`` of that method apply (e.g. CIRKD's own pair, CWD on the logits without an aligner);
 * FLOPs (a second table): the matrix-product FLOPs (convolutions, mm/bmm, attention; forward + backward,
@@ -85,6 +87,23 @@ def _ratio(x: float | None, base: float | None) -> str:
     return f"{x / base:.2f}×"
 
 
+def paired_step_ratio(row: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """The full step over the plain student step timed beside it in the method's own process: median, min and max
+    of the per-iteration ratios (``step_times[i] / student_times[i]``; the two are interleaved iteration by
+    iteration, so a machine whose speed drifts between one method's process and the next moves both alike). None
+    where the row lacks either list (the plain student's own row, rows measured before they were kept)."""
+    steps, students = row.get("step_times"), row.get("student_times")
+    if not steps or not students or len(steps) != len(students) or min(students) <= 0:
+        return None
+    ratios = [t / s for t, s in zip(steps, students)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def _paired_text(row: Mapping[str, Any]) -> str:
+    p = paired_step_ratio(row)
+    return "—" if p is None else f"{p[0]:.2f}× ({p[1]:.2f}–{p[2]:.2f})"
+
+
 def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT) -> str:
     """Markdown table from measured rows.
 
@@ -98,9 +117,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
     mem_head = "peak CUDA mem (MiB)" if kind == "cuda" else "peak RSS Δ (MiB)"
     guards = any(r.get("guards_overhead") is not None for r in rows)
     control = any(r.get("control_step") is not None for r in rows)
+    paired = any(paired_step_ratio(r) is not None for r in rows)
     head = ["method", "s/iter", f"× {baseline}", mem_head, f"× {baseline}", "teacher fwd (s)", "KD modules (s)",
-            "modules / student step"] + (["guards overhead"] if guards else []) \
-        + (["control (train.control)"] if control else [])
+            "modules / student step"] + (["× plain step, same process"] if paired else []) \
+        + (["guards overhead"] if guards else []) + (["control (train.control)"] if control else [])
     body = []
     for r in rows:
         t, m, tf = r.get("sec_per_iter"), r.get("peak_mem_bytes"), r.get("teacher_fwd_sec")
@@ -114,7 +134,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
             "—" if tf is None else f"{tf:.4f}",
             "—" if mod is None else f"{mod:.4f}",
             "—" if mod is None or not st else f"{100 * mod / st:+.1f} %",
-        ]
+        ] + ([_paired_text(r)] if paired else [])
         if guards:
             g = r.get("guards_overhead")
             cells.append("—" if g is None else (
@@ -132,7 +152,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
         lines += ["", f"median over {r0.get('iters')} iterations after {r0.get('warmup')} warm-up, one fixed batch; "
                       f"{'CUDA max_memory_allocated' if kind == 'cuda' else 'CPU: peak RSS during the steps minus RSS before them'}; "
                       f"KD modules = full step − plain student step − teacher forward, each timed in the same "
-                      f"process, interleaved, median of the per-iteration differences; "
+                      f"process, interleaved, median of the per-iteration differences"
+                      + ("; × plain step, same process: full step / that plain student step, median (min–max) of "
+                         "the per-iteration ratios — unlike the ratios to the baseline row, not moved by a machine "
+                         "whose speed drifts between processes" if paired else "") + "; "
                       f"device: {r0.get('device', '?')}"]
         g = next((r for r in rows if r.get("guards_overhead") is not None), None)
         if g is not None:
