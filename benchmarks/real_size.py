@@ -9,6 +9,7 @@ the teacher forward's precision and memory layout (issue 20).
     python benchmarks/real_size.py alone   --out - --settings retinanet --methods cwd fgd --flush both --threads 1
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
     python benchmarks/real_size.py cost    --out benchmarks/results/real_size --methods fitnet acam_kd  # FLOPs only
+    python benchmarks/real_size.py rest    --out - --settings deeplabv3 --methods fitnet       # the step vs its parts
 
 Settings (the shipped recipes, unchanged except for what a machine without the datasets needs):
 
@@ -46,6 +47,11 @@ flushed and kept (``train.flush_denormal``); ``--out`` is ignored.
 the matrix-product FLOPs of one forward of the student, the teacher and the KD modules, their ratio and the level
 doing most — one forward without gradients per method (no timing: counts depend on the shapes only), written to
 ``<out>/cost.md``.
+
+``rest``: where a distilled step's time goes beyond its parts measured apart — the distilled step, the plain
+student step, the teacher forward, both networks in one step without the KD loss and the KD modules alone,
+interleaved in one process (the order rotating), with the memory each faults in (minor page faults × 4 KiB);
+printed; ``--out`` is ignored.
 
 ``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
 once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
@@ -444,6 +450,98 @@ def run_alone(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- rest
+#: what ``rest`` times, interleaved: the distilled step; the plain student step; the teacher forward; the two
+#: networks in one step without the KD loss (student forward, teacher forward with its maps held, the task loss's
+#: backward and update); the KD modules alone
+REST_KINDS = ("step", "student", "teacher", "student+teacher", "alone")
+
+
+def rest_times(name: str, method: str, scale: float, iters: int) -> dict[str, list[tuple[float, int]]]:
+    """(seconds, minor page faults of this process) of each of :data:`REST_KINDS`, ``iters`` rounds after one
+    warm-up round, the kinds interleaved and their order rotating round by round, on the Trainer ``tables``
+    measures."""
+    import resource
+
+    from densekd.distiller import task_losses
+    from densekd.tools.bench import engine_update, modules_alone_step
+
+    with setting_trainer(name, method, scale) as (tr, inputs, targets):
+        model = tr.model
+        spec = model.pairs[0].teacher_spec
+        alone, _ = modules_alone_step(tr, inputs, targets)
+
+        def step() -> None:
+            with tr.autocast():
+                loss = tr.ddp(*inputs, targets=targets)["loss"]
+            engine_update(tr, loss)
+
+        def student() -> None:
+            with tr.autocast():
+                loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
+            engine_update(tr, loss)
+
+        def teacher() -> None:
+            with tr.autocast():
+                model.teacher_levels(inputs, spec)
+
+        def both() -> None:
+            with tr.autocast():
+                loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
+                maps = model.teacher_levels(inputs, spec)  # held, as the distilled step holds them
+            engine_update(tr, loss)
+            del maps
+
+        fns = dict(zip(REST_KINDS, (step, student, teacher, both, alone)))
+        out: dict[str, list[tuple[float, int]]] = {k: [] for k in REST_KINDS}
+        for i in range(iters + 1):
+            for k in REST_KINDS[i % len(REST_KINDS):] + REST_KINDS[:i % len(REST_KINDS)]:
+                model.iteration = i
+                f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+                fns[k]()
+                t, f = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+                if i:  # the first round is the warm-up
+                    out[k].append((t, f))
+        return out
+
+
+def rest_lines(name: str, method: str, times: dict[str, list[tuple[float, int]]]) -> list[str]:
+    """Table rows of :func:`rest_times` and what they say: the two networks in one step beyond each alone
+    ((student+teacher) − student − teacher) and the KD loss inside the step (step − (student+teacher)) beside the
+    modules alone, medians of the per-round differences."""
+    med = statistics.median
+    rows = [f"| {name} | {method} | {k} | {med(t for t, _ in v):.3f} ({min(t for t, _ in v):.3f}–"
+            f"{max(t for t, _ in v):.3f}) | {med(f for _, f in v) * 4096 / 1e9:.2f} |" for k, v in times.items()]
+    sec = {k: [t for t, _ in v] for k, v in times.items()}
+    both = med(b - s - t for b, s, t in zip(sec["student+teacher"], sec["student"], sec["teacher"]))
+    kd = med(a - b for a, b in zip(sec["step"], sec["student+teacher"]))
+    st = med(sec["student"])
+    notes = [f"{name} / {method}: both networks in one step cost {both:+.3f} s ({100 * both / st:+.1f} % of the "
+             f"student step) beyond each alone; the KD loss inside the step {kd:+.3f} s, alone "
+             f"{med(sec['alone']):.3f} s"]
+    return rows + notes
+
+
+def run_rest(args) -> int:
+    """Where a distilled step's time goes beyond its parts measured apart (:func:`rest_times`), per setting and
+    method: seconds and the memory newly faulted in (minor page faults × 4 KiB) per kind."""
+    import torch
+
+    print(f"The distilled step and its parts at {args.scale:g} × the papers' sizes, {args.iters} rounds after one "
+          f"warm-up, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
+    print("| setting | method | kind | s median (min–max) | GB faulted in (median) |\n|---|---|---|---|---|")
+    notes = []
+    for name in args.settings:
+        for method in method_order(args.methods or ["fitnet"]):
+            if not applicable(name, method)[0]:
+                continue
+            lines = rest_lines(name, method, rest_times(name, method, args.scale, args.iters))
+            print("\n".join(lines[:-1]), flush=True)
+            notes.append(lines[-1])
+    print("\n" + "\n".join(notes))
+    return 0
+
+
 # --------------------------------------------------------------------------- cost
 def forward_cost(name: str, method: str, scale: float) -> tuple[int, int, dict[str, int], list]:
     """The doctor's cost count (:func:`densekd.health.cost_split`) at setting ``name``: one forward of the
@@ -589,7 +687,7 @@ def run_teacher(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["tables", "brief", "alone", "teacher", "cost"])
+    ap.add_argument("what", choices=["tables", "brief", "alone", "teacher", "cost", "rest"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--settings", nargs="+", default=REAL, choices=list(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=None, help="tables: default every registered method")
@@ -611,7 +709,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     return {"tables": run_tables, "brief": run_brief, "alone": run_alone, "teacher": run_teacher,
-            "cost": run_cost}[args.what](args)
+            "cost": run_cost, "rest": run_rest}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -147,3 +147,25 @@ def test_cost_counts_each_method_as_the_doctor_does(rs, tmp_path, capsys):
     assert student[0] == student[1] > 0 and teacher[0] == teacher[1] > 0 and kd[1] > kd[0] >= 0
     assert all(r[6].startswith("classifier [2, 19, ") for r in rows)
     assert (tmp_path / "cost.md").read_text().splitlines()[-2:] == [" | ".join(r) for r in rows]
+
+
+def test_rest_lines_differences_per_round(rs):
+    times = {"step": [(3.0, 1000), (3.5, 1000)], "student": [(1.0, 500), (1.0, 700)],
+             "teacher": [(1.0, 10), (1.5, 10)], "student+teacher": [(2.5, 900), (2.5, 900)],
+             "alone": [(0.25, 0), (0.25, 0)]}
+    lines = rs.rest_lines("fcos", "fitnet", times)
+    assert lines[0] == "| fcos | fitnet | step | 3.250 (3.000–3.500) | 0.00 |"
+    assert lines[1] == "| fcos | fitnet | student | 1.000 (1.000–1.000) | 0.00 |"
+    # both − student − teacher per round: 0.5, 0 → 0.25 s = 25 % of the 1 s student step; step − both: 0.5, 1 → 0.75
+    assert lines[-1] == ("fcos / fitnet: both networks in one step cost +0.250 s (+25.0 % of the student step) "
+                         "beyond each alone; the KD loss inside the step +0.750 s, alone 0.250 s")
+
+
+def test_rest_one_row_per_kind(rs, capsys):
+    """real_size.py rest on a tiny DeepLabV3: every kind timed and faults counted (values never asserted)."""
+    assert rs.main(["rest", "--out", "-", "--settings", "deeplabv3", "--methods", "fitnet", "--scale", "0.06",
+                    "--iters", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    kinds = [ln.split(" | ")[2] for ln in out.splitlines() if ln.startswith("| deeplabv3")]
+    assert kinds == list(rs.REST_KINDS)
+    assert "deeplabv3 / fitnet: both networks in one step cost" in out

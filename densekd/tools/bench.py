@@ -352,7 +352,7 @@ def bench_trainer(config: str | Mapping[str, Any], method: str, overrides: Seque
     return Trainer(config, ov)
 
 
-def _optimise(tr: Any, loss: Any) -> None:
+def engine_update(tr: Any, loss: Any) -> None:
     """The engine's update, with or without its grad scaler (KD parameters without a gradient are skipped)."""
     tr.optimizer.zero_grad(set_to_none=True)
     if tr.scaler is not None:
@@ -375,7 +375,7 @@ def modules_alone_step(tr: Any, inputs: Sequence[Any], targets: Any) -> tuple[An
     def run() -> None:
         with tr.autocast():
             loss = model.kd_loss(snap)
-        _optimise(tr, loss)
+        engine_update(tr, loss)
         for v in leaves:
             v.grad = None
 
@@ -405,7 +405,7 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                     torch.cuda.synchronize(device)
 
             def optimise(loss: Any) -> None:  # KD parameters get no gradient in a student step: skipped
-                _optimise(tr, loss)
+                engine_update(tr, loss)
 
             def step(i: int) -> None:
                 model.iteration = i
