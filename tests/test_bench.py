@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -114,7 +115,9 @@ def test_bench_end_to_end_two_methods(make_config, teacher_ckpt, tmp_path, capsy
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert lines[0].startswith("| method | s/iter | × baseline | peak RSS Δ (MiB) | × baseline | teacher fwd (s) |")
     assert [ln.split(" | ")[0][2:] for ln in lines[1:4]] == ["baseline", "fitnet", "cwd"]
-    assert all(len(ln.split(" | ")) == 8 for ln in lines[:4])
+    assert all(len(ln.split(" | ")) == 9 for ln in lines[:4])  # with × plain step, same process (pairs kept)
+    assert lines[0].endswith("| × plain step, same process |") and lines[1].endswith("| — |")
+    assert re.fullmatch(r"\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) \|", lines[2].split(" | ")[-1])
     assert lines[4].startswith("| method | step GFLOP | GFLOP/s | student step GFLOP |")  # the FLOPs table
     assert [ln.split(" | ")[0][2:] for ln in lines[5:]] == ["baseline", "fitnet", "cwd"]
     assert all(len(ln.split(" | ")) == 14 for ln in lines[4:])
