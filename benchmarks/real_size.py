@@ -275,7 +275,7 @@ def brief_table(rows: list[dict]) -> str:
     """One line per method for a README: the step with its spread and its ratio to the plain student (its own row,
     and the plain student step timed beside it in the method's process: :func:`densekd.tools.bench.paired_step_ratio`),
     the teacher forward, the KD modules alone with their spread, their share of the student step, FLOPs and floor."""
-    from densekd.tools.bench import floor_seconds, paired_step_ratio
+    from densekd.tools.bench import floor_seconds, paired_text
 
     plain = next((r for r in rows if r.get("teacher_fwd_sec") is None), None)
     lines = ["| method | s/step (min–max) | × plain | × plain, same process (min–max) | teacher fwd s "
@@ -289,7 +289,7 @@ def brief_table(rows: list[dict]) -> str:
             "plain student" if r is plain else r["method"],
             f"{r['sec_per_iter']:.2f} ({min(times):.2f}–{max(times):.2f})",
             f"{r['sec_per_iter'] / plain['sec_per_iter']:.2f}×" if plain else "—",
-            "—" if (p := paired_step_ratio(r)) is None else f"{p[0]:.2f}× ({p[1]:.2f}–{p[2]:.2f})",
+            paired_text(r) if r is not plain else "—",
             "—" if r.get("teacher_fwd_sec") is None else f"{r['teacher_fwd_sec']:.2f}",
             "—" if alone is None else f"{alone:.3f} ({min(at):.3f}–{max(at):.3f})" if at else f"{alone:.3f}",
             "—" if alone is None or not st else f"{100 * alone / st:.1f} %",
@@ -328,36 +328,38 @@ def plot_parts(settings: dict[str, list[dict]], path: str) -> str | None:
     from densekd.tools.bench import paired_step_ratio
     from densekd.tools.compare.report import pyplot
 
-    panels = {n: [(r["method"], p) for r in rows if (p := step_parts(r)) is not None] for n, rows in settings.items()}
+    panels = {n: [(r["method"], p, paired_step_ratio(r)[0]) for r in rows if (p := step_parts(r)) is not None]
+              for n, rows in settings.items()}
     panels = {n: bars for n, bars in panels.items() if bars}
-    medians = {n: [paired_step_ratio(r)[0] for r in settings[n] if step_parts(r) is not None] for n in panels}
     if not panels:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,  # own scales: one 20× bar must not flatten the rest
                              figsize=(8, 0.8 + sum(0.32 * len(b) + 0.6 for b in panels.values())),
                              gridspec_kw={"height_ratios": [len(b) for b in panels.values()]})
     for ax, (name, bars) in zip(axes[:, 0], panels.items()):
         y = range(len(bars))
         left = [0.0] * len(bars)
         for k, (label, colour) in enumerate(PARTS.items()):
-            widths = [p[k] for _, p in bars]
+            widths = [p[k] for _, p, _ in bars]
             ax.barh(y, widths, left=left, color=colour, label=label, height=0.7)
             left = [a + b for a, b in zip(left, widths)]
-        whole = [sum(p[:4]) for _, p in bars]
-        ax.errorbar(whole, y, xerr=[[max(w - p[4], 0.0) for w, (_, p) in zip(whole, bars)],
-                                    [max(p[5] - w, 0.0) for w, (_, p) in zip(whole, bars)]],
+        whole = [sum(p[:4]) for _, p, _ in bars]
+        ax.errorbar(whole, y, xerr=[[max(w - p[4], 0.0) for w, (_, p, _) in zip(whole, bars)],
+                                    [max(p[5] - w, 0.0) for w, (_, p, _) in zip(whole, bars)]],
                     fmt="none", ecolor="black", capsize=2, linewidth=0.8)
-        for yi, (w, (_, p), m) in enumerate(zip(whole, bars, medians[name])):  # the label: the measured whole
+        for yi, (w, (_, p, m)) in enumerate(zip(whole, bars)):  # the label: the measured whole
             ax.text(max(p[5], w) + 0.04, yi, f"{m:.2f}×", va="center", fontsize=8)
-        ax.set_yticks(list(y), [m for m, _ in bars], fontsize=8)
+        ax.set_yticks(list(y), [m for m, _, _ in bars], fontsize=8)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=0.5)
         ax.set_title(f"{name} ({os.path.basename(SETTINGS[name][1])})", fontsize=9, loc="left")
-    axes[0, 0].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=4)  # over no bar
+    for ax in axes[:, 0]:
+        ax.set_xlim(0, max(ax.get_xlim()[1], 2.0))
     axes[-1, 0].set_xlabel("training step ÷ the plain student step timed beside it in the same process "
                            "(median of the paired steps; bar: their min–max)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -464,26 +466,13 @@ def rest_times(name: str, method: str, scale: float, iters: int) -> dict[str, li
     import resource
 
     from densekd.distiller import task_losses
-    from densekd.tools.bench import engine_update, modules_alone_step
+    from densekd.tools.bench import engine_update, modules_alone_step, step_fns
 
     with setting_trainer(name, method, scale) as (tr, inputs, targets):
         model = tr.model
         spec = model.pairs[0].teacher_spec
         alone, _ = modules_alone_step(tr, inputs, targets)
-
-        def step() -> None:
-            with tr.autocast():
-                loss = tr.ddp(*inputs, targets=targets)["loss"]
-            engine_update(tr, loss)
-
-        def student() -> None:
-            with tr.autocast():
-                loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
-            engine_update(tr, loss)
-
-        def teacher() -> None:
-            with tr.autocast():
-                model.teacher_levels(inputs, spec)
+        step, student, teacher = step_fns(tr, inputs, targets)
 
         def both() -> None:
             with tr.autocast():
@@ -496,9 +485,8 @@ def rest_times(name: str, method: str, scale: float, iters: int) -> dict[str, li
         out: dict[str, list[tuple[float, int]]] = {k: [] for k in REST_KINDS}
         for i in range(iters + 1):
             for k in REST_KINDS[i % len(REST_KINDS):] + REST_KINDS[:i % len(REST_KINDS)]:
-                model.iteration = i
                 f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-                fns[k]()
+                fns[k](i) if k == "step" else fns[k]()
                 t, f = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
                 if i:  # the first round is the warm-up
                     out[k].append((t, f))

@@ -99,7 +99,8 @@ def paired_step_ratio(row: Mapping[str, Any]) -> tuple[float, float, float] | No
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def _paired_text(row: Mapping[str, Any]) -> str:
+def paired_text(row: Mapping[str, Any]) -> str:
+    """:func:`paired_step_ratio` as a table cell: ``median× (min–max)``, or ``—``."""
     p = paired_step_ratio(row)
     return "—" if p is None else f"{p[0]:.2f}× ({p[1]:.2f}–{p[2]:.2f})"
 
@@ -134,7 +135,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str = PLAIN_STUDENT
             "—" if tf is None else f"{tf:.4f}",
             "—" if mod is None else f"{mod:.4f}",
             "—" if mod is None or not st else f"{100 * mod / st:+.1f} %",
-        ] + ([_paired_text(r)] if paired else [])
+        ] + ([paired_text(r)] if paired else [])
         if guards:
             g = r.get("guards_overhead")
             cells.append("—" if g is None else (
@@ -382,12 +383,38 @@ def modules_alone_step(tr: Any, inputs: Sequence[Any], targets: Any) -> tuple[An
     return run, snap
 
 
+def step_fns(tr: Any, inputs: Sequence[Any], targets: Any) -> tuple[Any, Any, Any]:
+    """(step(i), student_step(), teacher_forward()) on one batch of the Trainer ``tr``: the full engine step at
+    iteration ``i``; the same student, batch and optimizer without teacher and KD modules; the frozen teacher's
+    forward as the Distiller runs it, as far as the captures need. No device synchronisation: the caller's."""
+    from ..distiller import task_losses
+
+    model = tr.model
+
+    def step(i: int) -> None:
+        model.iteration = i
+        with tr.autocast():
+            loss = tr.ddp(*inputs, targets=targets)["loss"]
+        engine_update(tr, loss)  # KD parameters get no gradient in a student step: skipped
+
+    def student_step() -> None:
+        with tr.autocast():
+            loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
+        engine_update(tr, loss)
+
+    def teacher_forward() -> None:
+        with tr.autocast():
+            model.teacher_levels(inputs, model.pairs[0].teacher_spec)
+
+    return step, student_step, teacher_forward
+
+
 def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: int,
             overrides: Sequence[str] = (), guard_pairs: int = 0, control_pairs: int = 0) -> dict[str, Any]:
     """Time ``warmup + iters`` training steps of ``method`` (``baseline``: no distillation) in *this* process."""
     import torch
 
-    from ..distiller import Distiller, task_losses
+    from ..distiller import Distiller
     from ..ops.flops import copy_rate, matmul_rate
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,25 +431,8 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 if cuda:
                     torch.cuda.synchronize(device)
 
-            def optimise(loss: Any) -> None:  # KD parameters get no gradient in a student step: skipped
-                engine_update(tr, loss)
-
-            def step(i: int) -> None:
-                model.iteration = i
-                with tr.autocast():
-                    loss = tr.ddp(*inputs, targets=targets)["loss"]
-                optimise(loss)
-
             kd = isinstance(model, Distiller)
-
-            def student_step() -> None:  # the same student, batch and optimizer, without teacher and KD modules
-                with tr.autocast():
-                    loss = sum(task_losses(model.student, "student", model.task_loss, inputs, targets).values())
-                optimise(loss)
-
-            def teacher_forward() -> None:
-                with tr.autocast():
-                    model.teacher_levels(inputs, model.pairs[0].teacher_spec)  # as far as the captures need
+            step, student_step, teacher_forward = step_fns(tr, inputs, targets)
 
             def timed(fn, *a) -> float:
                 sync()
