@@ -177,7 +177,7 @@ def method_order(methods: list[str]) -> list[str]:
 
 
 def run_tables(args) -> int:
-    from densekd.tools.bench import bench_table, measure_in_subprocess
+    from densekd.tools.bench import bench_table, measure, measure_in_subprocess
     from densekd.tools.compare.plan import PLAIN_STUDENT
     from densekd.losses.registry import available_losses
 
@@ -218,16 +218,23 @@ def run_tables(args) -> int:
                     rows.append(done[m])
                     print(f"[{name}] {m}: kept from {rows_path}", flush=True)
                     continue
+                if args.stop_at is not None and time.time() >= args.stop_at:
+                    skipped.append(f"{m} (not started: --stop-at reached)")
+                    print(f"[{name}] {m}: not started, --stop-at reached", flush=True)
+                    continue
                 t0 = time.perf_counter()
                 print(f"[{name}] {m} ...", flush=True)
                 try:
-                    row = measure_in_subprocess(os.path.join(ROOT, recipe), m, args.iters, args.warmup,
-                                                base + extra)
+                    row = (measure if args.in_process else measure_in_subprocess)(
+                        os.path.join(ROOT, recipe), m, args.iters, args.warmup, base + extra)
                 except Exception as e:  # noqa: BLE001 - one failing method must not lose the others' rows
                     skipped.append(f"{m} (failed: {str(e).splitlines()[0][:200]})")
                     print(f"[{name}] {m} failed: {e}", flush=True)
                     write()
                     continue
+                finally:
+                    if args.in_process:  # the next method starts from an empty allocator
+                        _release_memory()
                 row.update(wall_sec=time.perf_counter() - t0, scale=args.scale, setting=name,
                            finished=time.strftime("%Y-%m-%d %H:%M"))
                 rows.append(row)
@@ -237,6 +244,16 @@ def run_tables(args) -> int:
     write_summary(args)
     print(f"wall time of this call: {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def write_summary(args) -> None:
@@ -286,7 +303,7 @@ def brief_table(rows: list[dict]) -> str:
         at, st, fsec = r.get("modules_alone_times") or [], r.get("student_step_sec"), floor_seconds(r)
         gf = (lambda v: "—" if v is None else (f"{v / 1e9:.1f}" if abs(v) >= 1e9 else f"{v / 1e9:.2g}"))
         lines.append("| " + " | ".join([
-            "plain student" if r is plain else r["method"],
+            ("plain student" if r is plain else r["method"]) + (" †" if before_malloc_keep(r) else ""),
             f"{r['sec_per_iter']:.2f} ({min(times):.2f}–{max(times):.2f})",
             f"{r['sec_per_iter'] / plain['sec_per_iter']:.2f}×" if plain else "—",
             paired_text(r) if r is not plain else "—",
@@ -295,7 +312,15 @@ def brief_table(rows: list[dict]) -> str:
             "—" if alone is None or not st else f"{100 * alone / st:.1f} %",
             gf(r.get("modules_flops")), gf(r.get("modules_floor_flops")),
             f"{alone / fsec:.1f}×" if alone and fsec else "—"]) + " |")
+    if any(before_malloc_keep(r) for r in rows):
+        lines += ["", "† measured on a CPU with malloc's defaults (before `train.malloc_keep`: every step faults its "
+                  "large blocks in again; docs/methods.md, \"The CPU allocator\")"]
     return "\n".join(lines)
+
+
+def before_malloc_keep(row: dict) -> bool:
+    """A CPU row measured without ``train.malloc_keep`` (rows from before it have no ``malloc_keep``)."""
+    return str(row.get("device", "cpu")).startswith("cpu") and not row.get("malloc_keep", False)
 
 
 #: the parts of :func:`step_parts`, in order, with their colours in :func:`plot_parts`
@@ -691,6 +716,12 @@ def main(argv=None) -> int:
                     help="alone: subnormals flushed (on), kept (off) or both, alternating run by run")
     ap.add_argument("--resume", action="store_true",
                     help="tables: keep the rows <out>/<setting>.json already holds for this scale and --iters")
+    ap.add_argument("--in-process", action="store_true",
+                    help="tables: measure every method in this process (on a GPU, where starting a process and "
+                         "its CUDA context costs more than the steps), not one subprocess each")
+    ap.add_argument("--stop-at", type=float, default=None, metavar="EPOCH_SECONDS",
+                    help="tables: start no method after this time (seconds since the epoch, as `date +%%s`); "
+                         "those left are listed as not run: for a leased machine's time limit")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the bench subprocesses inherit it
     import torch

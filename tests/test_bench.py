@@ -164,6 +164,14 @@ def test_bench_measures_the_guards_overhead(make_config, teacher_ckpt, tmp_path)
     rows = bench(cfg, ["fitnet"], iters=1, warmup=0, guard_pairs=1, log=lambda _: None,
                  overrides=["train.grad_ratio_every=4", "train.log_every=2"])
     assert "guards_overhead" not in rows[0]  # plain: no guards
+    import torch
+
+    from densekd.engine import malloc
+
+    for r in rows:  # what each row ran under, for tables from other machines (GPU: also the TF32 switches)
+        assert r["amp"] == "none" and r["torch"] == torch.__version__ and "tf32_matmul" not in r
+        assert r["malloc_keep"] is (malloc._libc() is not None)  # train.malloc_keep's default, where glibc is
+    assert rows[0]["teacher_amp"] is None and rows[1]["teacher_amp"] == "none"
     g = rows[1]
     assert g["guards_pairs"] == 1 and g["guards_every"] == 4 and g["guards_log_every"] == 2
     assert sorted(g["guards_times"]) == ["grad", "off", "off_log", "on_log"]

@@ -249,3 +249,27 @@ def test_cpu_trainer_flushes_subnormals_while_it_lives(make_config, teacher_ckpt
         assert not tr._flushed and _subnormal_survives()
     finally:
         tr.close()
+
+
+def test_cpu_trainer_keeps_freed_memory_while_it_lives(make_config, teacher_ckpt, tmp_path, monkeypatch):
+    """train.malloc_keep (default true): a CPU Trainer asks malloc to keep freed memory and gives the default back
+    when it closes; false leaves malloc alone (what malloc then does: tests/test_malloc.py)."""
+    from densekd.engine import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(malloc, "restore", lambda: calls.append("restore") or True)
+    tr = Trainer(make_config(tmp_path / "on", teacher=teacher_ckpt, method="cwd"))
+    try:
+        assert tr.malloc_kept and calls == ["keep"]
+    finally:
+        tr.close()
+    assert calls == ["keep", "restore"] and not tr.malloc_kept
+    tr.close()  # a second close restores nothing twice
+    assert calls == ["keep", "restore"]
+    tr = Trainer(make_config(tmp_path / "off", teacher=teacher_ckpt, method="cwd"), ["train.malloc_keep=false"])
+    try:
+        assert not tr.malloc_kept
+    finally:
+        tr.close()
+    assert calls == ["keep", "restore"]

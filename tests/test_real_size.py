@@ -48,7 +48,7 @@ def test_applicable(rs):
 def _row(method, **kw):
     return {"method": method, "sec_per_iter": 2.0, "peak_mem_bytes": 2**20, "mem_kind": "cpu_rss_delta",
             "teacher_fwd_sec": 0.5, "student_step_sec": 1.0, "modules_sec": 0.5, "iters": 5, "warmup": 1,
-            "step_times": [1.9, 2.0, 2.2], "device": "cpu", **kw}
+            "step_times": [1.9, 2.0, 2.2], "device": "cpu", "malloc_keep": True, **kw}
 
 
 def test_spread_table_uses_the_modules_alone_and_the_roofline_floor(rs):
@@ -90,6 +90,64 @@ def test_tables_write_each_method_and_resume(rs, tmp_path, monkeypatch):
     assert asked == ["baseline", "fitnet", "pkd"]  # another scale: nothing to keep
 
 
+def test_tables_in_process_and_stop_at(rs, tmp_path, monkeypatch):
+    """--in-process measures in this process (densekd.tools.bench.measure, never a subprocess); --stop-at starts
+    no method after its time and lists those left as not run."""
+    import time
+
+    import densekd.tools.bench as bench
+
+    asked = []
+
+    def fake(config, method, iters, warmup, overrides):
+        asked.append(method)
+        return _row(method)
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("--in-process must not start a subprocess")
+
+    monkeypatch.setattr(bench, "measure", fake)
+    monkeypatch.setattr(bench, "measure_in_subprocess", no_subprocess)
+    monkeypatch.setattr(rs, "setting_overrides", lambda name, tmp, scale: [])
+    out = tmp_path / "rs"
+    base = ["tables", "--out", str(out), "--settings", "deeplabv3", "--methods", "fitnet", "cwd", "--in-process"]
+    assert rs.main(base + ["--stop-at", str(time.time() + 3600)]) == 0
+    assert asked == ["baseline", "fitnet", "cwd"]
+    asked.clear()
+    assert rs.main(base + ["--stop-at", str(time.time() - 1)]) == 0
+    assert asked == []
+    md = (out / "deeplabv3.md").read_text()
+    assert ("not run: baseline (not started: --stop-at reached), fitnet (not started: --stop-at reached), "
+            "cwd (not started: --stop-at reached)") in md
+
+
+def test_gpu_script_runs_every_setting_in_both_precisions(tmp_path):
+    """benchmarks/real_size_gpu.sh, with a stub python that records its calls: fp32 then bf16 per setting, in
+    process, with the stop time; the teacher variants only when a minute is left."""
+    stub = tmp_path / "py"
+    log = tmp_path / "calls"
+    stub.write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {log}\n")
+    stub.chmod(0o755)
+    import subprocess
+
+    env = dict(os.environ, PYTHON=str(stub))
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "real_size_gpu.sh"), str(tmp_path / "out"), "600",
+                        "--scale", "0.2"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = [c for c in log.read_text().splitlines() if "real_size.py" in c]
+    tables = [c for c in calls if " tables " in c]
+    assert [c.split("--settings ")[1].split()[0] for c in tables] == [
+        "retinanet", "retinanet", "faster_rcnn", "faster_rcnn", "deeplabv3", "deeplabv3", "fcos", "fcos"]
+    assert all("--in-process" in c and "--stop-at" in c and c.endswith("--scale 0.2") for c in tables)
+    assert ["bf16" if "train.amp=bf16" in c else "fp32" for c in tables] == ["fp32", "bf16"] * 4
+    assert all(("--teacher-amp bf16" in c) == ("train.amp=bf16" in c) for c in tables)
+    assert sum(" teacher " in c for c in calls) == 1
+    log.unlink()
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "real_size_gpu.sh"), str(tmp_path / "out"), "30"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not any(" teacher " in c for c in log.read_text().splitlines())
+
+
 def test_brief_table_one_line_per_method(rs, tmp_path):
     rows = [_row("baseline", teacher_fwd_sec=None, student_step_sec=None, modules_sec=None, sec_per_iter=1.0,
                  step_times=[0.9, 1.1]),
@@ -108,6 +166,18 @@ def test_brief_table_one_line_per_method(rs, tmp_path):
     assert text.startswith("**fcos** (fcos_r101_r50_acamkd_2x.yaml, 400×666, batch 2; 5 steps after 1 warm-up")
     assert lines[3] in text
     assert (tmp_path / "brief.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the picture of the same rows
+    assert "†" not in text
+
+
+def test_brief_table_marks_cpu_rows_before_malloc_keep(rs):
+    """A CPU row without train.malloc_keep (or from before it: no such field) gets a dagger and the table a
+    footnote; GPU rows never."""
+    rows = [_row("baseline", teacher_fwd_sec=None, malloc_keep=False), _row("fitnet"),
+            {k: v for k, v in _row("cwd").items() if k != "malloc_keep"},
+            _row("pkd", device="NVIDIA H100 80GB HBM3", malloc_keep=False)]
+    lines = rs.brief_table(rows).splitlines()
+    assert [ln.split(" | ")[0] for ln in lines[2:6]] == ["| plain student †", "| fitnet", "| cwd †", "| pkd"]
+    assert lines[-1].startswith("† measured on a CPU with malloc's defaults (before `train.malloc_keep`")
 
 
 def test_step_parts_in_units_of_the_student_step_beside_it(rs, tmp_path):

@@ -69,6 +69,7 @@ from ..run_folder import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_LOG_FILE, HEALTH_FI
 from ..tasks import get_task
 from . import checkpoint as ckpt
 from . import distributed as du
+from . import malloc
 from .control import ControlTwin
 from .data import ResumableBatchSampler, SeededDataset, ShardSampler
 from .schedule import lr_factor
@@ -133,6 +134,9 @@ class Trainer:
         self.device, self._created_pg = du.setup()
         # subnormals to zero on a CPU while this Trainer lives (train.flush_denormal; undone by close())
         self._flushed = self.device.type == "cpu" and t.flush_denormal and torch.set_flush_denormal(True)
+        # freed memory kept for the next step instead of being unmapped and faulted in again (train.malloc_keep;
+        # docs/methods.md, "The CPU allocator"; undone by close())
+        self.malloc_kept = self.device.type == "cpu" and t.malloc_keep and malloc.keep_freed_memory()
         self.rank, self.world = du.rank(), du.world_size()
         self.autocast = _autocast_factory(t.amp, self.device)
         _seed_all(cfg.seed)
@@ -501,6 +505,9 @@ class Trainer:
         if self._flushed:
             torch.set_flush_denormal(False)
             self._flushed = False
+        if self.malloc_kept:
+            malloc.restore()
+            self.malloc_kept = False
         du.cleanup(self._created_pg)
 
 

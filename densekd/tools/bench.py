@@ -478,6 +478,10 @@ def measure(config: str | Mapping[str, Any], method: str, iters: int, warmup: in
                 "iters": iters, "warmup": warmup, "step_times": times, "student_times": student_times,
                 "teacher_times": teacher_times,
                 "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+                "amp": amp, "teacher_amp": getattr(tr.cfg.distill, "teacher_amp", None), "torch": torch.__version__,
+                "malloc_keep": bool(tr.malloc_kept),
+                **({"tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                    "tf32_cudnn": torch.backends.cudnn.allow_tf32} if cuda else {}),
             }
         finally:
             tr.close()
