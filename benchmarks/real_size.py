@@ -51,7 +51,8 @@ doing most — one forward without gradients per method (no timing: counts depen
 ``rest``: where a distilled step's time goes beyond its parts measured apart — the distilled step, the plain
 student step, the teacher forward, both networks in one step without the KD loss and the KD modules alone,
 interleaved in one process (the order rotating), with the memory each faults in (minor page faults × 4 KiB);
-printed; ``--out`` is ignored.
+printed and written to ``<out>/rest.md`` (with ``--set``, e.g. ``rest_train.malloc_keep-false.md``; ``--out -``:
+printed only).
 
 ``teacher``: for each setting and batch, the teacher forward as the Distiller runs it (inference mode, stopped
 once the captured levels have run) in four variants — fp32 or bf16 autocast, NCHW or channels_last weights —
@@ -484,7 +485,8 @@ def run_alone(args) -> int:
 REST_KINDS = ("step", "student", "teacher", "student+teacher", "alone")
 
 
-def rest_times(name: str, method: str, scale: float, iters: int) -> dict[str, list[tuple[float, int]]]:
+def rest_times(name: str, method: str, scale: float, iters: int, extra: list[str] = ()
+               ) -> dict[str, list[tuple[float, int]]]:
     """(seconds, minor page faults of this process) of each of :data:`REST_KINDS`, ``iters`` rounds after one
     warm-up round, the kinds interleaved and their order rotating round by round, on the Trainer ``tables``
     measures."""
@@ -493,7 +495,7 @@ def rest_times(name: str, method: str, scale: float, iters: int) -> dict[str, li
     from densekd.distiller import task_losses
     from densekd.tools.bench import engine_update, modules_alone_step, step_fns
 
-    with setting_trainer(name, method, scale) as (tr, inputs, targets):
+    with setting_trainer(name, method, scale, list(extra)) as (tr, inputs, targets):
         model = tr.model
         spec = model.pairs[0].teacher_spec
         alone, _ = modules_alone_step(tr, inputs, targets)
@@ -537,22 +539,42 @@ def rest_lines(name: str, method: str, times: dict[str, list[tuple[float, int]]]
 
 def run_rest(args) -> int:
     """Where a distilled step's time goes beyond its parts measured apart (:func:`rest_times`), per setting and
-    method: seconds and the memory newly faulted in (minor page faults × 4 KiB) per kind."""
+    method: seconds and the memory newly faulted in (minor page faults × 4 KiB) per kind; ``--set`` adds engine
+    overrides (e.g. ``train.malloc_keep=false``). Printed, and written to ``<out>/<rest_file(args.set)>`` unless
+    ``--out -``."""
     import torch
 
-    print(f"The distilled step and its parts at {args.scale:g} × the papers' sizes, {args.iters} rounds after one "
-          f"warm-up, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
-    print("| setting | method | kind | s median (min–max) | GB faulted in (median) |\n|---|---|---|---|---|")
+    lines = [f"The distilled step and its parts at {args.scale:g} × the papers' sizes, {args.iters} rounds after one "
+             f"warm-up, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+             + (f", {' '.join(args.set)}" if args.set else "") + f" (`{rest_command(args)}`)", "",
+             "| setting | method | kind | s median (min–max) | GB faulted in (median) |", "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     notes = []
     for name in args.settings:
         for method in method_order(args.methods or ["fitnet"]):
             if not applicable(name, method)[0]:
                 continue
-            lines = rest_lines(name, method, rest_times(name, method, args.scale, args.iters))
-            print("\n".join(lines[:-1]), flush=True)
-            notes.append(lines[-1])
+            got = rest_lines(name, method, rest_times(name, method, args.scale, args.iters, args.set))
+            print("\n".join(got[:-1]), flush=True)
+            lines += got[:-1]
+            notes.append(got[-1])
     print("\n" + "\n".join(notes))
+    if args.out != "-":
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, rest_file(args.set)), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n")
     return 0
+
+
+def rest_file(overrides: list[str]) -> str:
+    """``rest.md``, or with overrides e.g. ``rest_train.malloc_keep-false.md``."""
+    return "rest" + "".join("_" + o.replace("=", "-").replace("/", "-") for o in overrides) + ".md"
+
+
+def rest_command(args) -> str:
+    return (f"python benchmarks/real_size.py rest --out {args.out} --settings {' '.join(args.settings)} --methods "
+            f"{' '.join(args.methods or ['fitnet'])}" + (f" --scale {args.scale:g}" if args.scale != 1 else "")
+            + (f" --iters {args.iters}" if args.iters != 5 else "") + (f" --set {' '.join(args.set)}" if args.set else ""))
 
 
 # --------------------------------------------------------------------------- cost
@@ -711,7 +733,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-amp", default="auto", choices=["auto", "bf16", "none"], help="tables: distill.teacher_amp")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="teacher: batch sizes")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="tables: further engine overrides for every run (e.g. train.flush_denormal=false)")
+                    help="tables, rest: further engine overrides for every run (e.g. train.malloc_keep=false)")
     ap.add_argument("--flush", choices=["on", "off", "both"], default="on",
                     help="alone: subnormals flushed (on), kept (off) or both, alternating run by run")
     ap.add_argument("--resume", action="store_true",

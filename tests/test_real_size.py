@@ -231,11 +231,26 @@ def test_rest_lines_differences_per_round(rs):
                          "beyond each alone; the KD loss inside the step +0.750 s, alone 0.250 s")
 
 
-def test_rest_one_row_per_kind(rs, capsys):
-    """real_size.py rest on a tiny DeepLabV3: every kind timed and faults counted (values never asserted)."""
-    assert rs.main(["rest", "--out", "-", "--settings", "deeplabv3", "--methods", "fitnet", "--scale", "0.06",
-                    "--iters", "1", "--threads", "1"]) == 0
+def test_rest_one_row_per_kind(rs, capsys, tmp_path, monkeypatch):
+    """real_size.py rest on a tiny DeepLabV3: every kind timed and faults counted (values never asserted); --set
+    reaches the Trainer and names the file written."""
+    seen = []
+    real = rs.setting_trainer
+
+    def spy(name, method, scale, extra=()):
+        seen.append(list(extra))
+        return real(name, method, scale, extra)
+
+    monkeypatch.setattr(rs, "setting_trainer", spy)
+    assert rs.main(["rest", "--out", str(tmp_path), "--settings", "deeplabv3", "--methods", "fitnet", "--scale",
+                    "0.06", "--iters", "1", "--threads", "1", "--set", "train.malloc_keep=false"]) == 0
+    assert seen == [["train.malloc_keep=false"]]
     out = capsys.readouterr().out
     kinds = [ln.split(" | ")[2] for ln in out.splitlines() if ln.startswith("| deeplabv3")]
     assert kinds == list(rs.REST_KINDS)
     assert "deeplabv3 / fitnet: both networks in one step cost" in out
+    text = (tmp_path / "rest_train.malloc_keep-false.md").read_text()
+    assert f"(`python benchmarks/real_size.py rest --out {tmp_path} --settings deeplabv3 --methods fitnet --scale 0.06 " \
+           "--iters 1 --set train.malloc_keep=false`)" in text
+    assert [ln.split(" | ")[2] for ln in text.splitlines() if ln.startswith("| deeplabv3")] == list(rs.REST_KINDS)
+    assert text.rstrip().splitlines()[-1].startswith("- deeplabv3 / fitnet: both networks in one step cost")
