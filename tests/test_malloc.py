@@ -53,3 +53,29 @@ def test_no_glibc_does_nothing(monkeypatch):
     monkeypatch.setattr(malloc.sys, "platform", "darwin")
     assert malloc._libc() is None
     assert malloc.keep_freed_memory() is False and malloc.restore() is False
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "malloc_keep.py"
+    spec = importlib.util.spec_from_file_location("malloc_keep", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_writes_both_rows(tmp_path):
+    """benchmarks/malloc_keep.py: one row per allocator mode, each from its own process (values not asserted)."""
+    out = tmp_path / "mk.md"
+    assert _script().main(["--out", str(out), "--steps", "1", "--short", "64", "--long", "64", "--threads", "1"]) == 0
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| defaults") or ln.startswith("| kept")]
+    assert [r.split(" | ")[0] for r in rows] == ["| defaults", "| kept (train.malloc_keep)"]
+    assert "--steps 1 --short 64 --long 64 --threads 1`" in out.read_text()
+
+
+def test_benchmark_rejects_sizes_off_the_grid(capsys):
+    with pytest.raises(SystemExit):
+        _script().main(["--out", "-", "--short", "100"])
+    assert "--short must be a multiple of 32 and --long at least --short" in capsys.readouterr().err
