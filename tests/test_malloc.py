@@ -79,3 +79,27 @@ def test_benchmark_rejects_sizes_off_the_grid(capsys):
     with pytest.raises(SystemExit):
         _script().main(["--out", "-", "--short", "100"])
     assert "--short must be a multiple of 32 and --long at least --short" in capsys.readouterr().err
+
+
+def test_each_keep_is_undone_by_one_restore(monkeypatch):
+    """Two holders (two Trainers alive): the defaults come back only when the last one restores."""
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(malloc, "_libc", lambda: FakeLibc())
+    monkeypatch.setattr(malloc, "_holders", 0)
+    assert malloc.keep_freed_memory() and malloc.keep_freed_memory()
+    assert calls == [(malloc.M_MMAP_MAX, 0), (malloc.M_TRIM_THRESHOLD, -1)] * 2
+    calls.clear()
+    assert malloc.restore() and calls == []  # the other holder keeps it
+    assert malloc.restore()
+    assert calls == [(malloc.M_MMAP_MAX, malloc.DEFAULT_MMAP_MAX),
+                     (malloc.M_TRIM_THRESHOLD, malloc.DEFAULT_TRIM_THRESHOLD), ("trim", 0)]

@@ -43,21 +43,33 @@ def _libc():
     return libc
 
 
+#: how many keep_freed_memory() calls no restore() has undone yet (two Trainers alive: the first to close must
+#: not take the setting from the other)
+_holders = 0
+
+
 def keep_freed_memory() -> bool:
-    """Ask malloc to keep freed memory for reuse (see the module docstring). True if it took effect."""
+    """Ask malloc to keep freed memory for reuse (see the module docstring). True if it took effect; each such
+    call is undone by one :func:`restore`."""
+    global _holders
     libc = _libc()
     if libc is None:
         return False
-    ok = libc.mallopt(M_MMAP_MAX, 0) == 1
-    return ok and libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD) == 1
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD) == 1
+    _holders += ok
+    return ok
 
 
 def restore() -> bool:
-    """malloc's defaults again (blocks of 32 MiB or more mapped apart and returned when freed), and the heap's
-    free top given back. True if it took effect."""
+    """Undo one :func:`keep_freed_memory`; with none left, malloc's defaults again (blocks of 32 MiB or more
+    mapped apart and returned when freed) and the heap's free top given back. True if it took effect."""
+    global _holders
     libc = _libc()
     if libc is None:
         return False
+    _holders = max(_holders - 1, 0)
+    if _holders:
+        return True
     ok = libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX) == 1 and libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD) == 1
     libc.malloc_trim(0)
     return ok
