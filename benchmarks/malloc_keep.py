@@ -30,7 +30,7 @@ model = torchvision.models.resnet50()
 opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 rng = random.Random(0)
 sizes = [rng.randrange(spec["short"], spec["long"] + 1, 32) for _ in range(spec["steps"] + 3)]
-times, faults = [], []
+times, faults, resident = [], [], []
 for i, h in enumerate(sizes):
     w = round(h * 1333 / 800 / 32) * 32
     x = torch.randn(2, 3, h, w)
@@ -42,7 +42,9 @@ for i, h in enumerate(sizes):
     if i >= 3:
         times.append(t)
         faults.append(f * 4096 / 1e9)
+        resident.append(int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e9)
 print("ROW " + json.dumps({"keep": spec["keep"], "kept": kept, "times": times, "faulted_gb": faults,
+                           "resident_gb": resident,
                            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
                            "sizes": sizes[3:]}))
 """
@@ -61,13 +63,16 @@ def table(rows: list[dict], args) -> str:
     lines = [f"ResNet-50, batch 2, shorter side drawn from {args.short}–{args.long} every step, {args.steps} steps "
              f"after 3, {args.threads} thread(s) (`python benchmarks/malloc_keep.py --out {args.out} --steps "
              f"{args.steps} --short {args.short} --long {args.long} --threads {args.threads}`)", "",
-             "| malloc | s/step median (min–max) | GB faulted in a step, median (max) | peak resident GB |",
-             "|---|---|---|---|"]
+             "| malloc | s/step median (min–max) | GB faulted in a step, median (max) | resident GB after the first "
+             "counted step → the middle one → the last | peak resident GB |",
+             "|---|---|---|---|---|"]
     for r in rows:
         t, f = r["times"], r["faulted_gb"]
         name = "kept (train.malloc_keep)" if r["keep"] else "defaults"
         lines.append(f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}–{max(t):.2f}) | "
-                     f"{statistics.median(f):.2f} ({max(f):.2f}) | {r['peak_rss_gb']:.2f} |")
+                     f"{statistics.median(f):.2f} ({max(f):.2f}) | "
+                     + " → ".join(f"{r['resident_gb'][k]:.2f}" for k in (0, len(f) // 2, -1))
+                     + f" | {r['peak_rss_gb']:.2f} |")
     return "\n".join(lines)
 
 
