@@ -273,3 +273,31 @@ def test_cpu_trainer_keeps_freed_memory_while_it_lives(make_config, teacher_ckpt
     finally:
         tr.close()
     assert calls == ["keep", "restore"]
+
+
+def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config, teacher_ckpt, tmp_path, monkeypatch):
+    """A kept heap that keeps growing (GrowthWatch fires): malloc's defaults come back once, with one warning;
+    a watch that never fires leaves the run silent."""
+    import warnings as w
+
+    from densekd.engine import malloc
+
+    restored = []
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(malloc, "restore", lambda: restored.append(1) or True)
+    real = malloc.GrowthWatch
+    monkeypatch.setattr(malloc, "GrowthWatch", lambda: real(settle=1, factor=0.0))  # every step "grew"
+    tr = Trainer(make_config(tmp_path / "grow", teacher=teacher_ckpt, method="fitnet"), ["train.max_iters=3"])
+    with pytest.warns(UserWarning, match=r"train.malloc_keep: resident memory grew from .* malloc's defaults are "
+                                         r"back for the rest of this run"):
+        tr.run()
+    assert restored == [1] and not tr.malloc_kept and tr.malloc_watch is None
+    tr.close()
+    assert restored == [1]  # not restored twice
+    monkeypatch.setattr(malloc, "GrowthWatch", lambda: real(settle=1, factor=1e9))
+    tr = Trainer(make_config(tmp_path / "flat", teacher=teacher_ckpt, method="fitnet"), ["train.max_iters=3"])
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        tr.run()
+    tr.close()
+    assert not [c for c in caught if "malloc_keep" in str(c.message)] and restored == [1, 1]

@@ -103,3 +103,21 @@ def test_each_keep_is_undone_by_one_restore(monkeypatch):
     assert malloc.restore()
     assert calls == [(malloc.M_MMAP_MAX, malloc.DEFAULT_MMAP_MAX),
                      (malloc.M_TRIM_THRESHOLD, malloc.DEFAULT_TRIM_THRESHOLD), ("trim", 0)]
+
+
+def test_growth_watch_fires_once_past_its_factor(monkeypatch):
+    restored = []
+    monkeypatch.setattr(malloc, "restore", lambda: restored.append(1) or True)
+    watch = malloc.GrowthWatch(settle=2, factor=1.5)
+    assert watch.step(2e9) is None and watch.step(4e9) is None  # settling: the base is the last of these, 4 GB
+    assert watch.step(5.9e9) is None and restored == []  # under 1.5x
+    msg = watch.step(6.1e9)
+    assert msg.startswith("train.malloc_keep: resident memory grew from 4.00 GB after step 2 to 6.10 GB after "
+                          "step 4 (more than 1.5x)") and msg.endswith("Set train.malloc_keep=false to start so")
+    assert restored == [1] and watch.step(9e9) is None and restored == [1]  # once
+
+
+def test_resident_bytes_reads_this_process():
+    if malloc._libc() is None:
+        pytest.skip("Linux only")
+    assert malloc.resident_bytes() > 10 * 2**20

@@ -73,3 +73,43 @@ def restore() -> bool:
     ok = libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX) == 1 and libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD) == 1
     libc.malloc_trim(0)
     return ok
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class GrowthWatch:
+    """Watches the resident memory of a process that keeps freed memory, step by step, and gives malloc's
+    defaults back once if it grows past ``factor`` × what it was after ``settle`` steps: a kept heap fragments
+    when the blocks a step asks for keep changing size (multi-scale inputs; ``benchmarks/malloc_keep.py``: a
+    ResNet-50 on sizes drawn every step went from 5.0 to 11.1 GB resident in 40 steps, against 7.2 GB at most
+    with malloc's defaults). :meth:`step` returns the warning to show when it gave up, else None."""
+
+    def __init__(self, settle: int = 5, factor: float = 1.5) -> None:
+        self.settle, self.factor = settle, factor
+        self.steps, self.base, self.done = 0, 0, False
+
+    def step(self, resident: int | None = None) -> str | None:
+        if self.done:
+            return None
+        self.steps += 1
+        now = resident_bytes() if resident is None else resident
+        if self.steps <= self.settle:
+            self.base = now
+            return None
+        if self.base and now > self.factor * self.base:
+            self.done = True
+            restore()
+            return (f"train.malloc_keep: resident memory grew from {self.base / 1e9:.2f} GB after step "
+                    f"{self.settle} to {now / 1e9:.2f} GB after step {self.steps} (more than {self.factor:g}x): a "
+                    f"kept heap fragments when the steps' tensors keep changing size (e.g. multi-scale inputs); "
+                    f"malloc's defaults are back for the rest of this run (slower steps, bounded memory). Set "
+                    f"train.malloc_keep=false to start so")
+        return None
+

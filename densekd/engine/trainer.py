@@ -50,6 +50,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -137,6 +138,7 @@ class Trainer:
         # freed memory kept for the next step instead of being unmapped and faulted in again (train.malloc_keep;
         # docs/methods.md, "The CPU allocator"; undone by close())
         self.malloc_kept = self.device.type == "cpu" and t.malloc_keep and malloc.keep_freed_memory()
+        self.malloc_watch = malloc.GrowthWatch() if self.malloc_kept else None  # memory that keeps growing: undone
         self.rank, self.world = du.rank(), du.world_size()
         self.autocast = _autocast_factory(t.amp, self.device)
         _seed_all(cfg.seed)
@@ -434,6 +436,12 @@ class Trainer:
                 batch = self.task.to_device(batch, self.device)
                 inputs, targets = self.task.model_inputs(batch)
                 names, values = self.train_step(inputs, targets, log_now)
+                if self.malloc_watch is not None and (msg := self.malloc_watch.step()):
+                    self.malloc_kept = False  # the watch gave malloc's defaults back
+                    self.malloc_watch = None
+                    warnings.warn(msg, UserWarning, stacklevel=2)
+                    if logger:
+                        logger.write(f"warning: {msg}")
                 for k, v in zip(names, values):
                     window[k] = window.get(k, 0.0) + v
                 n_window += 1
