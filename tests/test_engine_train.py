@@ -301,3 +301,26 @@ def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config,
         tr.run()
     tr.close()
     assert not [c for c in caught if "malloc_keep" in str(c.message)] and restored == [1, 1]
+
+
+def test_malloc_keep_changes_no_number(make_config, teacher_ckpt, tmp_path):
+    """train.malloc_keep moves where tensors live, not what they hold: the same distilled run with it on and off
+    ends with the same student, bit for bit."""
+    finals = []
+    for keep in ("true", "false"):
+        out = tmp_path / keep
+        tr = Trainer(make_config(out, teacher=teacher_ckpt, method="fitnet"),
+                     ["train.max_iters=3", f"train.malloc_keep={keep}"])
+        try:
+            assert tr.malloc_kept == (keep == "true" and malloc_available())
+            tr.run()
+        finally:
+            tr.close()
+        finals.append(_load(out / "student_final.pth"))
+    _states_equal(*finals)
+
+
+def malloc_available() -> bool:
+    from densekd.engine import malloc
+
+    return malloc._libc() is not None
