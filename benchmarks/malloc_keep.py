@@ -42,7 +42,7 @@ for i, h in enumerate(sizes):
     if i >= 3:
         times.append(t)
         faults.append(f * 4096 / 1e9)
-        resident.append(int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e9)
+        resident.append(malloc.resident_bytes() / 1e9)
 print("ROW " + json.dumps({"keep": spec["keep"], "kept": kept, "times": times, "faulted_gb": faults,
                            "resident_gb": resident,
                            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,

@@ -16,9 +16,6 @@ import json, resource, sys
 import torch
 from densekd.engine import malloc
 
-def resident():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-
 def rounds(n=6, sizes_mib=(64, 32, 8, 64)):  # a step's worth of activations, freed at its end
     out = []
     for _ in range(n):
@@ -31,9 +28,9 @@ def rounds(n=6, sizes_mib=(64, 32, 8, 64)):  # a step's worth of activations, fr
 res = {"default": rounds()}
 res["kept"] = malloc.keep_freed_memory()
 res["keep"] = rounds()
-before = resident()
+before = malloc.resident_bytes()
 res["restored"] = malloc.restore()
-res["given_back"] = (before - resident()) / 2**20
+res["given_back"] = (before - malloc.resident_bytes()) / 2**20
 print(json.dumps(res))
 """
 
