@@ -112,6 +112,18 @@ def test_growth_watch_fires_once_past_its_factor(monkeypatch):
     assert msg.startswith("train.malloc_keep: resident memory grew from 4.00 GB after step 2 to 6.10 GB after "
                           "step 4 (more than 1.5x)") and msg.endswith("Set train.malloc_keep=false to start so")
     assert restored == [1] and watch.step(9e9) is None and restored == [1]  # once
+    assert "malloc's defaults are back for the rest of this run" in msg
+
+
+def test_growth_watch_says_when_another_run_still_keeps_memory(monkeypatch):
+    """Two Trainers in one process: the watch of one drops only its own hold, and its warning says so."""
+    monkeypatch.setattr(malloc, "restore", lambda: True)
+    monkeypatch.setattr(malloc, "_holders", 1)  # the other Trainer's hold, still there after this one's restore
+    watch = malloc.GrowthWatch(settle=1, factor=1.5)
+    assert watch.step(1e9) is None
+    msg = watch.step(2e9)
+    assert "malloc's defaults come back only when the 1 other run(s) in this process" in msg
+    assert "are back for the rest of this run" not in msg
 
 
 def test_resident_bytes_reads_this_process():

@@ -107,10 +107,13 @@ class GrowthWatch:
         if self.base and now > self.factor * self.base:
             self.done = True
             restore()
+            back = ("malloc's defaults are back for the rest of this run (slower steps, bounded memory)"
+                    if not _holders else
+                    f"this run gave up its hold, but malloc's defaults come back only when the {_holders} other "
+                    f"run(s) in this process that keep freed memory close")
             return (f"train.malloc_keep: resident memory grew from {self.base / 1e9:.2f} GB after step "
                     f"{self.settle} to {now / 1e9:.2f} GB after step {self.steps} (more than {self.factor:g}x): a "
                     f"kept heap fragments when the steps' tensors keep changing size (e.g. multi-scale inputs); "
-                    f"malloc's defaults are back for the rest of this run (slower steps, bounded memory). Set "
-                    f"train.malloc_keep=false to start so")
+                    f"{back}. Set train.malloc_keep=false to start so")
         return None
 
