@@ -5,7 +5,7 @@ the teacher forward's precision and memory layout (issue 20).
     python benchmarks/real_size.py tables  --out runs/real_size_dry --scale 0.4 --iters 2 --warmup 1 \
         --methods fitnet acam_kd                                                        # a quick dry run
     python benchmarks/real_size.py tables  --out benchmarks/results/real_size --resume # go on where a call stopped
-    python benchmarks/real_size.py brief   --out benchmarks/results/real_size          # one line per method
+    python benchmarks/real_size.py brief   --out benchmarks/results/real_size --readme README.md  # one line per method
     python benchmarks/real_size.py alone   --out - --settings retinanet --methods cwd fgd --flush both --threads 1
     python benchmarks/real_size.py teacher --out benchmarks/results/teacher_forward    # fp32/bf16 × NCHW/NHWC
     python benchmarks/real_size.py cost    --out benchmarks/results/real_size --methods fitnet acam_kd  # FLOPs only
@@ -414,10 +414,38 @@ def run_brief(args) -> int:
     with open(os.path.join(args.out, "brief.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
+    if args.readme:
+        with open(args.readme, encoding="utf-8") as f:
+            doc = f.read()
+        with open(args.readme, "w", encoding="utf-8") as f:
+            f.write(replace_block(doc, text, args.readme))
+        print(f"wrote the tables into {args.readme}")
     png = plot_parts(measured, os.path.join(args.out, "brief.png"))
     if png:
         print(f"wrote {png}")
     return 0
+
+
+#: the lines around the tables ``brief --readme`` writes into a README (Markdown comments: not shown)
+BRIEF_BEGIN = "<!-- real_size.py brief: the tables below are written by this command; do not edit them by hand -->"
+BRIEF_END = "<!-- real_size.py brief: end -->"
+
+
+def replace_block(doc: str, text: str, name: str = "the README") -> str:
+    """``doc`` with what stands between :data:`BRIEF_BEGIN` and :data:`BRIEF_END` replaced by ``text``."""
+    if doc.count(BRIEF_BEGIN) != 1 or doc.count(BRIEF_END) != 1 or doc.index(BRIEF_BEGIN) > doc.index(BRIEF_END):
+        raise SystemExit(f"{name} must hold the line {BRIEF_BEGIN!r} once, and after it the line {BRIEF_END!r} "
+                         f"once: the tables go between them")
+    head, rest = doc.split(BRIEF_BEGIN + "\n", 1) if BRIEF_BEGIN + "\n" in doc else doc.split(BRIEF_BEGIN, 1)
+    tail = rest.split(BRIEF_END, 1)[1]
+    return f"{head}{BRIEF_BEGIN}\n\n{text.strip()}\n\n{BRIEF_END}{tail}"
+
+
+def readme_block(doc: str) -> str | None:
+    """What stands between the markers of :func:`replace_block` (stripped), or None without them."""
+    if BRIEF_BEGIN not in doc or BRIEF_END not in doc:
+        return None
+    return doc.split(BRIEF_BEGIN, 1)[1].split(BRIEF_END, 1)[0].strip()
 
 
 # --------------------------------------------------------------------------- alone
@@ -736,6 +764,9 @@ def main(argv=None) -> int:
                     help="tables, rest: further engine overrides for every run (e.g. train.malloc_keep=false)")
     ap.add_argument("--flush", choices=["on", "off", "both"], default="on",
                     help="alone: subnormals flushed (on), kept (off) or both, alternating run by run")
+    ap.add_argument("--readme", default=None, metavar="PATH",
+                    help="brief: also write the tables into this Markdown file, between its two "
+                         "'<!-- real_size.py brief' lines")
     ap.add_argument("--resume", action="store_true",
                     help="tables: keep the rows <out>/<setting>.json already holds for this scale and --iters")
     ap.add_argument("--in-process", action="store_true",

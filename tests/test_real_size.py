@@ -169,6 +169,34 @@ def test_brief_table_one_line_per_method(rs, tmp_path):
     assert "†" not in text
 
 
+def test_brief_writes_its_tables_into_a_readme_between_markers(rs, tmp_path):
+    rows = [_row("baseline", teacher_fwd_sec=None, sec_per_iter=1.0, step_times=[1.0]), _row("fitnet")]
+    (tmp_path / "fcos.json").write_text(json.dumps(rows))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{rs.BRIEF_BEGIN}\nold table\n{rs.BRIEF_END}\nafter\n")
+    assert rs.main(["brief", "--out", str(tmp_path), "--readme", str(readme)]) == 0
+    doc = readme.read_text()
+    assert "old table" not in doc and doc.startswith("# x\n\nbefore\n") and doc.endswith(f"{rs.BRIEF_END}\nafter\n")
+    assert rs.readme_block(doc) == (tmp_path / "brief.md").read_text().strip()
+    assert rs.main(["brief", "--out", str(tmp_path), "--readme", str(readme)]) == 0
+    assert readme.read_text() == doc  # a second call changes nothing
+
+
+def test_brief_readme_without_markers_is_an_error(rs, tmp_path):
+    (tmp_path / "README.md").write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="must hold the line '<!-- real_size.py brief: the tables below"):
+        rs.replace_block("# no markers\n", "t", "README.md")
+    with pytest.raises(SystemExit, match="after it the line '<!-- real_size.py brief: end -->' once"):
+        rs.replace_block(f"{rs.BRIEF_END}\n{rs.BRIEF_BEGIN}\n", "t")
+
+
+def test_readme_tables_are_the_committed_brief(rs):
+    """The README's real-size tables are what `brief` last wrote from the committed rows (rerun `python
+    benchmarks/real_size.py brief --out benchmarks/results/real_size --readme README.md` after new rows)."""
+    brief = (ROOT / "benchmarks" / "results" / "real_size" / "brief.md").read_text(encoding="utf-8")
+    assert rs.readme_block((ROOT / "README.md").read_text(encoding="utf-8")) == brief.strip()
+
+
 def test_brief_table_marks_cpu_rows_before_malloc_keep(rs):
     """A CPU row without train.malloc_keep (or from before it: no such field) gets a dagger and the table a
     footnote; GPU rows never."""
