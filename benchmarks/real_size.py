@@ -348,15 +348,24 @@ def step_parts(row: dict) -> tuple[float, float, float, float, float, float] | N
     return 1.0, teacher, alone, max(whole[0] - 1.0 - teacher - alone, 0.0), whole[1], whole[2]
 
 
+def panel_bars(settings: dict[str, list[dict]]) -> dict[str, list[tuple[str, tuple, float]]]:
+    """Per setting with any: (label, :func:`step_parts`, × plain in the same process) per method row that has the
+    parts; the label is the method, with " †" where :func:`before_malloc_keep`."""
+    from densekd.tools.bench import paired_step_ratio
+
+    panels = {n: [(r["method"] + (" †" if before_malloc_keep(r) else ""), p, paired_step_ratio(r)[0])
+                  for r in rows if (p := step_parts(r)) is not None]
+              for n, rows in settings.items()}
+    return {n: bars for n, bars in panels.items() if bars}
+
+
 def plot_parts(settings: dict[str, list[dict]], path: str) -> str | None:
     """``path`` (PNG): one panel per setting, one bar per method, :func:`step_parts` stacked (:data:`PARTS`) with
     the whole's min–max; None (nothing written) where no row has the parts."""
-    from densekd.tools.bench import paired_step_ratio
     from densekd.tools.compare.report import pyplot
 
-    panels = {n: [(r["method"], p, paired_step_ratio(r)[0]) for r in rows if (p := step_parts(r)) is not None]
-              for n, rows in settings.items()}
-    panels = {n: bars for n, bars in panels.items() if bars}
+    panels = panel_bars(settings)
+    dagger = any(label.endswith(" †") for bars in panels.values() for label, _, _ in bars)
     if not panels:
         return None
     plt = pyplot()
@@ -384,7 +393,9 @@ def plot_parts(settings: dict[str, list[dict]], path: str) -> str | None:
     for ax in axes[:, 0]:
         ax.set_xlim(0, max(ax.get_xlim()[1], 2.0))
     axes[-1, 0].set_xlabel("training step ÷ the plain student step timed beside it in the same process "
-                           "(median of the paired steps; bar: their min–max)", fontsize=8)
+                           "(median of the paired steps; bar: their min–max)"
+                           + ("\n† measured on a CPU with malloc's defaults (before train.malloc_keep)" if dagger else ""),
+                           fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)

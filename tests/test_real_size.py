@@ -222,6 +222,13 @@ def test_step_parts_in_units_of_the_student_step_beside_it(rs, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_picture_marks_rows_before_malloc_keep(rs):
+    row = _row("fitnet", step_times=[2.0], student_times=[1.0], teacher_times=[0.5], modules_alone_sec=0.25)
+    bars = rs.panel_bars({"fcos": [_row("baseline"), row, dict(row, method="cwd", malloc_keep=False)],
+                          "retinanet": [_row("baseline")]})
+    assert list(bars) == ["fcos"] and [label for label, _, _ in bars["fcos"]] == ["fitnet", "cwd †"]
+
+
 def test_alone_one_row_per_method_and_subnormal_mode(rs, capsys):
     """real_size.py alone on a tiny DeepLabV3: one row per method and subnormal mode, the process's floating-point
     mode left as it was (timings never asserted)."""
