@@ -285,6 +285,7 @@ def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config,
     restored = []
     monkeypatch.setattr(malloc, "keep_freed_memory", lambda: True)
     monkeypatch.setattr(malloc, "restore", lambda: restored.append(1) or True)
+    monkeypatch.setattr(malloc, "_holders", 0)  # no other run holds it (Trainers of other tests may)
     real = malloc.GrowthWatch
     monkeypatch.setattr(malloc, "GrowthWatch", lambda: real(settle=1, factor=0.0))  # every step "grew"
     tr = Trainer(make_config(tmp_path / "grow", teacher=teacher_ckpt, method="fitnet"), ["train.max_iters=3"])
