@@ -447,9 +447,8 @@ def replace_block(doc: str, text: str, name: str = "the README") -> str:
     if doc.count(BRIEF_BEGIN) != 1 or doc.count(BRIEF_END) != 1 or doc.index(BRIEF_BEGIN) > doc.index(BRIEF_END):
         raise SystemExit(f"{name} must hold the line {BRIEF_BEGIN!r} once, and after it the line {BRIEF_END!r} "
                          f"once: the tables go between them")
-    head, rest = doc.split(BRIEF_BEGIN + "\n", 1) if BRIEF_BEGIN + "\n" in doc else doc.split(BRIEF_BEGIN, 1)
-    tail = rest.split(BRIEF_END, 1)[1]
-    return f"{head}{BRIEF_BEGIN}\n\n{text.strip()}\n\n{BRIEF_END}{tail}"
+    head, rest = doc.split(BRIEF_BEGIN, 1)
+    return f"{head}{BRIEF_BEGIN}\n\n{text.strip()}\n\n{BRIEF_END}{rest.split(BRIEF_END, 1)[1]}"
 
 
 def readme_block(doc: str) -> str | None:
