@@ -6,18 +6,22 @@ MSE(norm(F̂_S), norm(F_T)) / 2 (= 1 − Pearson r, up to the std estimator), ×
 Default weight 6: mmrazor ``configs/distill/mmdet/pkd/pkd_fpn_frcnn_r101_frcnn_r50_2x_coco.py``
 (``PKDLoss, loss_weight=6``); its RetinaNet config (``pkd_fpn_retina_x101_retina_r50_2x_coco.py``) uses 10.
 Returns ``{"loss_pkd": ...}``.
+
+Computed from per-channel sums (``densekd.ops.standardised_mse``: same value and gradient, a few passes over the
+maps instead of the ~20 of the written-out form; docs/methods.md, "PKD").
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.pearson import standardised_mse
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
 
 def channel_standardise(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Zero mean / unit std per channel, statistics over batch and space."""
+    """Zero mean / unit std per channel, statistics over batch and space (the written-out form; the loss itself
+    runs :func:`densekd.ops.standardised_mse`, which equals MSE of two of these)."""
     dims = (0, 2, 3)
     mean = x.mean(dim=dims, keepdim=True)
     std = x.std(dim=dims, keepdim=True)
@@ -39,6 +43,5 @@ class PKD(DistillLoss):
                 f"pkd needs at least 2 values per channel (N·H·W ≥ 2) to standardise, got teacher "
                 f"{tuple(teacher_feat.shape)}"
             )
-        s = channel_standardise(self.align(student_feat))
-        t = channel_standardise(teacher_feat.detach())
-        return {"loss_pkd": self.loss_weight * F.mse_loss(s, t) / 2}
+        # MSE(norm F̂_S, norm F_T) / 2, norm = channel_standardise, from per-channel sums
+        return {"loss_pkd": self.loss_weight * standardised_mse(self.align(student_feat), teacher_feat) / 2}

@@ -25,10 +25,13 @@ def _negate(grad: Tensor) -> Tensor:
     return -grad
 
 
-def _zero_subnormals(grad: Tensor) -> Tensor:
+def zero_subnormals(grad: Tensor, inplace: bool = False) -> Tensor:
+    """``grad`` with its subnormal entries (below the dtype's smallest normal) set to zero, on a CPU; unchanged
+    elsewhere and for integer tensors. ``inplace``: edit ``grad`` itself (a gradient nobody else holds)."""
     if grad.device.type != "cpu" or not grad.is_floating_point():
         return grad
-    return grad.masked_fill(grad.abs() < torch.finfo(grad.dtype).tiny, 0)
+    small = grad.abs() < torch.finfo(grad.dtype).tiny
+    return grad.masked_fill_(small, 0) if inplace else grad.masked_fill(small, 0)
 
 
 def reverse_grad(x: Tensor) -> Tensor:
@@ -42,4 +45,4 @@ def flush_subnormal_grad(x: Tensor) -> Tensor:
     ``torch.set_flush_denormal`` sets is per thread: OpenMP workers keep their own); a softmax's far tail makes
     them (CWD; docs/methods.md, "Precision", has the measurement). A value below 1.2e-38 adds nothing a float32 sum
     keeps."""
-    return _EditGrad.apply(x, _zero_subnormals)
+    return _EditGrad.apply(x, zero_subnormals)
