@@ -275,6 +275,29 @@ def test_cpu_trainer_keeps_freed_memory_while_it_lives(make_config, teacher_ckpt
     assert calls == ["keep", "restore"]
 
 
+def test_a_trainer_never_closed_gives_its_malloc_hold_back_when_collected(make_config, teacher_ckpt, tmp_path,
+                                                                         monkeypatch):
+    """A notebook that builds Trainers and drops them without close(): each hold is given back when its Trainer
+    is garbage-collected, once (close() after the fact, or the collection after close(), gives nothing twice)."""
+    import gc
+
+    from densekd.engine import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(malloc, "restore", lambda: calls.append("restore") or True)
+    tr = Trainer(make_config(tmp_path / "dropped", teacher=teacher_ckpt, method="fitnet"))
+    assert tr.malloc_kept and calls == ["keep"]
+    del tr
+    gc.collect()
+    assert calls == ["keep", "restore"]
+    tr = Trainer(make_config(tmp_path / "closed", teacher=teacher_ckpt, method="fitnet"))
+    tr.close()
+    del tr
+    gc.collect()
+    assert calls == ["keep", "restore", "keep", "restore"]
+
+
 def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config, teacher_ckpt, tmp_path, monkeypatch):
     """A kept heap that keeps growing (GrowthWatch fires): malloc's defaults come back once, with one warning;
     a watch that never fires leaves the run silent."""
@@ -287,7 +310,7 @@ def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config,
     monkeypatch.setattr(malloc, "restore", lambda: restored.append(1) or True)
     monkeypatch.setattr(malloc, "_holders", 0)  # no other run holds it (Trainers of other tests may)
     real = malloc.GrowthWatch
-    monkeypatch.setattr(malloc, "GrowthWatch", lambda: real(settle=1, factor=0.0))  # every step "grew"
+    monkeypatch.setattr(malloc, "GrowthWatch", lambda **kw: real(settle=1, factor=0.0, **kw))  # every step "grew"
     tr = Trainer(make_config(tmp_path / "grow", teacher=teacher_ckpt, method="fitnet"), ["train.max_iters=3"])
     with pytest.warns(UserWarning, match=r"train.malloc_keep: resident memory grew from .* malloc's defaults are "
                                          r"back for the rest of this run"):
@@ -295,7 +318,7 @@ def test_malloc_watch_gives_defaults_back_when_memory_keeps_growing(make_config,
     assert restored == [1] and not tr.malloc_kept and tr.malloc_watch is None
     tr.close()
     assert restored == [1]  # not restored twice
-    monkeypatch.setattr(malloc, "GrowthWatch", lambda: real(settle=1, factor=1e9))
+    monkeypatch.setattr(malloc, "GrowthWatch", lambda **kw: real(settle=1, factor=1e9, **kw))
     tr = Trainer(make_config(tmp_path / "flat", teacher=teacher_ckpt, method="fitnet"), ["train.max_iters=3"])
     with w.catch_warnings(record=True) as caught:
         w.simplefilter("always")

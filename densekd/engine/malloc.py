@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Callable
 
 # mallopt parameters (glibc malloc.h) and their defaults
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -76,6 +77,24 @@ def restore() -> bool:
     return ok
 
 
+class Hold:
+    """One :func:`keep_freed_memory` taken at construction and given back once, by whichever comes first: its
+    owner's ``close()``, a :class:`GrowthWatch` that saw the heap grow, or the owner's garbage collection (the
+    Trainer registers :meth:`release` with ``weakref.finalize``, so a run never closed does not keep the setting
+    for the rest of the process). ``held``: taken and not yet given back."""
+
+    def __init__(self) -> None:
+        self.held = keep_freed_memory()
+
+    def release(self) -> bool:
+        """Give the hold back (:func:`restore`) if still held; True if this call gave it back."""
+        if not self.held:
+            return False
+        self.held = False
+        restore()
+        return True
+
+
 def resident_bytes() -> int:
     """This process's resident memory (Linux ``/proc/self/statm``; 0 elsewhere)."""
     try:
@@ -90,10 +109,11 @@ class GrowthWatch:
     defaults back once if it grows past ``factor`` × what it was after ``settle`` steps: a kept heap fragments
     when the blocks a step asks for keep changing size (multi-scale inputs; ``benchmarks/malloc_keep.py``: a
     ResNet-50 on sizes drawn every step went from 5.0 to 11.1 GB resident in 40 steps, against 7.2 GB at most
-    with malloc's defaults). :meth:`step` returns the warning to show when it gave up, else None."""
+    with malloc's defaults). :meth:`step` returns the warning to show when it gave up, else None; giving up calls
+    ``release`` (a :meth:`Hold.release`; default :func:`restore`)."""
 
-    def __init__(self, settle: int = 5, factor: float = 1.5) -> None:
-        self.settle, self.factor = settle, factor
+    def __init__(self, settle: int = 5, factor: float = 1.5, release: Callable[[], object] | None = None) -> None:
+        self.settle, self.factor, self.release = settle, factor, release
         self.steps, self.base, self.done = 0, 0, False
 
     def step(self, resident: int | None = None) -> str | None:
@@ -106,7 +126,7 @@ class GrowthWatch:
             return None
         if self.base and now > self.factor * self.base:
             self.done = True
-            restore()
+            (self.release or restore)()
             back = ("malloc's defaults are back for the rest of this run (slower steps, bounded memory)"
                     if not _holders else
                     f"this run gave up its hold, but malloc's defaults come back only when the {_holders} other "

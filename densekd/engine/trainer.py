@@ -51,6 +51,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -137,8 +138,11 @@ class Trainer:
         self._flushed = self.device.type == "cpu" and t.flush_denormal and torch.set_flush_denormal(True)
         # freed memory kept for the next step instead of being unmapped and faulted in again (train.malloc_keep;
         # docs/methods.md, "The CPU allocator"; undone by close())
-        self.malloc_kept = self.device.type == "cpu" and t.malloc_keep and malloc.keep_freed_memory()
-        self.malloc_watch = malloc.GrowthWatch() if self.malloc_kept else None  # memory that keeps growing: undone
+        self._malloc_hold = malloc.Hold() if self.device.type == "cpu" and t.malloc_keep else None
+        if self._malloc_hold is not None:  # given back by close(), the watch, or this Trainer's collection
+            weakref.finalize(self, self._malloc_hold.release)
+        # memory that keeps growing: the hold given back
+        self.malloc_watch = malloc.GrowthWatch(release=self._malloc_hold.release) if self.malloc_kept else None
         self.rank, self.world = du.rank(), du.world_size()
         self.autocast = _autocast_factory(t.amp, self.device)
         _seed_all(cfg.seed)
@@ -437,8 +441,7 @@ class Trainer:
                 inputs, targets = self.task.model_inputs(batch)
                 names, values = self.train_step(inputs, targets, log_now)
                 if self.malloc_watch is not None and (msg := self.malloc_watch.step()):
-                    self.malloc_kept = False  # the watch gave malloc's defaults back
-                    self.malloc_watch = None
+                    self.malloc_watch = None  # it gave the hold back
                     warnings.warn(msg, UserWarning, stacklevel=2)
                     if logger:
                         logger.write(f"warning: {msg}")
@@ -507,15 +510,19 @@ class Trainer:
                 self._write_health(finished)
         return metrics
 
+    @property
+    def malloc_kept(self) -> bool:
+        """Whether this run still keeps freed memory in malloc's heap (train.malloc_keep on a CPU, not given back)."""
+        return self._malloc_hold is not None and self._malloc_hold.held
+
     def close(self) -> None:
         if self.guards is not None:
             self.guards.close()
         if self._flushed:
             torch.set_flush_denormal(False)
             self._flushed = False
-        if self.malloc_kept:
-            malloc.restore()
-            self.malloc_kept = False
+        if self._malloc_hold is not None:
+            self._malloc_hold.release()
         du.cleanup(self._created_pg)
 
 
