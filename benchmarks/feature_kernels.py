@@ -8,6 +8,8 @@ each channel's positions at τ and the KL sum, its student map passed through ``
 densekd's CWD did before the kernel). Random maps; every level of the setting, batch 2, 256 channels, the loss of
 all levels summed as the Distiller does. For each rep the four variants run once each, the order rotating rep by
 rep; the table gives the median (min–max) seconds and the median of the per-rep ratios kernel / written-out.
+Subnormals flushed and freed memory kept in malloc's heap, as the Trainer runs on a CPU (``train.flush_denormal``,
+``train.malloc_keep``).
 
     python benchmarks/feature_kernels.py                               # RetinaNet P3–P7 and Faster R-CNN P2–P6
     python benchmarks/feature_kernels.py --settings retinanet --reps 3 --threads 1
@@ -57,11 +59,14 @@ def main(argv=None) -> int:
     from densekd.ops import channel_kl, standardised_mse
 
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as the Trainer does on a CPU (train.flush_denormal)
+    torch.set_flush_denormal(True)  # as the Trainer does on a CPU (train.flush_denormal) ...
+    from densekd.engine import malloc
+
+    kept = malloc.keep_freed_memory()  # ... and keeps freed memory (train.malloc_keep): no block faulted in anew
     variants = {"pkd written-out": pkd_written_out, "pkd kernel": standardised_mse,
                 "cwd written-out": cwd_written_out, "cwd kernel": lambda s, t: channel_kl(s, t, 4.0)}
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch 2, {args.channels} channels, {args.reps} reps "
-          "after one warm-up each, order rotating")
+          f"after one warm-up each, order rotating; subnormals flushed, freed memory kept: {kept}")
     for name in args.settings:
         g = torch.Generator().manual_seed(0)
         maps = [(torch.randn(2, args.channels, h, w, generator=g), torch.randn(2, args.channels, h, w, generator=g))
