@@ -295,3 +295,19 @@ def test_channel_kl_zeroes_subnormal_gradients_dtypes_and_bad_input():
         channel_kl(torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 4))
     with pytest.raises(ValueError, match="channel_kl tau must be > 0, got 0"):
         channel_kl(torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5), 0)
+
+
+def test_standardised_mse_and_channel_kl_keep_fp32_under_autocast():
+    """Their product-reductions (einsum → bmm) would run in bf16 under autocast: both kernels turn it off inside,
+    so an amp run computes the same loss as an fp32 one."""
+    from densekd.ops import channel_kl, standardised_mse
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 16, 30, 40, generator=g)
+    t = torch.randn(2, 16, 30, 40, generator=g) + 0.5 * s
+    ref = (standardised_mse(s, t), channel_kl(s, t, 4.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = (standardised_mse(s, t), channel_kl(s, t, 4.0))
+    for a, r in zip(amp, ref):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, r, rtol=1e-6, atol=0)

@@ -29,10 +29,11 @@ class ChannelKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: Tensor, teacher: Tensor, tau: float):  # type: ignore[override]
         b, c = student.shape[:2]
-        log_p_s = F.log_softmax(at_least_fp32(student).reshape(b, c, -1) / tau, dim=2)
-        log_p_t = F.log_softmax(at_least_fp32(teacher).reshape(b, c, -1) / tau, dim=2)
-        p_t = log_p_t.exp()
-        kl = torch.einsum("bcl,bcl->bc", p_t, log_p_t.sub_(log_p_s)).sum()
+        with torch.autocast(student.device.type, enabled=False):  # the product-reduction in fp32, not autocast's
+            log_p_s = F.log_softmax(at_least_fp32(student).reshape(b, c, -1) / tau, dim=2)
+            log_p_t = F.log_softmax(at_least_fp32(teacher).reshape(b, c, -1) / tau, dim=2)
+            p_t = log_p_t.exp()
+            kl = torch.einsum("bcl,bcl->bc", p_t, log_p_t.sub_(log_p_s)).sum()
         ctx.save_for_backward(log_p_s, p_t)
         ctx.tau, ctx.shape, ctx.dtype = tau, student.shape, student.dtype
         return kl

@@ -55,6 +55,11 @@ class StandardisedMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: Tensor, teacher: Tensor, eps: float):  # type: ignore[override]
+        with torch.autocast(student.device.type, enabled=False):  # the product-reductions in fp32, not autocast's
+            return StandardisedMSE._forward(ctx, student, teacher, eps)
+
+    @staticmethod
+    def _forward(ctx, student: Tensor, teacher: Tensor, eps: float) -> Tensor:
         b, c = student.shape[:2]
         s3 = at_least_fp32(student).reshape(b, c, -1)
         t3 = at_least_fp32(teacher).reshape(b, c, -1)
