@@ -27,12 +27,12 @@ SETTINGS = {
 }
 
 
-def pkd_written_out(s, t, eps=1e-6):
+def pkd_written_out(s, t):
     import torch.nn.functional as F
 
-    def norm(x):
-        return (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.std(dim=(0, 2, 3), keepdim=True) + eps)
-    return F.mse_loss(norm(s), norm(t))
+    from densekd.losses.pkd import channel_standardise
+
+    return F.mse_loss(channel_standardise(s), channel_standardise(t))
 
 
 def cwd_written_out(s, t, tau=4.0):

@@ -200,10 +200,10 @@ def test_cwd_sends_no_subnormal_gradient_to_the_student():
     assert ((g > 0) & (g < tiny)).sum() == 0 and (g > 0).sum() > 0
 
 
-def _standardised_mse_written_out(s, t, eps=1e-6):
-    def norm(x):
-        return (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.std(dim=(0, 2, 3), keepdim=True) + eps)
-    return torch.nn.functional.mse_loss(norm(s), norm(t))
+def _standardised_mse_written_out(s, t):
+    from densekd.losses.pkd import channel_standardise  # the written-out standardisation (PKD's reference form)
+
+    return torch.nn.functional.mse_loss(channel_standardise(s), channel_standardise(t))
 
 
 def test_standardised_mse_gradcheck_and_written_out():
