@@ -259,16 +259,15 @@ def _shapes_seen(fn):
 
 def test_attention_never_materialises_hw_by_hw(monkeypatch):
     """docs/methods.md, "Computing ACAM-KD without the attention matrix": no N×N tensor in forward or backward
-    (P is formed a few query rows at a time)."""
+    (P is formed a few query rows at a time; its softmax and softmax backward run on those blocks only)."""
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 120 * 7)  # 7 rows of N = 120 per block
+    monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 1)
     mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2, z_norm="none")
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
     prof, shapes = _shapes_seen(lambda: sum(mod(fs, ft).values()).backward())
     n = 12 * 10
     assert (2, 7, n) in shapes and (2, 1, n) in shapes  # full blocks and the tail block (120 = 17·7 + 1)
     assert not [sh for sh in shapes if len(sh) >= 2 and sh[-1] == n and sh[-2] == n]
-    names = {e.key for e in prof.key_averages()}
-    assert not {"aten::_softmax", "aten::softmax", "aten::_softmax_backward_data"} & names
 
 
 def test_explicit_path_uses_the_memory_efficient_sdpa_kernel():
@@ -293,6 +292,7 @@ def test_explicit_path_uses_the_memory_efficient_sdpa_kernel():
 def test_gradients_match_naive_formula(kw, monkeypatch):
     """Every parameter's and the student's gradient equal the explicit formula's, with several blocks."""
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 20 * 3)  # 3 rows per block, N = 20
+    monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 1)
     mod = make(**kw)
     fs, ft = feats()
     fs.requires_grad_(True)
@@ -403,6 +403,7 @@ def test_fused_refuses_a_feature_map_changed_in_place_after_the_forward():
                                 dict(fusion_residual=True, z_norm="none"), dict(fusion_residual=True)])
 def test_odd_shapes_match_the_naive_formula_with_gradients(shape, kw, monkeypatch):
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2)  # as few rows per block as possible
+    monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 1)
     mod = make(**kw)
     fs, ft = feats(cs=mod.student_channels, ct=mod.teacher_channels, **shape)
     fs.requires_grad_(True)

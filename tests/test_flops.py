@@ -28,7 +28,7 @@ def test_projected_attention_counted_flops_equal_the_formula():
         y, cs = projected_attention(q, k, vt, rows=7)  # 6 blocks, the last one short
         (y.sin().sum() + cs.square().sum()).backward()
 
-    assert _count(run) == projected_attention_flops(b, n, d, m) == 2 * b * n * n * (4 * d + 3 * m + 1)
+    assert _count(run) == projected_attention_flops(b, n, d, m) == 2 * b * n * n * (4 * d + 3 * m + 3)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as plain:  # what the counter alone sees
         run()
     assert plain.get_total_flops() < projected_attention_flops(b, n, d, m)  # it misses the in-place baddbmm_
@@ -57,10 +57,11 @@ def test_sdpa_forward_only_and_baddbmm_inplace():
 
 def test_attention_floor_formulas():
     b, n, d, m = 2, 10, 8, 3
-    # the projected kernel recomputes QᵀK once in backward; the two-head SDPA form does 14 against a floor of 9
-    # N×N×(C/2) products (C = 2d: QKᵀ, PV ×2, ∂V ×2, ∂P ×2, ∂Q, ∂K)
+    # the projected kernel recomputes QᵀK once in backward (with the log-sum-exp as one more row) and sums P's
+    # columns in forward as a product; the two-head SDPA form does 14 against a floor of 9 N×N×(C/2) products
+    # (C = 2d: QKᵀ, PV ×2, ∂V ×2, ∂P ×2, ∂Q, ∂K)
     assert projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True) == \
-        2 * b * n * n * d
+        2 * b * n * n * (d + 2)
     assert cross_attention_flops(b, n, d, 2 * d) / attention_floor_flops(b, n, d, 2 * d) == pytest.approx(14 / 9)
 
 
@@ -71,9 +72,9 @@ def test_acam_kd_flops_above_floor(z_norm):
     mod = build_loss("acam_kd", student_channels=4, teacher_channels=c, num_masks=m, z_norm=z_norm)
     above = mod.flops_above_floor((b, 4, h, w), (b, c, h, w))
     d = c // 2
-    if z_norm == "none":  # the projected kernel: its recomputed QᵀK
+    if z_norm == "none":  # the projected kernel: its recomputed QᵀK, the lse row and the column-sum product
         performed = projected_attention_flops(b, n, d, m)
-        assert above == 2 * b * n * n * d
+        assert above == 2 * b * n * n * (d + 2)
     else:  # F_fuse through SDPA on two heads: 14 products of N×N×C/2 against a floor of 9
         performed = cross_attention_flops(b, n, d, c)
         assert above == performed - attention_floor_flops(b, n, d, c) == 5 * 2 * b * n * n * d
@@ -93,14 +94,14 @@ def test_matmul_rate_is_a_rate():
 
 def test_channel_masks_alone_take_the_projected_path():
     """z_norm standardises Z for the spatial masks only: with channel masks alone (acam_kd_channel) F_fuse is never
-    needed, so the projected kernel runs (no SDPA) and only its recomputed QᵀK is above the floor."""
+    needed, so the projected kernel runs (no SDPA) and only its recomputed QᵀK (and two rows) is above the floor."""
     from torch.profiler import profile
 
     b, c, h, w = 2, 8, 5, 6
     n, d = h * w, c // 2
     mod = build_loss("acam_kd_channel", student_channels=4, teacher_channels=c, num_masks=3)
     assert mod.ascm.z_norm == "spatial" and mod.ascm.spatial_units is None
-    assert mod.flops_above_floor((b, 4, h, w), (b, c, h, w)) == 2 * b * n * n * d
+    assert mod.flops_above_floor((b, 4, h, w), (b, c, h, w)) == 2 * b * n * n * (d + 2)
     fs, ft = torch.randn(b, 4, h, w, requires_grad=True), torch.randn(b, c, h, w)
     with profile() as prof:
         sum(mod(fs, ft).values()).backward()

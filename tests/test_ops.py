@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from densekd.ops import (RELATION_BLOCK_ELEMENTS, ProjectedAttention, RelationKL, SquaredErrorSums, at_least_fp32,
-                         block_rows, cross_attention, pointwise, projected_attention, relation_block_rows, relation_kl,
-                         reverse_grad, squared_error_sums)
+from densekd.ops import attention as attention_ops
+from densekd.ops import (ATTENTION_MIN_ROWS, RELATION_BLOCK_ELEMENTS, ProjectedAttention, RelationKL, SquaredErrorSums,
+                         at_least_fp32, block_rows, cross_attention, pointwise, projected_attention, relation_block_rows,
+                         relation_kl, reverse_grad, squared_error_sums)
 
 
 @pytest.mark.parametrize("d_qk,d_v", [(4, 8), (3, 6), (3, 7), (5, 5)])
@@ -85,10 +86,16 @@ def test_pointwise_equals_the_conv_and_refuses_other_layers():
 
 
 def test_block_rows_follow_the_device_budget():
-    assert block_rows(2, 16800, torch.device("cpu")) == 2**21 // (2 * 16800)  # 62 rows of P3 per block on CPU
-    assert block_rows(2, 16800, torch.device("cuda")) == 2**24 // (2 * 16800)
+    assert block_rows(2, 4200, torch.device("cpu")) == 2**21 // (2 * 4200)  # 249 rows of P4 per block on CPU
+    assert block_rows(2, 4200, torch.device("cuda")) == 2**24 // (2 * 4200)
+    assert block_rows(2, 16800, torch.device("cpu")) == ATTENTION_MIN_ROWS == 128  # not the budget's 62 at P3
     assert block_rows(2, 20, torch.device("cpu")) == 20  # a small map is one block
-    assert block_rows(10**6, 10**4, torch.device("cpu")) == 1  # never zero rows
+    assert block_rows(10**6, 10**4, torch.device("cpu")) == 128
+
+
+def test_block_rows_never_zero(monkeypatch):
+    monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 0)
+    assert block_rows(10**6, 10**4, torch.device("cpu")) == 1
 
 
 def test_reverse_grad():
@@ -183,6 +190,23 @@ def test_flush_subnormal_grad_zeroes_only_subnormal_gradients():
     d = torch.ones(2, dtype=torch.float64, requires_grad=True)  # float64's own threshold (2.2e-308)
     flush_subnormal_grad(d).backward(torch.tensor([1e-39, 1e-310], dtype=torch.float64))
     assert d.grad.tolist() == [1e-39, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_zero_subnormals_keeps_the_smallest_normal_and_zeroes_the_largest_subnormal(dtype, inplace):
+    from densekd.ops import zero_subnormals
+
+    fi = torch.finfo(dtype)
+    g = torch.tensor([fi.tiny, -fi.tiny, 2 * fi.tiny, -1.0, 0.0, float("nan"), float("inf")], dtype=dtype)
+    # subnormal in dtype, the largest one last
+    sub = torch.tensor([fi.tiny / 2, -fi.tiny / 4, fi.tiny * (1 - fi.eps)], dtype=dtype)
+    assert (sub.abs() < fi.tiny).all() and (sub != 0).all()
+    x = torch.cat([g, sub])
+    out = zero_subnormals(x, inplace=inplace)
+    assert (out is x) == inplace
+    assert torch.equal(out[:5], g[:5]) and out[5].isnan() and out[6].isinf()
+    assert out[7:].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_cwd_sends_no_subnormal_gradient_to_the_student():

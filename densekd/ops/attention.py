@@ -50,28 +50,49 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
 
 
-#: elements of one [B, rows, HW] block of P in :class:`_ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
+#: elements of one [B, rows, HW] block of P in :class:`ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
 #: COCO P3 (``python benchmarks/acam_memory_trace.py blocks --elements 20 21 22 23 --repeats 3``): 2^20 / 2^21 /
 #: 2^22 / 2^23 took 10.3 / 8.2 / 7.7 / 8.4 s and peaked at 4.6 / 5.1 / 6.1 / 8.0 feature maps. 64 MiB on other
 #: devices, where fewer and larger products keep kernel launches few (34 blocks at P3; a choice, not measured:
 #: no GPU was available here).
 ATTENTION_BLOCK_ELEMENTS = 2**21
 ATTENTION_BLOCK_ELEMENTS_ACCELERATOR = 2**24
+#: but never fewer query rows than this, unless the map has fewer: every block reads all of k (three times) and
+#: reads and writes all of ∂k, d·N values each whatever the rows, against 8·rows·d·N FLOPs, so a block of r rows
+#: does 0.4·r FLOPs per byte of that traffic, whatever d and N. The budget alone gives 15 rows at Faster R-CNN's
+#: P2 (N = 67 200, batch 2), where the traffic ruled: 2.16 ms per query row at 15 rows, 1.07 at 128, 1.00 at 256
+#: (4.3 / 2.1 / 2.0× the floor; ``python benchmarks/attention_rows.py``, benchmarks/results/attention_rows.md).
+#: 128 rather than 256: each of the two blocks the backward holds is then the size of q at d = 128.
+ATTENTION_MIN_ROWS = 128
 
 
 def block_rows(batch: int, n: int, device: torch.device) -> int:
+    """Query rows per block of :class:`ProjectedAttention`: the device's element budget, at least
+    :data:`ATTENTION_MIN_ROWS`, at most the map's N."""
     budget = ATTENTION_BLOCK_ELEMENTS if device.type == "cpu" else ATTENTION_BLOCK_ELEMENTS_ACCELERATOR
-    return max(1, min(n, budget // max(batch * n, 1)))
+    return max(1, min(n, max(ATTENTION_MIN_ROWS, budget // max(batch * n, 1))))
+
+
+_softmax_out = torch.ops.aten._softmax.out  # softmax into a buffer we own: one pass, row by row in cache
+_softmax_backward_out = torch.ops.aten._softmax_backward_data.out  # P ⊙ (∂P − Σ_j P_ij ∂P_ij), in place
 
 
 class ProjectedAttention(torch.autograd.Function):
     """What ASCM reads of STCA-FF, without forming F_fuse: y = Ṽ Pᵀ and cs = Pᵀ1, P = softmax(qᵀk · scale).
 
-    q, k: [B, d, N] (channels first, as the 1×1 convs give them); vt: [B, M, N] = S_s V, i.e. V projected on
-    the M spatial units before the attention. Returns y [B, M, N] = S_s Z (the spatial-mask logits) and
-    cs [B, N] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query rows at a
-    time and recomputed in backward from the saved row log-sum-exp (as flash attention does): memory beyond
-    q and k is O(rows·N), never N×N. Computed in fp32 (docs/methods.md, "Precision").
+    q: [B, d, Nq], k: [B, d, Nk] (channels first, as the 1×1 convs give them); vt: [B, M, Nk] = S_s V, i.e. V
+    projected on the M spatial units before the attention. Returns y [B, M, Nq] = S_s Z (the spatial-mask
+    logits) and cs [B, Nk] (the column sums of P, from which mean_hw F_fuse follows). P is formed ``rows`` query
+    rows at a time in buffers reused by every block, and recomputed in backward from the saved row log-sum-exp
+    (as flash attention does): memory beyond q and k is O(rows·Nk), never Nq×Nk. Computed in fp32
+    (docs/methods.md, "Precision").
+
+    Beyond its four N×N×d products, this kernel's time is passes over blocks of P that do not fit in cache
+    (docs/methods.md, "Computing ACAM-KD without the attention matrix"), so it makes few: the forward's softmax
+    is PyTorch's fused one (a row at a time, in cache) and the row log-sum-exp follows from P at each row's
+    maximum (lse = max − log P_i,argmax, P_i,argmax ≥ 1/Nk); the backward rebuilds P as exp of one product of q
+    and k one row longer ([q·scale; −lse] against [k; 1]), takes ∂P = gyᵀṼ + 1 gcsᵀ as one product of rank
+    M + 1 ([gy; 1]ᵀ [Ṽ; gcs]) and ∂S from PyTorch's fused softmax backward, in place.
     """
 
     @staticmethod
@@ -80,47 +101,52 @@ class ProjectedAttention(torch.autograd.Function):
         ct = torch.promote_types(torch.promote_types(q.dtype, vt.dtype), torch.float32)  # fp32, or fp64 if given
         with torch.autocast(q.device.type, enabled=False):
             q, k, vt = q.to(ct), k.to(ct), vt.to(ct)
-            b, _, n = q.shape
-            y = q.new_empty(b, vt.shape[1], n)
-            cs = q.new_zeros(b, n)
-            lse = q.new_empty(b, n)
-            for i0 in range(0, n, rows):
-                i1 = min(i0 + rows, n)
-                s = torch.bmm(q[:, :, i0:i1].transpose(1, 2), k).mul_(scale)  # logits of rows i0..i1: [B, r, N]
-                mx = s.amax(dim=2, keepdim=True)
-                p = s.sub_(mx).exp_()
-                z = p.sum(dim=2, keepdim=True)
-                p.div_(z)  # rows of P
-                lse[:, i0:i1] = (mx + z.log()).squeeze(2)
-                y[:, :, i0:i1] = torch.bmm(vt, p.transpose(1, 2))
-                cs += p.sum(dim=1)
+            (b, _, nq), nk, m = q.shape, k.shape[2], vt.shape[1]
+            rows = min(rows, nq)
+            y = q.new_empty(b, m, nq)
+            cs = q.new_zeros(b, 1, nk)
+            lse = q.new_empty(b, nq)
+            ones = q.new_ones(b, 1, rows)
+            sbuf, pbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # logits and P of one block
+            for i0 in range(0, nq, rows):
+                r = min(rows, nq - i0)
+                s, p = sbuf[: b * r * nk].view(b, r, nk), pbuf[: b * r * nk].view(b, r, nk)
+                s.baddbmm_(q[:, :, i0:i0 + r].transpose(1, 2), k, beta=0, alpha=scale)  # logits of these rows
+                mx, at = s.max(dim=2, keepdim=True)
+                _softmax_out(s, 2, False, out=p)  # rows i0..i0+r of P
+                lse[:, i0:i0 + r] = (mx - p.gather(2, at).log()).squeeze(2)  # P_i,argmax = exp(max − lse)
+                y[:, :, i0:i0 + r] = torch.bmm(vt, p.transpose(1, 2))
+                cs.baddbmm_(ones[:, :, :r], p)
         ctx.save_for_backward(q, k, vt, lse, y)
         ctx.scale, ctx.rows, ctx.dtypes = scale, rows, dtypes
-        return y, cs
+        return y, cs.squeeze(1)
 
     @staticmethod
     @once_differentiable  # a second derivative would need its own kernel: refused with a clear error
     def backward(ctx, gy: Tensor | None, gcs: Tensor | None):  # type: ignore[override]
         q, k, vt, lse, y = ctx.saved_tensors
         scale, rows = ctx.scale, ctx.rows
-        n = q.shape[2]
+        (b, _, nq), nk = q.shape, k.shape[2]
         with torch.autocast(q.device.type, enabled=False):
             gy = torch.zeros_like(y) if gy is None else gy.to(y.dtype)
-            gcs = None if gcs is None else gcs.to(y.dtype)
+            qa = torch.cat([q * scale, -lse.unsqueeze(1)], dim=1)  # [q·scale; −lse]ᵀ[k; 1] = S − lse = log P
+            ka = torch.cat([k, k.new_ones(b, 1, nk)], dim=1)
+            if gcs is None:  # ∂P_ij = gy_i·Ṽ_j (+ gcs_j), times the logit scale for ∂S
+                left, right = gy * scale, vt
+            else:
+                left = torch.cat([gy, gy.new_ones(b, 1, nq)], dim=1).mul_(scale)
+                right = torch.cat([vt, gcs.to(y.dtype).unsqueeze(1)], dim=1)
             dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
-            for i0 in range(0, n, rows):
-                i1 = min(i0 + rows, n)
-                qb, gyb = q[:, :, i0:i1], gy[:, :, i0:i1]
-                p = torch.bmm(qb.transpose(1, 2), k).mul_(scale).sub_(lse[:, i0:i1].unsqueeze(2)).exp_()  # P rows
-                dvt.baddbmm_(gyb, p)  # ∂/∂Ṽ = gy P
-                dp = torch.bmm(gyb.transpose(1, 2), vt)  # ∂/∂P_ij = gy_i · Ṽ_j (+ gcs_j)
-                delta = (gyb * y[:, :, i0:i1]).sum(dim=1)  # Σ_j P_ij ∂/∂P_ij: [B, r]
-                if gcs is not None:
-                    dp += gcs.unsqueeze(1)
-                    delta += torch.bmm(p, gcs.unsqueeze(2)).squeeze(2)
-                ds = p.mul_(dp.sub_(delta.unsqueeze(2))).mul_(scale)  # softmax backward, times the logit scale
-                dq[:, :, i0:i1] = torch.bmm(k, ds.transpose(1, 2))
-                dk.baddbmm_(qb, ds)
+            pbuf, dbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # P and ∂S of one block
+            for i0 in range(0, nq, rows):
+                r = min(rows, nq - i0)
+                p, ds = pbuf[: b * r * nk].view(b, r, nk), dbuf[: b * r * nk].view(b, r, nk)
+                torch.bmm(qa[:, :, i0:i0 + r].transpose(1, 2), ka, out=p).exp_()  # rows i0..i0+r of P
+                dvt.baddbmm_(gy[:, :, i0:i0 + r], p)  # ∂/∂Ṽ = gy P
+                torch.bmm(left[:, :, i0:i0 + r].transpose(1, 2), right, out=ds)  # ∂P · scale
+                _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds)  # ∂S = P ⊙ (∂P − δ) · scale
+                dq[:, :, i0:i0 + r] = torch.bmm(k, ds.transpose(1, 2))
+                dk.baddbmm_(q[:, :, i0:i0 + r], ds)
         return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
 
 
@@ -152,8 +178,9 @@ def attention_floor_flops(batch: int, n: int, d_qk: int, d_v: int, column_sums: 
 def projected_attention_flops(batch: int, n: int, d_qk: int, m: int) -> int:
     """What :class:`ProjectedAttention` performs on q, k [B, d_qk, N] and Ṽ [B, m, N]: its floor
     (:func:`attention_floor_flops` with the column sums) plus QᵀK once more, recomputed blockwise in backward
-    instead of keeping P (N×N): 2·B·N²·(4·d_qk + 3·m + 1)."""
-    return attention_floor_flops(batch, n, d_qk, m, column_sums=True) + 2 * batch * n * n * d_qk
+    instead of keeping P (N×N), with the log-sum-exp as one more row of it (+1), and the forward's column sums
+    as a product with a row of ones (+1): 2·B·N²·(4·d_qk + 3·m + 3)."""
+    return attention_floor_flops(batch, n, d_qk, m, column_sums=True) + 2 * batch * n * n * (d_qk + 2)
 
 
 def cross_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:

@@ -30,8 +30,10 @@ def zero_subnormals(grad: Tensor, inplace: bool = False) -> Tensor:
     elsewhere and for integer tensors. ``inplace``: edit ``grad`` itself (a gradient nobody else holds)."""
     if grad.device.type != "cpu" or not grad.is_floating_point():
         return grad
-    small = grad.abs() < torch.finfo(grad.dtype).tiny
-    return grad.masked_fill_(small, 0) if inplace else grad.masked_fill(small, 0)
+    fi = torch.finfo(grad.dtype)
+    largest_subnormal = fi.tiny * (1 - fi.eps)  # exact: 2^emin − 2^(emin − mantissa bits)
+    # hardshrink: x where |x| > λ, else 0 — one fused pass (|x| < tiny, masked_fill: three passes and two maps)
+    return torch.hardshrink(grad, largest_subnormal, out=grad) if inplace else torch.hardshrink(grad, largest_subnormal)
 
 
 def reverse_grad(x: Tensor) -> Tensor:
