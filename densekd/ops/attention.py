@@ -74,7 +74,7 @@ def block_rows(batch: int, n: int, device: torch.device) -> int:
 
 
 _softmax_out = torch.ops.aten._softmax.out  # softmax into a buffer we own: one pass, row by row in cache
-_softmax_backward_out = torch.ops.aten._softmax_backward_data.out  # P ⊙ (∂P − Σ_j P_ij ∂P_ij), in place
+_softmax_backward_out = torch.ops.aten._softmax_backward_data.out  # P ⊙ (∂P − Σ_j P_ij ∂P_ij)
 
 
 class ProjectedAttention(torch.autograd.Function):
@@ -92,7 +92,7 @@ class ProjectedAttention(torch.autograd.Function):
     is PyTorch's fused one (a row at a time, in cache) and the row log-sum-exp follows from P at each row's
     maximum (lse = max − log P_i,argmax, P_i,argmax ≥ 1/Nk); the backward rebuilds P as exp of one product of q
     and k one row longer ([q·scale; −lse] against [k; 1]), takes ∂P = gyᵀṼ + 1 gcsᵀ as one product of rank
-    M + 1 ([gy; 1]ᵀ [Ṽ; gcs]) and ∂S from PyTorch's fused softmax backward, in place.
+    M + 1 ([gy; 1]ᵀ [Ṽ; gcs]) and ∂S from PyTorch's fused softmax backward (in place on a CPU).
     """
 
     @staticmethod
@@ -138,13 +138,16 @@ class ProjectedAttention(torch.autograd.Function):
                 right = torch.cat([vt, gcs.to(y.dtype).unsqueeze(1)], dim=1)
             dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
             pbuf, dbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # P and ∂S of one block
+            cpu = q.device.type == "cpu"
             for i0 in range(0, nq, rows):
                 r = min(rows, nq - i0)
                 p, ds = pbuf[: b * r * nk].view(b, r, nk), dbuf[: b * r * nk].view(b, r, nk)
                 torch.bmm(qa[:, :, i0:i0 + r].transpose(1, 2), ka, out=p).exp_()  # rows i0..i0+r of P
                 dvt.baddbmm_(gy[:, :, i0:i0 + r], p)  # ∂/∂Ṽ = gy P
                 torch.bmm(left[:, :, i0:i0 + r].transpose(1, 2), right, out=ds)  # ∂P · scale
-                _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds)  # ∂S = P ⊙ (∂P − δ) · scale
+                # ∂S = P ⊙ (∂P − δ) · scale, in place on a CPU (its kernel reads a row's ∂P before writing it);
+                # elsewhere into a new tensor (an in-place softmax backward is not measured there)
+                ds = _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds if cpu else torch.empty_like(ds))
                 dq[:, :, i0:i0 + r] = torch.bmm(k, ds.transpose(1, 2))
                 dk.baddbmm_(q[:, :, i0:i0 + r], ds)
         return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
