@@ -44,6 +44,20 @@ def test_projected_attention_gradcheck(rows, outputs):
     torch.testing.assert_close(cs, p.sum(dim=1))
 
 
+def test_projected_attention_takes_fewer_queries_than_keys():
+    """q [B, d, Nq] against k [B, d, Nk] (benchmarks/attention_rows.py times slabs of query rows so)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 3, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    vt = torch.randn(2, 4, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, vt: ProjectedAttention.apply(q, k, vt, 0.7, 4), (q, k, vt))
+    y, cs = ProjectedAttention.apply(q, k, vt, 0.7, 4)
+    p = torch.softmax(0.7 * q.transpose(1, 2) @ k, dim=-1)  # [B, Nq, Nk]
+    assert y.shape == (2, 4, 9) and cs.shape == (2, 20)
+    torch.testing.assert_close(y, vt @ p.transpose(1, 2))
+    torch.testing.assert_close(cs, p.sum(dim=1))
+
+
 def test_projected_attention_defaults_are_the_logit_scale_and_the_device_blocks():
     g = torch.Generator().manual_seed(0)
     q, k, vt = torch.randn(2, 4, 25, generator=g), torch.randn(2, 4, 25, generator=g), torch.randn(2, 3, 25, generator=g)
