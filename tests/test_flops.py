@@ -34,6 +34,23 @@ def test_projected_attention_counted_flops_equal_the_formula():
     assert plain.get_total_flops() < projected_attention_flops(b, n, d, m)  # it misses the in-place baddbmm_
 
 
+def test_blocked_attention_counted_flops_equal_the_formula():
+    from densekd.ops import blocked_attention
+    from densekd.ops.attention import blocked_attention_flops
+
+    b, n, d, c = 2, 40, 8, 16
+    q, k = torch.randn(b, n, d, requires_grad=True), torch.randn(b, n, d, requires_grad=True)
+    v = torch.randn(b, n, c, requires_grad=True)
+
+    def run():
+        blocked_attention(q, k, v, rows=7).sin().sum().backward()
+
+    assert _count(run) == blocked_attention_flops(b, n, d, c) == 2 * b * n * n * (4 * d + 3 * c + 1)
+    # against two-head SDPA at C = 2d: 10 products of N²·d (+ the lse row) where SDPA performs 14
+    assert blocked_attention_flops(b, n, d, 2 * d) == 2 * b * n * n * (10 * d + 1)
+    assert cross_attention_flops(b, n, d, 2 * d) == 2 * b * n * n * 14 * d
+
+
 @pytest.mark.parametrize("d_qk, d_v", [(4, 8), (3, 7)])  # two heads sharing Q, K; one zero-padded head
 def test_cpu_sdpa_counted_flops_equal_the_formula(d_qk, d_v):
     b, n = 2, 24

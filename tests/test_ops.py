@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from densekd.ops import attention as attention_ops
-from densekd.ops import (ATTENTION_MIN_ROWS, RELATION_BLOCK_ELEMENTS, ProjectedAttention, RelationKL, SquaredErrorSums,
-                         at_least_fp32, block_rows, cross_attention, pointwise, projected_attention, relation_block_rows,
-                         relation_kl, reverse_grad, squared_error_sums)
+from densekd.ops import (ATTENTION_MIN_ROWS, RELATION_BLOCK_ELEMENTS, ProjectedAttention, RelationKL,
+                         SquaredErrorSums, at_least_fp32, block_rows, cross_attention, pointwise, projected_attention,
+                         relation_block_rows, relation_kl, reverse_grad, squared_error_sums)
 
 
 @pytest.mark.parametrize("d_qk,d_v", [(4, 8), (3, 6), (3, 7), (5, 5)])
@@ -23,6 +23,40 @@ def test_cross_attention_refuses_narrower_values():
     q = torch.randn(1, 4, 6)
     with pytest.raises(ValueError, match="cross_attention expects d_v >= d_qk, got d_v=3, d_qk=6"):
         cross_attention(q, q, torch.randn(1, 4, 3))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 7, 30])
+@pytest.mark.parametrize("nq", [30, 11])  # square, and fewer queries than keys
+def test_blocked_attention_gradcheck_and_explicit(rows, nq):
+    """BlockedAttention's hand-written backward against finite differences (float64), any block size, and its
+    output against the explicit softmax(q kᵀ · scale) v."""
+    from densekd.ops import BlockedAttention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, nq, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 30, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 30, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, v: BlockedAttention.apply(q, k, v, 0.7, rows), (q, k, v))
+    ref = torch.softmax(0.7 * q @ k.transpose(1, 2), dim=-1) @ v
+    torch.testing.assert_close(BlockedAttention.apply(q, k, v, 0.7, rows), ref)
+
+
+def test_blocked_attention_equals_cross_attention_and_computes_in_fp32():
+    from densekd.ops import blocked_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 40, 4, generator=g), torch.randn(2, 40, 4, generator=g)
+    v = torch.randn(2, 40, 8, generator=g)
+    torch.testing.assert_close(blocked_attention(q, k, v, rows=7), cross_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked_attention(q, k, v, channels_first=True), cross_attention(q, k, v, True),
+                               atol=1e-5, rtol=1e-5)
+    out = blocked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert blocked_attention(q, k, v).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"blocked_attention needs q \[B, Nq, d\], k \[B, Nk, d\], v \[B, Nk, C\], "
+                                         r"got \(2, 40, 4\), \(2, 40, 3\), \(2, 40, 8\)"):
+        blocked_attention(q, k[..., :3], v)
 
 
 @pytest.mark.parametrize("rows", [1, 4, 7, 30])

@@ -165,6 +165,81 @@ def projected_attention(q: Tensor, k: Tensor, vt: Tensor, scale: float | None = 
     return ProjectedAttention.apply(q, k, vt, scale, rows)
 
 
+class BlockedAttention(torch.autograd.Function):
+    """O = softmax(q kᵀ · scale) v for q [B, Nq, d], k [B, Nk, d], v [B, Nk, C] (any C), built as
+    :class:`ProjectedAttention` is: P formed ``rows`` query rows at a time in reused buffers, recomputed in
+    backward from the saved row log-sum-exp, fused softmax and softmax backward; computed in fp32 (or fp64).
+
+    Forward + backward perform 10 products of N²·d for C = 2d (QKᵀ, PV, QKᵀ again, ∂V, ∂P, ∂Q, ∂K), where CPU SDPA
+    with two heads of width d (:func:`cross_attention`) performs 14 and the exact form's floor is 9: at COCO P3
+    (batch 2, d 128, C 256, 2 CPU threads) 0.78× SDPA's time (``python benchmarks/blocked_attention.py``). Not
+    yet what ACAM-KD calls: switching would change its rounding and every ACAM-KD number measured with SDPA."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, rows: int):  # type: ignore[override]
+        ct = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+        with torch.autocast(q.device.type, enabled=False):
+            q, k, v = q.to(ct), k.to(ct), v.to(ct)
+            (b, nq, _), nk = q.shape, k.shape[1]
+            rows = min(rows, nq)
+            o, lse = v.new_empty(b, nq, v.shape[2]), q.new_empty(b, nq)
+            sbuf, pbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # logits and P of one block
+            kt = k.transpose(1, 2)
+            for i0 in range(0, nq, rows):
+                r = min(rows, nq - i0)
+                s, p = sbuf[: b * r * nk].view(b, r, nk), pbuf[: b * r * nk].view(b, r, nk)
+                s.baddbmm_(q[:, i0:i0 + r], kt, beta=0, alpha=scale)
+                mx, at = s.max(dim=2, keepdim=True)
+                _softmax_out(s, 2, False, out=p)
+                lse[:, i0:i0 + r] = (mx - p.gather(2, at).log()).squeeze(2)  # P_i,argmax = exp(max − lse)
+                o[:, i0:i0 + r] = torch.bmm(p, v)
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.scale, ctx.rows = scale, rows
+        return o
+
+    @staticmethod
+    @once_differentiable  # a second derivative would need its own kernel: refused with a clear error
+    def backward(ctx, go: Tensor):  # type: ignore[override]
+        q, k, v, lse = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        (b, nq, _), nk = q.shape, k.shape[1]
+        with torch.autocast(q.device.type, enabled=False):
+            go = go.to(v.dtype)
+            qa = torch.cat([q * scale, -lse.unsqueeze(2)], dim=2)  # [q·scale, −lse]·[k, 1] = S − lse = log P
+            kat = torch.cat([k, k.new_ones(b, nk, 1)], dim=2).transpose(1, 2)
+            dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            vt, gos = v.transpose(1, 2), go * scale
+            pbuf, dbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # P and ∂S of one block
+            cpu = q.device.type == "cpu"
+            for i0 in range(0, nq, rows):
+                r = min(rows, nq - i0)
+                p, ds = pbuf[: b * r * nk].view(b, r, nk), dbuf[: b * r * nk].view(b, r, nk)
+                torch.bmm(qa[:, i0:i0 + r], kat, out=p).exp_()  # rows i0..i0+r of P
+                dv.baddbmm_(p.transpose(1, 2), go[:, i0:i0 + r])  # ∂V = Pᵀ ∂O
+                torch.bmm(gos[:, i0:i0 + r], vt, out=ds)  # ∂P · scale
+                # ∂S = P ⊙ (∂P − δ) · scale, in place on a CPU (as in ProjectedAttention)
+                ds = _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds if cpu else torch.empty_like(ds))
+                dq[:, i0:i0 + r] = torch.bmm(ds, k)
+                dk.baddbmm_(ds.transpose(1, 2), q[:, i0:i0 + r])
+        return dq, dk, dv, None, None
+
+
+def blocked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, rows: int | None = None,
+                      channels_first: bool = False) -> Tensor:
+    """softmax(q kᵀ · scale) v for q [B, Nq, d], k [B, Nk, d], v [B, Nk, C] by :class:`BlockedAttention`:
+    [B, Nq, C], or [B, C, Nq] with ``channels_first``. ``scale`` defaults to 1/√d, ``rows`` to
+    :func:`block_rows`."""
+    if q.dim() != 3 or k.shape != (q.shape[0], k.shape[1], q.shape[2]) or v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"blocked_attention needs q [B, Nq, d], k [B, Nk, d], v [B, Nk, C], got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[2])
+    if rows is None:
+        rows = block_rows(q.shape[0], k.shape[1], q.device)
+    out = BlockedAttention.apply(q, k, v, scale, rows)
+    return out.transpose(1, 2) if channels_first else out
+
+
 # --------------------------------------------------------------------------- FLOPs (forward + backward)
 # Matrix-product FLOPs, 2 per multiply-add, in the units densekd.ops.flops.flop_counter counts (tests/test_flops.py
 # checks that the counter gives exactly these on both kernels). N = H·W positions, d = d_qk, B the batch.
@@ -184,6 +259,13 @@ def projected_attention_flops(batch: int, n: int, d_qk: int, m: int) -> int:
     instead of keeping P (N×N), with the log-sum-exp as one more row of it (+1), and the forward's column sums
     as a product with a row of ones (+1): 2·B·N²·(4·d_qk + 3·m + 3)."""
     return attention_floor_flops(batch, n, d_qk, m, column_sums=True) + 2 * batch * n * n * (d_qk + 2)
+
+
+def blocked_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:
+    """What :class:`BlockedAttention` performs on q, k [B, N, d_qk] and v [B, N, d_v]: the floor
+    (:func:`attention_floor_flops`) plus QᵀK recomputed in backward, with the log-sum-exp as one more row:
+    2·B·N²·(4·d_qk + 3·d_v + 1)."""
+    return attention_floor_flops(batch, n, d_qk, d_v) + 2 * batch * n * n * (d_qk + 1)
 
 
 def cross_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:
