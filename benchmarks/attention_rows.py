@@ -33,14 +33,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from densekd.engine import malloc
     from densekd.ops import ProjectedAttention, block_rows
     from densekd.ops.attention import attention_floor_flops
     from densekd.ops.flops import matmul_rate
+    from densekd.tools.bench import cpu_as_the_trainer
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    kept = malloc.keep_freed_memory()
+    kept = cpu_as_the_trainer(args.threads)
     b, d, m = 2, 128, 8
     rate = matmul_rate("cpu")
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {b}, d {d}, M {m}, slab {args.slab} query "

@@ -30,14 +30,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from densekd.engine import malloc
     from densekd.ops import blocked_attention, cross_attention
     from densekd.ops.attention import attention_floor_flops, blocked_attention_flops, cross_attention_flops
     from densekd.ops.flops import matmul_rate
+    from densekd.tools.bench import cpu_as_the_trainer
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    kept = malloc.keep_freed_memory()
+    kept = cpu_as_the_trainer(args.threads)
     b, d, c = 2, 128, 256
     h, w = LEVELS[args.level]
     n = h * w

@@ -57,12 +57,9 @@ def main(argv=None) -> int:
     import torch
 
     from densekd.ops import channel_kl, standardised_mse
+    from densekd.tools.bench import cpu_as_the_trainer
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as the Trainer does on a CPU (train.flush_denormal) ...
-    from densekd.engine import malloc
-
-    kept = malloc.keep_freed_memory()  # ... and keeps freed memory (train.malloc_keep): no block faulted in anew
+    kept = cpu_as_the_trainer(args.threads)  # subnormals flushed, freed memory kept: no block faulted in anew
     variants = {"pkd written-out": pkd_written_out, "pkd kernel": standardised_mse,
                 "cwd written-out": cwd_written_out, "cwd kernel": lambda s, t: channel_kl(s, t, 4.0)}
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch 2, {args.channels} channels, {args.reps} reps "

@@ -224,3 +224,23 @@ def test_bench_builds_a_method_as_the_configs_compare_plan_does(make_config, tea
     assert plan_settings(None, "fitnet") == ([], {})
     with pytest.raises(ConfigError, match=r"bench: method 'fitnet' failed: .*no_such_module"):
         measure_in_subprocess(cfg, "fitnet", 1, 0)
+
+
+def test_cpu_as_the_trainer_sets_threads_flushing_and_malloc_and_says_so():
+    import torch
+
+    from densekd.engine import malloc
+    from densekd.tools.bench import cpu_as_the_trainer
+
+    threads, supported = torch.get_num_threads(), torch.set_flush_denormal(False)  # can this CPU flush them?
+    kept = False
+    try:
+        kept = cpu_as_the_trainer(1)
+        assert torch.get_num_threads() == 1
+        assert torch.tensor([1e-39]).mul(1.0).item() == 0.0 or not supported  # subnormals flushed where it can
+        assert kept == (malloc._libc() is not None)
+    finally:
+        if kept:
+            malloc.restore()
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

@@ -77,6 +77,25 @@ _softmax_out = torch.ops.aten._softmax.out  # softmax into a buffer we own: one 
 _softmax_backward_out = torch.ops.aten._softmax_backward_data.out  # P ⊙ (∂P − Σ_j P_ij ∂P_ij)
 
 
+def _block(buf: Tensor, b: int, r: int, n: int) -> Tensor:
+    """The first b·r·n elements of a flat reused buffer as a [b, r, n] block (contiguous)."""
+    return buf[: b * r * n].view(b, r, n)
+
+
+def _softmax_rows(s: Tensor, p: Tensor) -> Tensor:
+    """P's rows for a block of logits ``s`` [B, r, N] written into ``p``; returns their log-sum-exp [B, r], from P at
+    each row's maximum (lse = max − log P_i,argmax, and P_i,argmax ≥ 1/N, so the log is safe)."""
+    mx, at = s.max(dim=2, keepdim=True)
+    _softmax_out(s, 2, False, out=p)
+    return (mx - p.gather(2, at).log()).squeeze(2)
+
+
+def _softmax_backward_rows(dp: Tensor, p: Tensor) -> Tensor:
+    """∂S = P ⊙ (∂P − δ), δ_i = Σ_j P_ij ∂P_ij, for a block: in place of ``dp`` on a CPU (its row kernel reads a
+    row of ∂P before it writes it); elsewhere into a new tensor (an in-place softmax backward is not measured there)."""
+    return _softmax_backward_out(dp, p, 2, dp.dtype, grad_input=dp if dp.device.type == "cpu" else torch.empty_like(dp))
+
+
 class ProjectedAttention(torch.autograd.Function):
     """What ASCM reads of STCA-FF, without forming F_fuse: y = Ṽ Pᵀ and cs = Pᵀ1, P = softmax(qᵀk · scale).
 
@@ -110,11 +129,9 @@ class ProjectedAttention(torch.autograd.Function):
             sbuf, pbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # logits and P of one block
             for i0 in range(0, nq, rows):
                 r = min(rows, nq - i0)
-                s, p = sbuf[: b * r * nk].view(b, r, nk), pbuf[: b * r * nk].view(b, r, nk)
+                s, p = _block(sbuf, b, r, nk), _block(pbuf, b, r, nk)
                 s.baddbmm_(q[:, :, i0:i0 + r].transpose(1, 2), k, beta=0, alpha=scale)  # logits of these rows
-                mx, at = s.max(dim=2, keepdim=True)
-                _softmax_out(s, 2, False, out=p)  # rows i0..i0+r of P
-                lse[:, i0:i0 + r] = (mx - p.gather(2, at).log()).squeeze(2)  # P_i,argmax = exp(max − lse)
+                lse[:, i0:i0 + r] = _softmax_rows(s, p)  # rows i0..i0+r of P
                 y[:, :, i0:i0 + r] = torch.bmm(vt, p.transpose(1, 2))
                 cs.baddbmm_(ones[:, :, :r], p)
         ctx.save_for_backward(q, k, vt, lse, y)
@@ -138,16 +155,13 @@ class ProjectedAttention(torch.autograd.Function):
                 right = torch.cat([vt, gcs.to(y.dtype).unsqueeze(1)], dim=1)
             dq, dk, dvt = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(vt)
             pbuf, dbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # P and ∂S of one block
-            cpu = q.device.type == "cpu"
             for i0 in range(0, nq, rows):
                 r = min(rows, nq - i0)
-                p, ds = pbuf[: b * r * nk].view(b, r, nk), dbuf[: b * r * nk].view(b, r, nk)
+                p, ds = _block(pbuf, b, r, nk), _block(dbuf, b, r, nk)
                 torch.bmm(qa[:, :, i0:i0 + r].transpose(1, 2), ka, out=p).exp_()  # rows i0..i0+r of P
                 dvt.baddbmm_(gy[:, :, i0:i0 + r], p)  # ∂/∂Ṽ = gy P
                 torch.bmm(left[:, :, i0:i0 + r].transpose(1, 2), right, out=ds)  # ∂P · scale
-                # ∂S = P ⊙ (∂P − δ) · scale, in place on a CPU (its kernel reads a row's ∂P before writing it);
-                # elsewhere into a new tensor (an in-place softmax backward is not measured there)
-                ds = _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds if cpu else torch.empty_like(ds))
+                ds = _softmax_backward_rows(ds, p)  # ∂S = P ⊙ (∂P − δ) · scale
                 dq[:, :, i0:i0 + r] = torch.bmm(k, ds.transpose(1, 2))
                 dk.baddbmm_(q[:, :, i0:i0 + r], ds)
         return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dvt.to(ctx.dtypes[2]), None, None
@@ -187,11 +201,9 @@ class BlockedAttention(torch.autograd.Function):
             kt = k.transpose(1, 2)
             for i0 in range(0, nq, rows):
                 r = min(rows, nq - i0)
-                s, p = sbuf[: b * r * nk].view(b, r, nk), pbuf[: b * r * nk].view(b, r, nk)
-                s.baddbmm_(q[:, i0:i0 + r], kt, beta=0, alpha=scale)
-                mx, at = s.max(dim=2, keepdim=True)
-                _softmax_out(s, 2, False, out=p)
-                lse[:, i0:i0 + r] = (mx - p.gather(2, at).log()).squeeze(2)  # P_i,argmax = exp(max − lse)
+                s, p = _block(sbuf, b, r, nk), _block(pbuf, b, r, nk)
+                s.baddbmm_(q[:, i0:i0 + r], kt, beta=0, alpha=scale)  # logits of these rows
+                lse[:, i0:i0 + r] = _softmax_rows(s, p)  # rows i0..i0+r of P
                 o[:, i0:i0 + r] = torch.bmm(p, v)
         ctx.save_for_backward(q, k, v, lse)
         ctx.scale, ctx.rows = scale, rows
@@ -210,15 +222,13 @@ class BlockedAttention(torch.autograd.Function):
             dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
             vt, gos = v.transpose(1, 2), go * scale
             pbuf, dbuf = q.new_empty(b * rows * nk), q.new_empty(b * rows * nk)  # P and ∂S of one block
-            cpu = q.device.type == "cpu"
             for i0 in range(0, nq, rows):
                 r = min(rows, nq - i0)
-                p, ds = pbuf[: b * r * nk].view(b, r, nk), dbuf[: b * r * nk].view(b, r, nk)
+                p, ds = _block(pbuf, b, r, nk), _block(dbuf, b, r, nk)
                 torch.bmm(qa[:, i0:i0 + r], kat, out=p).exp_()  # rows i0..i0+r of P
                 dv.baddbmm_(p.transpose(1, 2), go[:, i0:i0 + r])  # ∂V = Pᵀ ∂O
                 torch.bmm(gos[:, i0:i0 + r], vt, out=ds)  # ∂P · scale
-                # ∂S = P ⊙ (∂P − δ) · scale, in place on a CPU (as in ProjectedAttention)
-                ds = _softmax_backward_out(ds, p, 2, ds.dtype, grad_input=ds if cpu else torch.empty_like(ds))
+                ds = _softmax_backward_rows(ds, p)  # ∂S = P ⊙ (∂P − δ) · scale
                 dq[:, i0:i0 + r] = torch.bmm(ds, k)
                 dk.baddbmm_(ds.transpose(1, 2), q[:, i0:i0 + r])
         return dq, dk, dv, None, None

@@ -339,6 +339,19 @@ def measure_control(tr: Any, inputs: Sequence[Any], targets: Any, pairs: int = 3
             "control_times": times}
 
 
+def cpu_as_the_trainer(threads: int) -> bool:
+    """Set this process up as a CPU Trainer runs (for kernel benchmarks without one): ``threads`` torch threads,
+    subnormals flushed to zero (``train.flush_denormal``) and freed memory kept in malloc's heap
+    (``train.malloc_keep``). Returns whether malloc took the setting. For a benchmark process: nothing undoes it."""
+    import torch
+
+    from ..engine import malloc
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    return malloc.keep_freed_memory()
+
+
 def bench_trainer(config: str | Mapping[str, Any], method: str, overrides: Sequence[str], output_dir: str) -> Any:
     """The engine's Trainer for ``method`` on ``config`` as the benchmark measures it: built as ``densekd compare``
     builds the method (the config's ``compare:`` plan), writing to ``output_dir``, no resume, evaluation or twin."""
