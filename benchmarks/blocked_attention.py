@@ -1,12 +1,13 @@
-"""ACAM-KD's default attention on a CPU: ``densekd.ops.cross_attention`` (PyTorch's scaled_dot_product_attention,
-two heads of width d sharing Q and K) against ``densekd.ops.blocked_attention``, a blockwise exact attention built
+"""ACAM-KD's default attention on a CPU, two ways: ``densekd.ops.cross_attention(kernel="sdpa")`` (PyTorch's
+scaled_dot_product_attention, two heads of width d sharing Q and K; what ACAM-KD ran on a CPU until the blocked
+kernel replaced it, and still runs on a GPU) against ``densekd.ops.blocked_attention``, a blockwise exact attention built
 the way ``densekd.ops.ProjectedAttention`` is (query-row blocks, P recomputed in backward from the row
 log-sum-exp, fused softmax and softmax backward), forward + backward at an FPN level of an 800×1333 image.
 
 Why: on a CPU the SDPA form performs 14 products of N²·d (per head QKᵀ, PV, QKᵀ again, ∂V, ∂P, ∂Q, ∂K) where the
 exact form's floor is 9 (d = C/2: QKᵀ, PV ×2, ∂V ×2, ∂P ×2, ∂Q, ∂K); the blockwise form performs 10 (QKᵀ once
-more). This script measures whether that shows; ACAM-KD does not call it yet (README, "What each method
-costs at the papers' sizes"). Batch 2, C = 256, d = 128, 128 query rows a block, interleaved reps, median,
+more). This script measured that it shows, and ``cross_attention`` now runs the blocked kernel on a CPU (README,
+"What each method costs at the papers' sizes"). Batch 2, C = 256, d = 128, 128 query rows a block, interleaved reps, median,
 freed memory kept as the Trainer keeps it; the floor at the rate of a 2048² product in the same process.
 
     python benchmarks/blocked_attention.py                  # P3 (100×168), 3 reps
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     def run(kind):
         qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
         t0 = time.perf_counter()
-        o = cross_attention(qq, kk, vv) if kind == "sdpa" else blocked_attention(qq, kk, vv, rows=128)
+        o = cross_attention(qq, kk, vv, kernel="sdpa") if kind == "sdpa" else blocked_attention(qq, kk, vv, rows=128)
         o.backward(go)
         return time.perf_counter() - t0, (o.detach(), qq.grad, kk.grad, vv.grad)
 

@@ -270,16 +270,33 @@ def test_attention_never_materialises_hw_by_hw(monkeypatch):
     assert not [sh for sh in shapes if len(sh) >= 2 and sh[-1] == n and sh[-2] == n]
 
 
-def test_explicit_path_uses_the_memory_efficient_sdpa_kernel():
-    """z_norm="spatial" (the default) needs F_fuse itself: it goes through SDPA's flash kernel, never an explicit
-    softmax."""
-    from torch.profiler import profile
-
+def test_explicit_path_uses_the_blocked_kernel_on_a_cpu(monkeypatch):
+    """z_norm="spatial" (the default) needs F_fuse itself: on a CPU it goes through the blocked kernel (10 products
+    of N²·d where SDPA performs 14), never SDPA and never an N×N tensor."""
+    monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 120 * 7)  # 7 rows of N = 120 per block
+    monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 1)
     mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
     assert mod.ascm.z_norm == "spatial"
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
+    prof, shapes = _shapes_seen(lambda: sum(mod(fs, ft).values()).backward())
+    names = {e.key for e in prof.key_averages()}
+    assert not any("scaled_dot_product" in name for name in names)
+    assert any("BlockedAttention" in name for name in names)
+    n = 12 * 10
+    assert (2, 7, n) in shapes and (2, 1, n) in shapes  # full blocks and the tail block (120 = 17·7 + 1)
+    assert not [sh for sh in shapes if len(sh) >= 2 and sh[-1] == n and sh[-2] == n]
+
+
+def test_sdpa_kernel_takes_the_memory_efficient_path():
+    """``kernel="sdpa"`` (the default off a CPU): SDPA's flash kernel, never an explicit softmax."""
+    from torch.profiler import profile
+
+    from densekd.ops import cross_attention
+
+    q, k = torch.randn(2, 120, 16, requires_grad=True), torch.randn(2, 120, 16, requires_grad=True)
+    v = torch.randn(2, 120, 32, requires_grad=True)
     with profile() as prof:
-        sum(mod(fs, ft).values()).backward()
+        cross_attention(q, k, v, channels_first=True, kernel="sdpa").sum().backward()
     names = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in names

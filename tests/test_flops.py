@@ -7,7 +7,8 @@ import torch
 
 from densekd import build_loss
 from densekd.ops import cross_attention, projected_attention
-from densekd.ops.attention import (attention_floor_flops, cross_attention_flops, projected_attention_flops)
+from densekd.ops.attention import (attention_floor_flops, blocked_attention_flops, cross_attention_flops,
+                                   projected_attention_flops)
 from densekd.ops.flops import flop_counter, matmul_rate, sdpa_flops
 
 
@@ -59,9 +60,12 @@ def test_cpu_sdpa_counted_flops_equal_the_formula(d_qk, d_v):
     v = torch.randn(b, n, d_v, requires_grad=True)
 
     def run():
-        cross_attention(q, k, v).sin().sum().backward()
+        cross_attention(q, k, v, kernel="sdpa").sin().sum().backward()
 
     assert _count(run) == cross_attention_flops(b, n, d_qk, d_v) == 14 * b * n * n * d_v
+    # on a CPU the default kernel is the blocked one, with its own count
+    q.grad = k.grad = v.grad = None
+    assert _count(lambda: cross_attention(q, k, v).sin().sum().backward()) == blocked_attention_flops(b, n, d_qk, d_v)
 
 
 def test_sdpa_forward_only_and_baddbmm_inplace():
@@ -92,9 +96,13 @@ def test_acam_kd_flops_above_floor(z_norm):
     if z_norm == "none":  # the projected kernel: its recomputed QᵀK, the lse row and the column-sum product
         performed = projected_attention_flops(b, n, d, m)
         assert above == 2 * b * n * n * (d + 2)
-    else:  # F_fuse through SDPA on two heads: 14 products of N×N×C/2 against a floor of 9
-        performed = cross_attention_flops(b, n, d, c)
-        assert above == performed - attention_floor_flops(b, n, d, c) == 5 * 2 * b * n * n * d
+    else:  # F_fuse on a CPU through the blocked kernel: 10 products of N×N×C/2 (+ the lse row) against 9
+        performed = blocked_attention_flops(b, n, d, c)
+        assert above == performed - attention_floor_flops(b, n, d, c) == 2 * b * n * n * (d + 1)
+        # on another device SDPA on two heads: 14 against 9 (the device is the module's own)
+        meta = build_loss("acam_kd", student_channels=4, teacher_channels=c, num_masks=m).to("meta")
+        assert meta.flops_above_floor((b, 4, h, w), (b, c, h, w)) == \
+            cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c) == 5 * 2 * b * n * n * d
     # the counter sees the module's attention (it alone outweighs every other product at these sizes)
     fs, ft = torch.randn(b, 4, h, w, requires_grad=True), torch.randn(b, c, h, w)
     total = _count(lambda: sum(mod(fs, ft).values()).backward())

@@ -15,14 +15,28 @@ def test_efficient_attention_equals_explicit(d_qk, d_v):
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 30, d_qk), torch.randn(2, 30, d_qk), torch.randn(2, 30, d_v)
     ref = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d_qk), -1) @ v
-    assert torch.allclose(cross_attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
-    assert torch.allclose(cross_attention(q, k, v, channels_first=True), ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    for kernel in ("auto", "blocked", "sdpa"):
+        assert torch.allclose(cross_attention(q, k, v, kernel=kernel), ref, atol=1e-5, rtol=1e-5)
+        out = cross_attention(q, k, v, channels_first=True, kernel=kernel)
+        assert out.is_contiguous() and torch.allclose(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
-def test_cross_attention_refuses_narrower_values():
+def test_cross_attention_kernel_is_blocked_on_a_cpu_and_sdpa_elsewhere():
+    from densekd.ops.attention import cross_attention_kernel
+
+    assert cross_attention_kernel("cpu") == "blocked"
+    assert cross_attention_kernel(torch.device("cuda", 0)) == "sdpa"
+    assert cross_attention_kernel("meta") == "sdpa"
+    assert cross_attention_kernel("cpu", "sdpa") == "sdpa"
+
+
+def test_cross_attention_refuses_narrower_values_and_unknown_kernels():
     q = torch.randn(1, 4, 6)
-    with pytest.raises(ValueError, match="cross_attention expects d_v >= d_qk, got d_v=3, d_qk=6"):
-        cross_attention(q, q, torch.randn(1, 4, 3))
+    for kernel in ("auto", "blocked", "sdpa"):
+        with pytest.raises(ValueError, match="cross_attention expects d_v >= d_qk, got d_v=3, d_qk=6"):
+            cross_attention(q, q, torch.randn(1, 4, 3), kernel=kernel)
+    with pytest.raises(ValueError, match="cross_attention: kernel must be one of auto, blocked, sdpa, got 'flash'"):
+        cross_attention(q, q, q, kernel="flash")
 
 
 @pytest.mark.parametrize("rows", [1, 4, 7, 30])

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from ..ops import (affine, at_least_fp32, cross_attention, pointwise, projected_attention, reverse_grad,
                    squared_error_sums)
-from ..ops.attention import attention_floor_flops, cross_attention_flops, projected_attention_flops
+from ..ops.attention import (attention_floor_flops, blocked_attention_flops, cross_attention_flops,
+                             cross_attention_kernel, projected_attention_flops)
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -441,8 +442,10 @@ class ACAMKD(DistillLoss):
 
         * projected path (``z_norm="none"``, or channel masks only): the kernel does 2·B·N²·(4d + 3M + 1)
           against a floor of 2·B·N²·(3d + 3M + 1) — QᵀK is recomputed in backward instead of keeping P (N×N): 2·B·N²·d above;
-        * explicit path (``z_norm="spatial"`` with spatial masks, F_fuse formed): SDPA on two V heads performs 14·B·N²·C
-          against a floor of 2·B·N²·(3d + 3C) = 9·B·N²·C (QKᵀ, PV, ∂V, ∂P, ∂Q, ∂K once each): 5·B·N²·C above;
+        * explicit path (``z_norm="spatial"`` with spatial masks, F_fuse formed) against a floor of
+          2·B·N²·(3d + 3C) = 9·B·N²·C (QKᵀ, PV, ∂V, ∂P, ∂Q, ∂K once each): on a CPU the blocked kernel performs
+          2·B·N²·(4d + 3C + 1), QKᵀ recomputed with the log-sum-exp row: 2·B·N²·(d + 1) above; elsewhere SDPA on
+          two V heads performs 14·B·N²·C: 5·B·N²·C above. The device is the module's own (its parameters');
         * ``fusion="teacher"``: no attention, 0.
         """
         if self.fusion is None:
@@ -452,6 +455,8 @@ class ACAMKD(DistillLoss):
         if not self._needs_fused():
             m = 0 if self.ascm.spatial_units is None else self.ascm.spatial_units.shape[0]
             return projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True)
+        if cross_attention_kernel(self.fusion.q.weight.device) == "blocked":
+            return blocked_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
         return cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
 
     def mask_statistics(self) -> dict[str, float]:

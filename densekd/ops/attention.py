@@ -1,8 +1,9 @@
 """Attention kernels: softmax(q kᵀ / √d) v without materialising the N×N matrix.
 
-* :func:`cross_attention` — PyTorch's ``scaled_dot_product_attention`` arranged so that its memory-efficient
-  kernel applies (docs/methods.md, "Computing ACAM-KD without the attention matrix": equal q/k/v last
-  dimensions, unit last-dim stride).
+* :func:`cross_attention` — ACAM-KD's fusion softmax(q kᵀ / √d) v: on a CPU :class:`BlockedAttention`, elsewhere
+  PyTorch's ``scaled_dot_product_attention`` arranged so that its memory-efficient kernel applies
+  (docs/methods.md, "Computing ACAM-KD without the attention matrix": equal q/k/v last dimensions, unit last-dim
+  stride).
 * :class:`ProjectedAttention` — what ACAM-KD's ASCM reads of the fused map (its projection on M units and the
   column sums of P), computed blockwise flash-style: P is built a few query rows at a time and recomputed in
   backward from the saved row log-sum-exp. Exact (tests/test_ops.py: gradcheck, against the explicit formula).
@@ -17,18 +18,36 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
-def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = False) -> Tensor:
+#: the kernels :func:`cross_attention` can take: "auto" picks "blocked" on a CPU and "sdpa" elsewhere
+ATTENTION_KERNELS = ("auto", "blocked", "sdpa")
+
+
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = False, kernel: str = "auto") -> Tensor:
     """softmax(q kᵀ / √d_qk) v for q, k: [B, N, d_qk], v: [B, N, d_v], without materialising the N×N matrix.
 
-    Returns [B, N, d_v], or [B, d_v, N] with ``channels_first`` (one copy fewer for a conv feature map).
+    Returns [B, N, d_v], or [B, d_v, N] (contiguous) with ``channels_first`` (for a conv feature map).
 
-    docs/methods.md, "Computing ACAM-KD without the attention matrix": ``scaled_dot_product_attention`` only
-    takes its memory-efficient/flash path when q, k and v have the same last dimension. With d_v = h·d_qk (the
+    ``kernel``: ``"auto"`` (the default) runs :class:`BlockedAttention` on a CPU and ``"sdpa"`` on any other device.
+    On a CPU, SDPA on two heads sharing Q and K performs 14 products of N²·d_qk where the blocked kernel performs 10
+    (floor 9): at COCO P3, batch 2, 2 threads, 0.80× SDPA's time (``python benchmarks/blocked_attention.py``);
+    on a GPU SDPA's flash kernels are kept (not measured against the blocked kernel: no GPU here). The blocked
+    kernel computes in fp32 even under bf16 autocast, so on a CPU the output is fp32.
+
+    ``"sdpa"``, docs/methods.md, "Computing ACAM-KD without the attention matrix": ``scaled_dot_product_attention``
+    only takes its memory-efficient/flash path when q, k and v have the same last dimension. With d_v = h·d_qk (the
     paper's C vs C/2: h = 2) V is split into h heads of width d_qk that share Q and K (``expand``: a view, no
     copy) in one SDPA call. Any other ratio falls back to zero-padding Q and K up to d_v, which leaves every dot
     product unchanged. The scale stays 1/√d_qk.
     """
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"cross_attention: kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
     d_qk, d_v = q.shape[-1], v.shape[-1]
+    if d_v < d_qk:
+        raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
+    if cross_attention_kernel(q.device, kernel) == "blocked":
+        out = blocked_attention(q, k, v)  # [B, N, d_v]
+        # one copy, as below: a transposed view would reach the masks' convs as a channels-last map
+        return out.transpose(1, 2).contiguous() if channels_first else out
     scale = 1.0 / math.sqrt(d_qk)
     # Measured: the CPU flash kernel also needs a unit stride in the last dimension; a transposed conv
     # output (stride HW) silently falls back to the materialising path. The copies are N×d, not N×N.
@@ -40,14 +59,19 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
         qh = q.unsqueeze(1).expand(b, heads, q.shape[1], d_qk)  # shared by every head: a view, no copy
         kh = k.unsqueeze(1).expand(b, heads, n, d_qk)
         out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)  # [B, h, N, d_qk]
-    elif d_v > d_qk:
+    else:
         out = F.scaled_dot_product_attention(F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk)), v,
                                              scale=scale).unsqueeze(1)  # [B, 1, N, d_v]
-    else:
-        raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
     if channels_first:  # [B, d_v, N] with channel = head·d_qk + j: one copy
-        return out.permute(0, 1, 3, 2).reshape(b, d_v, q.shape[1])
+        return out.permute(0, 1, 3, 2).reshape(b, d_v, q.shape[1]).contiguous()  # one head: reshape is a view
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
+
+
+def cross_attention_kernel(device: torch.device | str, kernel: str = "auto") -> str:
+    """The kernel :func:`cross_attention` runs on ``device``: ``"blocked"`` or ``"sdpa"``."""
+    if kernel != "auto":
+        return kernel
+    return "blocked" if torch.device(device).type == "cpu" else "sdpa"
 
 
 #: elements of one [B, rows, HW] block of P in :class:`ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
@@ -186,8 +210,8 @@ class BlockedAttention(torch.autograd.Function):
 
     Forward + backward perform 10 products of N²·d for C = 2d (QKᵀ, PV, QKᵀ again, ∂V, ∂P, ∂Q, ∂K), where CPU SDPA
     with two heads of width d (:func:`cross_attention`) performs 14 and the exact form's floor is 9: at COCO P3
-    (batch 2, d 128, C 256, 2 CPU threads) 0.78× SDPA's time (``python benchmarks/blocked_attention.py``). Not
-    yet what ACAM-KD calls: switching would change its rounding and every ACAM-KD number measured with SDPA."""
+    (batch 2, d 128, C 256, 2 CPU threads) 0.80× SDPA's time (``python benchmarks/blocked_attention.py``). What
+    :func:`cross_attention` (ACAM-KD's fusion) runs on a CPU."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, rows: int):  # type: ignore[override]
@@ -279,7 +303,8 @@ def blocked_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:
 
 
 def cross_attention_flops(batch: int, n: int, d_qk: int, d_v: int) -> int:
-    """What :func:`cross_attention` performs through ``scaled_dot_product_attention`` (forward + backward):
+    """What :func:`cross_attention` performs with ``kernel="sdpa"`` (its default off a CPU; on a CPU see
+    :func:`blocked_attention_flops`) through ``scaled_dot_product_attention``, forward + backward:
     per head of width w (d_v / d_qk heads of width d_qk, or one zero-padded head of width d_v) QKᵀ and PV
     forward, QKᵀ recomputed, ∂V, ∂P, ∂Q, ∂K backward: 7 products of N×N×w per head, 14·B·N²·d_v either way."""
     return 14 * batch * n * n * d_v
