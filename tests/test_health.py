@@ -265,6 +265,24 @@ def test_constant_gates_fire_without_an_earlier_spatial_phase(guards):
                    "(docs/methods.md, \"Spatial masks must be spatial\")"]
 
 
+def test_mask_warnings_name_maskd_and_give_it_its_own_hint(guards):
+    """MasKD reuses ACAM-KD's masks with frozen tokens and no z_norm: its warnings say MasKD, and the constant-mask
+    one says what that means for fitted tokens instead of pointing at a z_norm it does not have."""
+    from densekd import build_loss
+
+    guards.modules["encoder"] = build_loss("maskd", student_channels=4, teacher_channels=8, num_masks=3)
+    gates = {"kd/encoder/masks/spatial/mean": 0.636, "kd/encoder/masks/spatial/std_min": 0.0,
+             "kd/encoder/masks/spatial/shift_max": 0.5}
+    new = guards.check(1, _row(**gates))
+    assert new == ["iteration 1: MasKD spatial masks at encoder are constant over the image (per-mask spatial std 0 "
+                   "< 0.001; some masks are gates ≈ 0 or ≈ 1 everywhere): the receptive tokens, fitted on the "
+                   "teacher's task loss and then frozen (distill.kwargs.fit_steps), select no region at this level, "
+                   "so its spatial term weighs every position alike there (docs/methods.md, \"MasKD\")"]
+    low = guards.check(50, _row(**{"kd/encoder/masks/channel/mean": 0.004}))
+    assert len(low) == 1 and low[0].startswith("iteration 50: MasKD channel masks at encoder collapsed: mean 0.004")
+    assert not [w for w in guards.warnings if "z_norm" in w["message"] or "ACAM-KD" in w["message"]]
+
+
 def test_run_warnings_are_the_messages_of_health_json(tmp_path):
     assert health.run_warnings(tmp_path) == [] and health.read_health(tmp_path) is None
     warning = {"iteration": 2, "kind": "collapse", "level": "trunk", "message": "iteration 2: it collapsed"}

@@ -20,6 +20,9 @@ LEVEL_DOMINANCE = 10.0
 COLLAPSE_FRACTION = 0.01
 #: the feature distance "has fallen" once it is below this fraction of its first value
 DISTANCE_FALLEN = 0.5
+#: what the constant-spatial-masks warning tells an ACAM-KD user (a loss class may say otherwise: ``constant_spatial_hint``)
+ACAM_CONSTANT_SPATIAL_HINT = ('ASCM\'s spatial selection is off; is distill.kwargs.z_norm "none"? "spatial" (the default) '
+                              'standardises the fused map over space (docs/methods.md, "Spatial masks must be spatial")')
 #: ACAM-KD mask mean band and smallest per-mask spatial std
 MASK_MEAN_LOW, MASK_MEAN_HIGH, MASK_STD_MIN = 0.01, 0.99, 1e-3
 #: a spatial mask "was spatial" once its per-mask spatial std reached this (fresh masks under z_norm="spatial" start
@@ -272,8 +275,11 @@ class TrainingGuards:
         return out
 
     def _mask_warnings(self, iteration: int, level: str, mod: nn.Module, row: Mapping[str, float]) -> list[str | None]:
-        """ACAM-KD mask collapse and saturation (docs/methods.md, "Optimisation of the mask modules")."""
+        """ACAM-KD mask collapse and saturation (docs/methods.md, "Optimisation of the mask modules"); MasKD, which
+        reuses ACAM-KD's masks with frozen tokens, under its own name and hint (``mask_label``,
+        ``constant_spatial_hint`` on the loss class)."""
         out: list[str | None] = []
+        label = getattr(mod, "mask_label", "ACAM-KD")
         norm = getattr(mod, "mask_norm", None)
         for fam in ("spatial", "channel"):
             mean = row.get(kd_key(level, "masks", fam, "mean"))
@@ -287,11 +293,11 @@ class TrainingGuards:
                     why = (f"under mask_norm={norm or 'sum'} loss_{fam} scales with these masks, so it is switched "
                            f"off (docs/methods.md, \"Optimisation of the mask modules\")")
                 out.append(self._warn(f"mask_low|{level}|{fam}", iteration, "mask_collapse", level,
-                                      f"ACAM-KD {fam} masks at {level} collapsed: mean {_fmt(mean)} < "
+                                      f"{label} {fam} masks at {level} collapsed: mean {_fmt(mean)} < "
                                       f"{MASK_MEAN_LOW:g}; {why}"))
             elif mean > MASK_MEAN_HIGH:
                 out.append(self._warn(f"mask_high|{level}|{fam}", iteration, "mask_saturation", level,
-                                      f"ACAM-KD {fam} masks at {level} saturated at 1: mean {_fmt(mean)} > "
+                                      f"{label} {fam} masks at {level} saturated at 1: mean {_fmt(mean)} > "
                                       f"{MASK_MEAN_HIGH:g}, so they select nothing and the term is a plain "
                                       f"feature distance"))
         std = row.get(kd_key(level, "masks", "spatial", "std_min"))
@@ -306,17 +312,15 @@ class TrainingGuards:
         if std is not None and std < MASK_STD_MIN and (peak >= MASK_STD_WAS_SPATIAL or gates) and not collapsed:
             what = "; some masks are gates ≈ 0 or ≈ 1 everywhere" if gates else ""
             out.append(self._warn(f"mask_std|{level}", iteration, "mask_saturation", level, (
-                f"ACAM-KD spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
-                f"{MASK_STD_MIN:g}{what}): ASCM's spatial selection is off; is distill.kwargs.z_norm \"none\"? "
-                f"\"spatial\" (the default) standardises the fused map over space "
-                f"(docs/methods.md, \"Spatial masks must be spatial\")")))
+                f"{label} spatial masks at {level} are constant over the image (per-mask spatial std {std:.2g} < "
+                f"{MASK_STD_MIN:g}{what}): {getattr(mod, 'constant_spatial_hint', ACAM_CONSTANT_SPATIAL_HINT)}")))
         dice = row.get(kd_key(level, "masks", "spatial", "dice"))
         m = getattr(getattr(getattr(mod, "ascm", None), "spatial_units", None), "shape", (0,))[0]
         late = self.max_iters is not None and iteration >= MASK_SAME_AFTER * self.max_iters
         if (dice is not None and dice >= MASK_SAME_DICE and late and m > 1 and std is not None
                 and std >= MASK_STD_WAS_SPATIAL and not collapsed):
             out.append(self._warn(f"mask_same|{level}", iteration, "mask_same", level, (
-                f"ACAM-KD's {m} spatial masks at {level} are one and the same mask (mean pairwise Dice "
+                f"{label}'s {m} spatial masks at {level} are one and the same mask (mean pairwise Dice "
                 f"{dice:.3f} ≥ {MASK_SAME_DICE:g}, {100 * iteration / self.max_iters:.0f} % into the run, each "
                 f"varying over the image: smallest per-mask spatial std {std:.2g}): ASCM selects as a single mask "
                 f"would and the diversity term does not part them "

@@ -75,6 +75,12 @@ class MasKD(ACAMKD):
 
     #: the engine fits the receptive tokens on the frozen teacher before training (densekd.engine.prepare)
     needs_preparation = True
+    #: the training guards' mask warnings (densekd.health.guards) name MasKD, not ACAM-KD, and say what a constant
+    #: spatial mask means here: MasKD has no z_norm, and its tokens no longer move
+    mask_label = "MasKD"
+    constant_spatial_hint = ("the receptive tokens, fitted on the teacher's task loss and then frozen "
+                             "(distill.kwargs.fit_steps), select no region at this level, so its spatial term weighs "
+                             "every position alike there (docs/methods.md, \"MasKD\")")
 
     @property
     def prepared(self) -> bool:
