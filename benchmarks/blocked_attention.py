@@ -12,6 +12,12 @@ freed memory kept as the Trainer keeps it; the floor at the rate of a 2048² pro
 
     python benchmarks/blocked_attention.py                  # P3 (100×168), 3 reps
     python benchmarks/blocked_attention.py --level P4 --reps 5
+    python benchmarks/blocked_attention.py --sweep          # blocked / SDPA time over C (d = C/2) and N
+
+``--sweep`` times both kernels as ``cross_attention`` would call them (rows from ``block_rows``) over a grid of
+channel counts C and positions N — from the demos' small maps to DeepLabV3's logits (C = 19, 64×128) — each cell
+a median of interleaved reps, small calls repeated to at least 0.2 s: the table behind
+``densekd.ops.attention.BLOCKED_MIN_CHANNELS`` / ``BLOCKED_MIN_POSITIONS``.
 """
 from __future__ import annotations
 
@@ -27,7 +33,12 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="P3", choices=list(LEVELS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", action="store_true", help="blocked / SDPA time over a grid of C and N")
+    ap.add_argument("--channels", type=int, nargs="+", default=[19, 32, 64, 128, 256], help="--sweep: C (d = C // 2)")
+    ap.add_argument("--positions", type=int, nargs="+", default=[64, 256, 1024, 4096, 8192], help="--sweep: N")
     args = ap.parse_args(argv)
+    if args.sweep:
+        return sweep(args)
 
     import torch
 
@@ -70,6 +81,50 @@ def main(argv=None) -> int:
               f"{statistics.median(t) / floor:.2f} |")
     r = [x / y for x, y in zip(times["blocked"], times["sdpa"])]
     print(f"\nblocked / sdpa, per rep: median {statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})")
+    return 0
+
+
+def sweep(args) -> int:
+    import torch
+
+    from densekd.ops import cross_attention
+    from densekd.tools.bench import cpu_as_the_trainer
+
+    kept = cpu_as_the_trainer(args.threads)
+    b = 2
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {b}, d = C // 2, forward + backward, median of "
+          f"{args.reps} interleaved reps after a warm-up, each rep repeated to at least 0.2 s; freed memory kept: "
+          f"{kept}\n")
+    print("blocked / SDPA time (below 1: the blocked kernel is faster)\n")
+    print("| C \\ N | " + " | ".join(str(n) for n in args.positions) + " |")
+    print("|---|" + "---|" * len(args.positions))
+    for c in args.channels:
+        d = max(c // 2, 1)
+        cells = []
+        for n in args.positions:
+            g = torch.Generator().manual_seed(0)
+            q, k = (torch.randn(b, n, d, generator=g) * 0.3 for _ in range(2))
+            v, go = torch.randn(b, n, c, generator=g), torch.randn(b, n, c, generator=g)
+
+            def once(kind):
+                qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+                cross_attention(qq, kk, vv, kernel=kind).backward(go)
+
+            def timed(kind, times):
+                t0 = time.perf_counter()
+                for _ in range(times):
+                    once(kind)
+                return (time.perf_counter() - t0) / times
+
+            once("sdpa"), once("blocked")  # warm-up
+            times = max(1, int(0.2 / max(timed("sdpa", 1), 1e-6)))
+            ratios = []
+            for rep in range(args.reps):
+                kinds = ("sdpa", "blocked") if rep % 2 == 0 else ("blocked", "sdpa")
+                t = {kind: timed(kind, times) for kind in kinds}
+                ratios.append(t["blocked"] / t["sdpa"])
+            cells.append(f"{statistics.median(ratios):.2f}")
+        print(f"| {c} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -275,6 +275,8 @@ def test_explicit_path_uses_the_blocked_kernel_on_a_cpu(monkeypatch):
     of N²·d where SDPA performs 14), never SDPA and never an N×N tensor."""
     monkeypatch.setattr(attention_ops, "ATTENTION_BLOCK_ELEMENTS", 2 * 120 * 7)  # 7 rows of N = 120 per block
     monkeypatch.setattr(attention_ops, "ATTENTION_MIN_ROWS", 1)
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_CHANNELS", 32)  # a COCO-sized map, scaled down
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_POSITIONS", 120)
     mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
     assert mod.ascm.z_norm == "spatial"
     fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
@@ -285,6 +287,19 @@ def test_explicit_path_uses_the_blocked_kernel_on_a_cpu(monkeypatch):
     n = 12 * 10
     assert (2, 7, n) in shapes and (2, 1, n) in shapes  # full blocks and the tail block (120 = 17·7 + 1)
     assert not [sh for sh in shapes if len(sh) >= 2 and sh[-1] == n and sh[-2] == n]
+
+
+def test_explicit_path_on_a_small_map_uses_sdpa():
+    """Below the blocked kernel's thresholds (the demos' maps) the default path runs SDPA's fused kernel."""
+    from torch.profiler import profile
+
+    mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2)
+    fs, ft = torch.randn(2, 16, 12, 10, requires_grad=True), torch.randn(2, 32, 12, 10)
+    with profile() as prof:
+        sum(mod(fs, ft).values()).backward()
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in names
+    assert not any("BlockedAttention" in name for name in names)
 
 
 def test_sdpa_kernel_takes_the_memory_efficient_path():

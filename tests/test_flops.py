@@ -63,9 +63,10 @@ def test_cpu_sdpa_counted_flops_equal_the_formula(d_qk, d_v):
         cross_attention(q, k, v, kernel="sdpa").sin().sum().backward()
 
     assert _count(run) == cross_attention_flops(b, n, d_qk, d_v) == 14 * b * n * n * d_v
-    # on a CPU the default kernel is the blocked one, with its own count
+    # the blocked kernel, with its own count
     q.grad = k.grad = v.grad = None
-    assert _count(lambda: cross_attention(q, k, v).sin().sum().backward()) == blocked_attention_flops(b, n, d_qk, d_v)
+    assert _count(lambda: cross_attention(q, k, v, kernel="blocked").sin().sum().backward()) == \
+        blocked_attention_flops(b, n, d_qk, d_v)
 
 
 def test_sdpa_forward_only_and_baddbmm_inplace():
@@ -86,9 +87,14 @@ def test_attention_floor_formulas():
     assert cross_attention_flops(b, n, d, 2 * d) / attention_floor_flops(b, n, d, 2 * d) == pytest.approx(14 / 9)
 
 
-@pytest.mark.parametrize("z_norm", ["none", "spatial"])
-def test_acam_kd_flops_above_floor(z_norm):
+@pytest.mark.parametrize("z_norm, blocked", [("none", False), ("spatial", True), ("spatial", False)])
+def test_acam_kd_flops_above_floor(z_norm, blocked, monkeypatch):
+    from densekd.ops import attention as attention_ops
+
     b, c, h, w, m = 2, 8, 5, 6, 3
+    if blocked:  # thresholds down to this map's size, as a COCO level is above them
+        monkeypatch.setattr(attention_ops, "BLOCKED_MIN_CHANNELS", c)
+        monkeypatch.setattr(attention_ops, "BLOCKED_MIN_POSITIONS", h * w)
     n = h * w
     mod = build_loss("acam_kd", student_channels=4, teacher_channels=c, num_masks=m, z_norm=z_norm)
     above = mod.flops_above_floor((b, 4, h, w), (b, c, h, w))
@@ -96,13 +102,16 @@ def test_acam_kd_flops_above_floor(z_norm):
     if z_norm == "none":  # the projected kernel: its recomputed QᵀK, the lse row and the column-sum product
         performed = projected_attention_flops(b, n, d, m)
         assert above == 2 * b * n * n * (d + 2)
-    else:  # F_fuse on a CPU through the blocked kernel: 10 products of N×N×C/2 (+ the lse row) against 9
+    elif blocked:  # F_fuse on a CPU through the blocked kernel: 10 products of N×N×C/2 (+ the lse row) against 9
         performed = blocked_attention_flops(b, n, d, c)
         assert above == performed - attention_floor_flops(b, n, d, c) == 2 * b * n * n * (d + 1)
         # on another device SDPA on two heads: 14 against 9 (the device is the module's own)
         meta = build_loss("acam_kd", student_channels=4, teacher_channels=c, num_masks=m).to("meta")
         assert meta.flops_above_floor((b, 4, h, w), (b, c, h, w)) == \
             cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c) == 5 * 2 * b * n * n * d
+    else:  # a small map on a CPU: SDPA too
+        performed = cross_attention_flops(b, n, d, c)
+        assert above == performed - attention_floor_flops(b, n, d, c) == 5 * 2 * b * n * n * d
     # the counter sees the module's attention (it alone outweighs every other product at these sizes)
     fs, ft = torch.randn(b, 4, h, w, requires_grad=True), torch.randn(b, c, h, w)
     total = _count(lambda: sum(mod(fs, ft).values()).backward())

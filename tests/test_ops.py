@@ -21,13 +21,34 @@ def test_efficient_attention_equals_explicit(d_qk, d_v):
         assert out.is_contiguous() and torch.allclose(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
-def test_cross_attention_kernel_is_blocked_on_a_cpu_and_sdpa_elsewhere():
-    from densekd.ops.attention import cross_attention_kernel
+def test_cross_attention_kernel_is_blocked_on_a_cpu_for_large_maps_and_sdpa_otherwise():
+    from densekd.ops.attention import BLOCKED_MIN_CHANNELS as C, BLOCKED_MIN_POSITIONS as N, cross_attention_kernel
 
-    assert cross_attention_kernel("cpu") == "blocked"
-    assert cross_attention_kernel(torch.device("cuda", 0)) == "sdpa"
+    assert cross_attention_kernel("cpu") == "blocked"  # sizes not given do not decide
+    assert cross_attention_kernel("cpu", channels=C, positions=N) == "blocked"
+    assert cross_attention_kernel("cpu", channels=C - 1, positions=N) == "sdpa"  # few channels: passes over P rule
+    assert cross_attention_kernel("cpu", channels=C, positions=N - 1) == "sdpa"  # small map: per-call overhead
+    assert cross_attention_kernel(torch.device("cuda", 0), channels=C, positions=N) == "sdpa"
     assert cross_attention_kernel("meta") == "sdpa"
-    assert cross_attention_kernel("cpu", "sdpa") == "sdpa"
+    assert cross_attention_kernel("cpu", "sdpa", C, N) == "sdpa"
+    assert cross_attention_kernel("cpu", "blocked", 1, 1) == "blocked"
+
+
+def test_cross_attention_auto_takes_the_kernel_its_sizes_call_for(monkeypatch):
+    from torch.profiler import profile
+
+    q, v = torch.randn(2, 40, 4), torch.randn(2, 40, 8)
+
+    def kernels():
+        with profile() as prof:
+            cross_attention(q, q, v)
+        names = {e.key for e in prof.key_averages()}
+        return {"sdpa" for n in names if "scaled_dot_product" in n} | {"blocked" for n in names if "Blocked" in n}
+
+    assert kernels() == {"sdpa"}  # 40 positions, 8 channels: below both thresholds
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_CHANNELS", 8)
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_POSITIONS", 40)
+    assert kernels() == {"blocked"}
 
 
 def test_cross_attention_refuses_narrower_values_and_unknown_kernels():

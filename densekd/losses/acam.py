@@ -440,12 +440,14 @@ class ACAMKD(DistillLoss):
         """What the attention performs beyond the floor of its exact form (densekd.ops.attention, FLOPs section),
         per forward + backward at one level of teacher shape [B, C, H, W], N = H·W, d = C/2:
 
-        * projected path (``z_norm="none"``, or channel masks only): the kernel does 2·B·N²·(4d + 3M + 1)
-          against a floor of 2·B·N²·(3d + 3M + 1) — QᵀK is recomputed in backward instead of keeping P (N×N): 2·B·N²·d above;
+        * projected path (``z_norm="none"``, or channel masks only): the kernel does 2·B·N²·(4d + 3M + 3)
+          against a floor of 2·B·N²·(3d + 3M + 1) — QᵀK is recomputed in backward instead of keeping P (N×N), with
+          the log-sum-exp as one more row, and P's column sums are taken as a product: 2·B·N²·(d + 2) above;
         * explicit path (``z_norm="spatial"`` with spatial masks, F_fuse formed) against a floor of
           2·B·N²·(3d + 3C) = 9·B·N²·C (QKᵀ, PV, ∂V, ∂P, ∂Q, ∂K once each): on a CPU the blocked kernel performs
-          2·B·N²·(4d + 3C + 1), QKᵀ recomputed with the log-sum-exp row: 2·B·N²·(d + 1) above; elsewhere SDPA on
-          two V heads performs 14·B·N²·C: 5·B·N²·C above. The device is the module's own (its parameters');
+          2·B·N²·(4d + 3C + 1), QKᵀ recomputed with the log-sum-exp row: 2·B·N²·(d + 1) above; elsewhere (a GPU,
+          or a map too small for it: :func:`~densekd.ops.attention.cross_attention_kernel`) SDPA on two V heads
+          performs 14·B·N²·C: 5·B·N²·C above. The device is the module's own (its parameters');
         * ``fusion="teacher"``: no attention, 0.
         """
         if self.fusion is None:
@@ -455,7 +457,7 @@ class ACAMKD(DistillLoss):
         if not self._needs_fused():
             m = 0 if self.ascm.spatial_units is None else self.ascm.spatial_units.shape[0]
             return projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True)
-        if cross_attention_kernel(self.fusion.q.weight.device) == "blocked":
+        if cross_attention_kernel(self.fusion.q.weight.device, channels=c, positions=n) == "blocked":
             return blocked_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
         return cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
 

@@ -18,8 +18,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
-#: the kernels :func:`cross_attention` can take: "auto" picks "blocked" on a CPU and "sdpa" elsewhere
+#: the kernels :func:`cross_attention` can take: "auto" picks "blocked" on a CPU for large enough maps (below),
+#: "sdpa" otherwise
 ATTENTION_KERNELS = ("auto", "blocked", "sdpa")
+#: on a CPU, "auto" runs the blocked kernel from this many value channels (C; d = C/2) and this many key positions
+#: N up, and SDPA below either: blocked wins where the N²·d products dominate, SDPA's fused CPU kernel where passes
+#: over P and per-call overhead do. Measured (``python benchmarks/blocked_attention.py --sweep``, batch 2, 2 threads;
+#: benchmarks/results/blocked_attention.md): blocked / SDPA time 0.78–0.93 for C ≥ 128 and N ≥ 256, 0.76–1.15 at
+#: C = 64, 0.91–1.27 at C = 32, 1.38–2.09 at C = 19 (DeepLabV3's logits), 0.98–1.44 at N = 64. So an FPN's 256
+#: channels take it, the demos' 32- and 64-channel maps and a segmenter's logits keep SDPA.
+BLOCKED_MIN_CHANNELS = 128
+BLOCKED_MIN_POSITIONS = 256
 
 
 def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = False, kernel: str = "auto") -> Tensor:
@@ -27,11 +36,13 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
 
     Returns [B, N, d_v], or [B, d_v, N] (contiguous) with ``channels_first`` (for a conv feature map).
 
-    ``kernel``: ``"auto"`` (the default) runs :class:`BlockedAttention` on a CPU and ``"sdpa"`` on any other device.
-    On a CPU, SDPA on two heads sharing Q and K performs 14 products of N²·d_qk where the blocked kernel performs 10
-    (floor 9): at COCO P3, batch 2, 2 threads, 0.80× SDPA's time (``python benchmarks/blocked_attention.py``);
-    on a GPU SDPA's flash kernels are kept (not measured against the blocked kernel: no GPU here). The blocked
-    kernel computes in fp32 even under bf16 autocast, so on a CPU the output is fp32.
+    ``kernel``: ``"auto"`` (the default) runs :class:`BlockedAttention` on a CPU when d_v ≥
+    :data:`BLOCKED_MIN_CHANNELS` and N ≥ :data:`BLOCKED_MIN_POSITIONS` (:func:`cross_attention_kernel`), and
+    ``"sdpa"`` otherwise. On a CPU, SDPA on two heads sharing Q and K performs 14 products of N²·d_qk where the
+    blocked kernel performs 10 (floor 9): at COCO P3, batch 2, 2 threads, 0.80× SDPA's time; on small maps or few
+    channels SDPA's fused kernel is faster (``python benchmarks/blocked_attention.py [--sweep]``). On a GPU SDPA's
+    flash kernels are kept (not measured against the blocked kernel: no GPU here). The blocked kernel computes in
+    fp32 even under bf16 autocast, so its output is fp32.
 
     ``"sdpa"``, docs/methods.md, "Computing ACAM-KD without the attention matrix": ``scaled_dot_product_attention``
     only takes its memory-efficient/flash path when q, k and v have the same last dimension. With d_v = h·d_qk (the
@@ -44,7 +55,7 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     d_qk, d_v = q.shape[-1], v.shape[-1]
     if d_v < d_qk:
         raise ValueError(f"cross_attention expects d_v >= d_qk, got d_v={d_v}, d_qk={d_qk}")
-    if cross_attention_kernel(q.device, kernel) == "blocked":
+    if cross_attention_kernel(q.device, kernel, d_v, k.shape[-2]) == "blocked":
         out = blocked_attention(q, k, v)  # [B, N, d_v]
         # one copy, as below: a transposed view would reach the masks' convs as a channels-last map
         return out.transpose(1, 2).contiguous() if channels_first else out
@@ -67,11 +78,18 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, channels_first: bool = Fals
     return out.transpose(1, 2).reshape(b, q.shape[1], d_v)
 
 
-def cross_attention_kernel(device: torch.device | str, kernel: str = "auto") -> str:
-    """The kernel :func:`cross_attention` runs on ``device``: ``"blocked"`` or ``"sdpa"``."""
+def cross_attention_kernel(device: torch.device | str, kernel: str = "auto", channels: int | None = None,
+                           positions: int | None = None) -> str:
+    """The kernel :func:`cross_attention` runs on ``device`` for values of ``channels`` (d_v) over ``positions``
+    keys: ``"blocked"`` or ``"sdpa"`` (``kernel="auto"``: blocked on a CPU from :data:`BLOCKED_MIN_CHANNELS`
+    and :data:`BLOCKED_MIN_POSITIONS` up; a size not given does not decide)."""
     if kernel != "auto":
         return kernel
-    return "blocked" if torch.device(device).type == "cpu" else "sdpa"
+    if torch.device(device).type != "cpu":
+        return "sdpa"
+    small = ((channels is not None and channels < BLOCKED_MIN_CHANNELS)
+             or (positions is not None and positions < BLOCKED_MIN_POSITIONS))
+    return "sdpa" if small else "blocked"
 
 
 #: elements of one [B, rows, HW] block of P in :class:`ProjectedAttention`: 8 MiB in fp32 on CPU. Measured at
