@@ -26,7 +26,8 @@ ATTENTION_KERNELS = ("auto", "blocked", "sdpa")
 #: over P and per-call overhead do. Measured (``python benchmarks/blocked_attention.py --sweep``, batch 2, 2 threads;
 #: benchmarks/results/blocked_attention.md): blocked / SDPA time 0.78–0.93 for C ≥ 128 and N ≥ 256, 0.76–1.15 at
 #: C = 64, 0.91–1.27 at C = 32, 1.38–2.09 at C = 19 (DeepLabV3's logits), 0.98–1.44 at N = 64. So an FPN's 256
-#: channels take it, the demos' 32- and 64-channel maps and a segmenter's logits keep SDPA.
+#: channels and the segmentation demo's trunk (128 × 16×16) take it; the detection demo's 64-channel FPN and a
+#: segmenter's logits keep SDPA.
 BLOCKED_MIN_CHANNELS = 128
 BLOCKED_MIN_POSITIONS = 256
 
