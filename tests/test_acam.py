@@ -302,6 +302,43 @@ def test_explicit_path_on_a_small_map_uses_sdpa():
     assert not any("BlockedAttention" in name for name in names)
 
 
+def test_attention_kernel_switch_forces_either_kernel(monkeypatch):
+    """``attention_kernel="blocked"|"sdpa"`` overrides the size rule both ways (same values to float rounding), and
+    ``flops_above_floor`` follows it; a name that is no kernel is refused with the choices."""
+    from torch.profiler import profile
+
+    from densekd.ops.attention import attention_floor_flops, blocked_attention_flops, cross_attention_flops
+
+    fs, ft = torch.randn(2, 16, 12, 10), torch.randn(2, 32, 12, 10)
+
+    def run(kernel):
+        torch.manual_seed(0)
+        mod = build_loss("acam_kd", student_channels=16, teacher_channels=32, num_masks=2, attention_kernel=kernel)
+        with profile() as prof:
+            out = mod(fs, ft)
+        names = {e.key for e in prof.key_averages()}
+        used = {"sdpa" for n in names if "scaled_dot_product" in n} | {"blocked" for n in names if "Blocked" in n}
+        return mod, out, used
+
+    auto, ref, used = run("auto")
+    assert used == {"sdpa"}  # a small map: SDPA by the size rule
+    blocked, got, used = run("blocked")
+    assert used == {"blocked"}
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6)
+    b, c, n, d = 2, 32, 120, 16
+    assert blocked.flops_above_floor((b, 16, 12, 10), (b, c, 12, 10)) == \
+        blocked_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_CHANNELS", 1)  # auto would now pick blocked; "sdpa" still wins
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_POSITIONS", 1)
+    sdpa, _, used = run("sdpa")
+    assert used == {"sdpa"}
+    assert sdpa.flops_above_floor((b, 16, 12, 10), (b, c, 12, 10)) == \
+        cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
+    with pytest.raises(ValueError, match="acam_kd: attention_kernel must be one of auto, blocked, sdpa; got 'flash'"):
+        build_loss("acam_kd", student_channels=16, teacher_channels=32, attention_kernel="flash")
+
+
 def test_sdpa_kernel_takes_the_memory_efficient_path():
     """``kernel="sdpa"`` (the default off a CPU): SDPA's flash kernel, never an explicit softmax."""
     from torch.profiler import profile

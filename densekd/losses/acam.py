@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from ..ops import (affine, at_least_fp32, cross_attention, pointwise, projected_attention, reverse_grad,
                    squared_error_sums)
-from ..ops.attention import (attention_floor_flops, blocked_attention_flops, cross_attention_flops,
-                             cross_attention_kernel, projected_attention_flops)
+from ..ops.attention import (ATTENTION_KERNELS, attention_floor_flops, blocked_attention_flops,
+                             cross_attention_flops, cross_attention_kernel, projected_attention_flops)
 from .base import DistillContext, DistillLoss
 from .registry import register_loss
 
@@ -51,6 +51,7 @@ _CHOICES = {
     "mask_objective": ("descent", "adversarial", "detached"),
     "mask_norm": ("sum", "square"),
     "z_norm": ("none", "spatial"),
+    "attention_kernel": ATTENTION_KERNELS,
 }
 
 
@@ -67,13 +68,17 @@ class STCAFF(nn.Module):
     ``query="student"`` swaps the roles (paper Table 9): Q from F̂_S, K and V from F_T.
     ``residual=True`` (a switch, not the paper): F_fuse = A V + the query's own map, as every Transformer
     cross-attention layer adds its query back (docs/methods.md, "The fused map carries one pattern").
+    ``kernel``: how the attention is computed when F_fuse is formed (:func:`densekd.ops.cross_attention`:
+    ``"auto"``, ``"blocked"`` or ``"sdpa"``; the same values, rounded differently).
     """
 
-    def __init__(self, channels: int, query: str = "teacher", residual: bool = False) -> None:
+    def __init__(self, channels: int, query: str = "teacher", residual: bool = False, kernel: str = "auto") -> None:
         super().__init__()
         _check_choice("query", query)
+        _check_choice("attention_kernel", kernel)
         self.query = query
         self.residual = bool(residual)
+        self.kernel = kernel
         d_qk = max(channels // 2, 1)
         self.q = nn.Conv2d(channels, d_qk, kernel_size=1)
         self.k = nn.Conv2d(channels, d_qk, kernel_size=1)
@@ -86,7 +91,7 @@ class STCAFF(nn.Module):
         q = self.q(q_src).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C/2]
         k = self.k(kv_src).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C/2]
         v = self.v(kv_src).flatten(2).transpose(1, 2).contiguous()  # [B, HW, C]
-        fused = cross_attention(q, k, v, channels_first=True)  # A V; A = softmax(QKᵀ/√(C/2)) never materialised
+        fused = cross_attention(q, k, v, channels_first=True, kernel=self.kernel)  # A V; A never materialised
         fused = fused.view(b, c, h, w)
         return fused + q_src if self.residual else fused
 
@@ -133,7 +138,8 @@ class STCAFF(nn.Module):
                                    "modified in place after the forward; read it before changing the features")
             with torch.no_grad():
                 v = affine(xd, wvd, bvd).transpose(1, 2)  # V: [B, HW, C]
-                out = cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True).view(b, c, *hw)
+                out = cross_attention(qd.transpose(1, 2), kd.transpose(1, 2), v, channels_first=True,
+                                      kernel=self.kernel).view(b, c, *hw)
                 return out + q_src.detach().view(b, c, *hw) if self.residual else out
 
         return spatial, mean, fused
@@ -318,6 +324,13 @@ class ACAMKD(DistillLoss):
             detection demo, A V alone carries about one spatial pattern (its first singular component holds
             84–95 % of the standardised variance at P3–P5), so every spatial mask is a function of it and the M
             masks are identical (benchmarks/detection_where_kd.py).
+        attention_kernel: ``"auto"`` (default: on a CPU the blocked exact attention for maps of 128 channels and
+            256 positions or more, where it is faster, else SDPA;
+            docs/methods.md, "Computing ACAM-KD without the attention matrix"), ``"blocked"`` or ``"sdpa"`` to
+            force one: the same values, rounded differently,
+            e.g. to reproduce a run made before the blocked kernel (commit 39aa098), or on a CPU whose crossover
+            differs (``python benchmarks/blocked_attention.py --sweep``). Only the explicit path (``z_norm="spatial"``
+            with spatial masks, and ``last_masks["fused"]``) calls it.
         mask_norm: ``"square"`` (default, docs/methods.md, "Optimisation of the mask modules": divide by
             Σ M², so the loss is a mask-weighted mean of D², invariant to the masks' scale; adversarial masks
             with the Σ M norm saturate at 1, measured) or ``"sum"`` (divide by Σ M, MasKD's form; the preset
@@ -349,11 +362,12 @@ class ACAMKD(DistillLoss):
         mask_norm: str = "square",  # idem: adversarial and the Σ M² norm go together
         z_norm: str = "spatial",  # docs/methods.md, "Spatial masks must be spatial"
         fusion_residual: bool = False,
+        attention_kernel: str = "auto",  # densekd.ops.cross_attention: "auto" | "blocked" | "sdpa"
     ) -> None:
         super().__init__(student_channels, teacher_channels, align=align)
         for name, value in (("query", query), ("channel_units", channel_units), ("masks", masks),
                             ("fusion", fusion), ("diversity", diversity), ("mask_objective", mask_objective),
-                            ("mask_norm", mask_norm), ("z_norm", z_norm)):
+                            ("mask_norm", mask_norm), ("z_norm", z_norm), ("attention_kernel", attention_kernel)):
             _check_choice(name, value)
         if int(num_masks) < 1:
             raise ValueError(f"acam_kd: num_masks must be >= 1, got {num_masks}")
@@ -368,7 +382,8 @@ class ACAMKD(DistillLoss):
         self.mask_norm = mask_norm
         c = teacher_channels
         # Each level has its own align / STCA-FF / ASCM (docs/methods.md, "ACAM-KD": nothing is shared).
-        self.fusion = STCAFF(c, query=query, residual=fusion_residual) if fusion == "cross_attention" else None
+        self.fusion = (STCAFF(c, query=query, residual=fusion_residual, kernel=attention_kernel)
+                       if fusion == "cross_attention" else None)
         self.ascm = ASCM(c, self.num_masks, channel_units=channel_units, init_std=init_std,
                          spatial=masks in ("both", "spatial"), channel=masks in ("both", "channel"), z_norm=z_norm)
         self.last_masks: Mapping[str, Tensor] = MaskRecord()
@@ -457,7 +472,7 @@ class ACAMKD(DistillLoss):
         if not self._needs_fused():
             m = 0 if self.ascm.spatial_units is None else self.ascm.spatial_units.shape[0]
             return projected_attention_flops(b, n, d, m) - attention_floor_flops(b, n, d, m, column_sums=True)
-        if cross_attention_kernel(self.fusion.q.weight.device, channels=c, positions=n) == "blocked":
+        if cross_attention_kernel(self.fusion.q.weight.device, self.fusion.kernel, c, n) == "blocked":
             return blocked_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
         return cross_attention_flops(b, n, d, c) - attention_floor_flops(b, n, d, c)
 
