@@ -1,18 +1,12 @@
 """benchmarks/head_to_head.py: one method against others on the same seeds, from a compare folder's runs.json."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmark_script import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("head_to_head", ROOT / "benchmarks" / "head_to_head.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("head_to_head")
 
 
 def _runs(tmp_path):

@@ -53,14 +53,9 @@ def test_no_glibc_does_nothing(monkeypatch):
 
 
 def _script():
-    import importlib.util
-    from pathlib import Path
+    from _benchmark_script import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "malloc_keep.py"
-    spec = importlib.util.spec_from_file_location("malloc_keep", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("malloc_keep")
 
 
 def test_benchmark_writes_both_rows(tmp_path):

@@ -3,12 +3,12 @@ method and a resumed call keeps what an earlier one measured (the measurement it
 tests/test_bench.py; here it is replaced by a stub that records what it was asked)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from _benchmark_script import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +26,7 @@ def _threads(monkeypatch):
 
 @pytest.fixture(scope="module")
 def rs():
-    spec = importlib.util.spec_from_file_location("real_size", ROOT / "benchmarks" / "real_size.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("real_size")
 
 
 def test_method_order_papers_first_ablations_last(rs):
